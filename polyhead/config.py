@@ -1,0 +1,62 @@
+"""Engine settings. The dataclass validates itself; each error names the field and its limit."""
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2,
+               "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30}
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    model: str | None = None  # a local HF folder / .gguf path or a known name; None: the default model
+    dtype: str = "auto"  # float32 | bfloat16 | auto (bfloat16 where the CPU has native bf16 matmuls)
+    max_model_len: int | None = None  # longest prompt + output; None: the model's own context
+    kv_cache_memory: int | str = "2GiB"  # bytes for the paged KV cache, or a size like "512MiB"
+    block_size: int = 16  # tokens per KV block
+    max_num_seqs: int = 128  # sequences in one step at most
+    max_num_batched_tokens: int = 512  # tokens in one step at most (decodes + prefill chunks)
+    enable_prefix_caching: bool = True
+    num_threads: int | None = None  # torch intra-op threads; None: leave torch's default
+    seed: int = 0  # for requests without their own seed
+
+    def __post_init__(self):
+        if self.dtype not in ("auto", *_DTYPES):
+            raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {self.dtype!r}")
+        self.kv_cache_memory = parse_size(self.kv_cache_memory, "kv_cache_memory")
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        return _DTYPES[self.dtype]
+
+
+def parse_size(value: int | str, name: str) -> int:
+    if isinstance(value, int):
+        size = value
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+        if not match or match.group(2).lower() not in _SIZE_UNITS:
+            raise ValueError(f"{name} must be a byte count or a size like 512MiB or 2GiB, got {value!r}")
+        size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    if size <= 0:
+        raise ValueError(f"{name} must be > 0 bytes, got {value!r}")
+    return size
+
+
+@cache
+def cpu_has_native_bf16() -> bool:
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -1,0 +1,124 @@
+"""Paged KV cache bookkeeping: which block holds which tokens of which request.
+
+The rule it keeps: a full block is named by a hash chained over every token up to and
+including it (`hash((parent_hash, tokens))`), so two requests with the same prefix find the
+same blocks. A block whose last user finished stays in the free queue with its hash until
+it is reused for something else; free blocks are reused least-recently-freed first, so a
+finished prompt's blocks live as long as memory allows (LRU prefix cache).
+"""
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from polyhead.engine.request import Request
+
+
+@dataclass(slots=True)
+class Block:
+    block_id: int
+    ref_count: int = 0
+    block_hash: int | None = None  # set once the block is full and registered in the prefix cache
+
+
+class KVCacheManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self.enable_prefix_caching = enable_prefix_caching
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self.free_queue: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # LRU first
+        self.cached: dict[int, int] = {}  # block hash -> block id
+        self.num_prefix_hit_tokens = 0  # running total, for metrics
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free_queue)
+
+    @property
+    def usage(self) -> float:
+        return 1.0 - len(self.free_queue) / self.num_blocks
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def find_cached_prefix(self, request: Request) -> list[int]:
+        """Blocks already holding a prefix of the request's tokens. The last token is always left
+        to compute, since the step that computes it produces the logits to sample from."""
+        if not self.enable_prefix_caching:
+            return []
+        self._hash_full_blocks(request, (request.num_tokens - 1) // self.block_size)
+        hits = []
+        for block_hash in request.block_hashes[: (request.num_tokens - 1) // self.block_size]:
+            block_id = self.cached.get(block_hash)
+            if block_id is None:
+                break
+            hits.append(block_id)
+        return hits
+
+    def allocate(self, request: Request, num_new_tokens: int, cached_blocks: list[int] = ()) -> bool:
+        """Give the request blocks for `num_new_tokens` more tokens (after taking `cached_blocks`
+        as its first blocks). False, with nothing changed, when the free blocks do not suffice."""
+        num_evictable_hits = sum(1 for b in cached_blocks if self.blocks[b].ref_count == 0)
+        num_total = request.num_computed_tokens + len(cached_blocks) * self.block_size + num_new_tokens
+        num_new_blocks = self.blocks_needed(num_total) - len(request.block_ids) - len(cached_blocks)
+        if num_new_blocks + num_evictable_hits > len(self.free_queue):
+            return False
+        for block_id in cached_blocks:
+            block = self.blocks[block_id]
+            if block.ref_count == 0:
+                del self.free_queue[block_id]
+            block.ref_count += 1
+            request.block_ids.append(block_id)
+        if cached_blocks:
+            hit_tokens = len(cached_blocks) * self.block_size
+            request.num_computed_tokens += hit_tokens
+            request.num_cached_tokens = hit_tokens
+            self.num_prefix_hit_tokens += hit_tokens
+        for _ in range(num_new_blocks):
+            request.block_ids.append(self._take_free_block())
+        return True
+
+    def register_full_blocks(self, request: Request) -> None:
+        """After a step: blocks whose tokens are all computed join the prefix cache."""
+        if not self.enable_prefix_caching:
+            return
+        num_full = request.num_computed_tokens // self.block_size
+        self._hash_full_blocks(request, num_full)
+        for i in range(num_full):
+            block = self.blocks[request.block_ids[i]]
+            if block.block_hash is None:
+                block_hash = request.block_hashes[i]
+                block.block_hash = block_hash
+                self.cached.setdefault(block_hash, block.block_id)
+
+    def free(self, request: Request) -> None:
+        # Tail blocks are queued first so they are evicted first: a prefix outlives its suffix.
+        for block_id in reversed(request.block_ids):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self.free_queue[block_id] = None
+        request.block_ids = []
+
+    def reset_prefix_cache(self) -> None:
+        for block_id in self.free_queue:
+            self._forget_hash(self.blocks[block_id])
+
+    def _take_free_block(self) -> int:
+        block_id, _ = self.free_queue.popitem(last=False)
+        block = self.blocks[block_id]
+        self._forget_hash(block)
+        block.ref_count = 1
+        return block_id
+
+    def _forget_hash(self, block: Block) -> None:
+        if block.block_hash is not None and self.cached.get(block.block_hash) == block.block_id:
+            del self.cached[block.block_hash]
+        block.block_hash = None
+
+    def _hash_full_blocks(self, request: Request, num_blocks: int) -> None:
+        hashes, tokens, size = request.block_hashes, request.all_token_ids, self.block_size
+        while len(hashes) < num_blocks:
+            i = len(hashes)
+            parent = hashes[-1] if hashes else None
+            hashes.append(hash((parent, tuple(tokens[i * size:(i + 1) * size]))))

@@ -1,0 +1,55 @@
+"""Per-request generation parameters. They validate themselves: a bad value raises a
+ValueError that names the parameter and its limit, before the request reaches the engine."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0  # nucleus: keep the smallest set of tokens with mass >= top_p; in (0, 1]
+    top_k: int = 0  # keep the k most likely tokens; 0 disables
+    min_p: float = 0.0  # drop tokens with prob < min_p * max prob; in [0, 1]
+    repetition_penalty: float = 1.0  # > 1 discourages tokens seen in prompt or output (CTRL-style)
+    presence_penalty: float = 0.0  # subtracted once from tokens already generated; in [-2, 2]
+    frequency_penalty: float = 0.0  # subtracted per occurrence in the generated tokens; in [-2, 2]
+    seed: int | None = None  # same seed, same prompt -> same output
+    max_tokens: int = 16  # new tokens to generate at most
+    stop: list[str] = field(default_factory=list)  # stop strings, matched on the detokenized text
+    stop_token_ids: list[int] = field(default_factory=list)  # extra token ids that end the output
+    ignore_eos: bool = False  # keep going past EOS (benchmarks)
+    include_stop_str_in_output: bool = False
+    logprobs: int | None = None  # None: no logprobs; 0: the chosen token's; k: also the top-k
+    skip_special_tokens: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        _check(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
+        _check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        _check(self.top_k >= 0, "top_k", f"must be >= 0 (0 disables it), got {self.top_k}")
+        _check(0 <= self.min_p <= 1, "min_p", f"must be in [0, 1], got {self.min_p}")
+        _check(self.repetition_penalty > 0, "repetition_penalty",
+               f"must be > 0, got {self.repetition_penalty}")
+        _check(-2 <= self.presence_penalty <= 2, "presence_penalty",
+               f"must be in [-2, 2], got {self.presence_penalty}")
+        _check(-2 <= self.frequency_penalty <= 2, "frequency_penalty",
+               f"must be in [-2, 2], got {self.frequency_penalty}")
+        _check(self.max_tokens >= 1, "max_tokens", f"must be >= 1, got {self.max_tokens}")
+        _check(self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs",
+               f"must be None or in [0, 20], got {self.logprobs}")
+        _check(all(s for s in self.stop), "stop", "stop strings must be non-empty")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def needs_penalties(self) -> bool:
+        return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
+                or self.frequency_penalty != 0.0)
+
+
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} {message}")

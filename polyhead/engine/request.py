@@ -1,0 +1,73 @@
+"""A request as the scheduler and runner see it: its tokens, how many are computed, its blocks."""
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from polyhead.engine.params import SamplingParams
+
+
+class RequestStatus(enum.IntEnum):
+    """Ordered, so `status >= FINISHED_STOPPED` means finished."""
+
+    WAITING = 0
+    RUNNING = 1
+    PREEMPTED = 2  # waiting again: its blocks were taken and it will be recomputed
+    FINISHED_STOPPED = 3  # EOS, a stop token or a stop string
+    FINISHED_LENGTH = 4  # max_tokens or the context limit
+    FINISHED_ABORTED = 5  # the caller cancelled it
+    FINISHED_ERROR = 6  # a step failed while it was in the batch
+
+    @property
+    def is_finished(self) -> bool:
+        return self >= RequestStatus.FINISHED_STOPPED
+
+    @property
+    def finish_reason(self) -> str | None:
+        return _FINISH_REASONS.get(self)
+
+
+_FINISH_REASONS = {RequestStatus.FINISHED_STOPPED: "stop", RequestStatus.FINISHED_LENGTH: "length",
+                   RequestStatus.FINISHED_ABORTED: "abort", RequestStatus.FINISHED_ERROR: "error"}
+
+
+@dataclass(eq=False)
+class Request:
+    req_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    eos_token_ids: frozenset[int]  # empty when params.ignore_eos
+    arrival_time: float = field(default_factory=time.monotonic)
+    status: RequestStatus = RequestStatus.WAITING
+    all_token_ids: list[int] = field(default_factory=list)  # prompt then output, grows each step
+    num_computed_tokens: int = 0  # tokens whose keys/values are in the cache
+    num_cached_tokens: int = 0  # prompt tokens served by the prefix cache at first schedule
+    block_ids: list[int] = field(default_factory=list)  # the block table: block i holds tokens [i*B, (i+1)*B)
+    block_hashes: list[int] = field(default_factory=list)  # chained hash of each full block of all_token_ids
+    generator: torch.Generator | None = None  # the request's own RNG when params.seed is set
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended it
+
+    def __post_init__(self):
+        self.all_token_ids = list(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.all_token_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.all_token_ids[self.num_prompt_tokens:]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.all_token_ids) - self.num_prompt_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.is_finished

@@ -1,0 +1,101 @@
+"""Attention over a flat ragged batch against the paged KV cache.
+
+The batch is every scheduled token of every sequence concatenated, decode rows first (one
+token each), then prefill chunks. The rule it keeps: a token at position p attends to the
+keys at positions 0..p of its own sequence (and no further back than the sliding window),
+whether those keys were written this step or steps ago; keys live in cache slots named by
+the sequence's block table.
+
+Decode rows are batched into one matmul over their gathered keys (the CPU flash kernel is
+built for long queries and is ~2x slower for one-token queries); each prefill chunk runs
+through scaled_dot_product_attention.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(slots=True)
+class PrefillChunk:
+    query_start: int  # first row of this chunk in the flat batch
+    query_len: int  # new tokens in this chunk
+    context_len: int  # tokens of the sequence whose keys this chunk attends to (cached + new)
+    slots: torch.Tensor | None  # [context_len] cache slots of all those keys; None: no cached prefix
+    mask: torch.Tensor | None  # [query_len, context_len] bool, True = attend; None: plain causal
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [T] cache slot where each new token's key/value is written
+    num_decode_tokens: int  # rows [0, num_decode_tokens) are decode rows, one per sequence
+    decode_slots: torch.Tensor | None  # [B, L] slots of each decode row's keys, padded to the longest
+    decode_bias: torch.Tensor | None  # [1, B, 1, L] 0 where attended, -inf at padding / outside window
+    prefills: list[PrefillChunk]
+
+
+def build_prefill_mask(start: int, query_len: int, sliding_window: int | None) -> torch.Tensor | None:
+    """Mask for a chunk whose first query sits at position `start`; None when plain causal suffices."""
+    if start == 0 and (sliding_window is None or query_len <= sliding_window):
+        return None
+    q_pos = torch.arange(start, start + query_len).unsqueeze(1)  # [Q, 1]
+    k_pos = torch.arange(start + query_len).unsqueeze(0)  # [1, K]
+    mask = k_pos <= q_pos
+    if sliding_window is not None:
+        mask &= k_pos > q_pos - sliding_window
+    return mask
+
+
+def build_decode_bias(context_lens: list[int], sliding_window: int | None, dtype: torch.dtype):
+    """Additive bias for decode rows whose query is the last of `context_lens[i]` keys."""
+    lens = torch.tensor(context_lens)
+    k_pos = torch.arange(int(lens.max())).unsqueeze(0)  # [1, L]
+    keep = k_pos < lens.unsqueeze(1)
+    if sliding_window is not None:
+        keep &= k_pos > (lens.unsqueeze(1) - 1) - sliding_window
+    bias = torch.zeros(keep.shape, dtype=dtype).masked_fill_(~keep, float("-inf"))
+    return bias[None, :, None, :]
+
+
+def paged_attention(
+    q: torch.Tensor,  # [T, Hq, D]
+    k: torch.Tensor,  # [T, Hkv, D] new keys (rotary applied)
+    v: torch.Tensor,  # [T, Hkv, D]
+    kv_cache: torch.Tensor,  # [2, Hkv, S, D]: S slots of keys and values of this layer
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:  # [T, Hq * D]
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads = k.shape[1]
+    group = num_heads // num_kv_heads
+    k_cache, v_cache = kv_cache[0], kv_cache[1]
+    k_cache.index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
+    v_cache.index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
+
+    out = q.new_empty(num_tokens, num_heads, head_dim)
+    num_decode = meta.num_decode_tokens
+    if num_decode:
+        batch, max_len = meta.decode_slots.shape
+        flat_slots = meta.decode_slots.view(-1)
+        keys = k_cache.index_select(1, flat_slots).view(num_kv_heads, batch, max_len, head_dim)
+        values = v_cache.index_select(1, flat_slots).view(num_kv_heads, batch, max_len, head_dim)
+        query = q[:num_decode].view(batch, num_kv_heads, group, head_dim).transpose(0, 1)  # [Hkv, B, G, D]
+        scores = torch.matmul(query, keys.transpose(-1, -2)).mul_(scale)  # [Hkv, B, G, L]
+        probs = torch.softmax(scores.add_(meta.decode_bias), dim=-1, dtype=torch.float32).to(q.dtype)
+        out[:num_decode] = torch.matmul(probs, values).permute(1, 0, 2, 3).reshape(batch, num_heads, head_dim)
+
+    for chunk in meta.prefills:
+        rows = slice(chunk.query_start, chunk.query_start + chunk.query_len)
+        query = q[rows].transpose(0, 1).unsqueeze(0)  # [1, Hq, Q, D]
+        if chunk.slots is None:  # nothing cached before this chunk: its own keys are all it needs
+            keys = k[rows].transpose(0, 1).unsqueeze(0)
+            values = v[rows].transpose(0, 1).unsqueeze(0)
+        else:
+            keys = k_cache.index_select(1, chunk.slots).unsqueeze(0)  # [1, Hkv, K, D]
+            values = v_cache.index_select(1, chunk.slots).unsqueeze(0)
+        attn = F.scaled_dot_product_attention(
+            query, keys, values, attn_mask=chunk.mask, is_causal=chunk.mask is None,
+            scale=scale, enable_gqa=group > 1)
+        out[rows] = attn[0].transpose(0, 1)
+    return out.view(num_tokens, num_heads * head_dim)

@@ -1,0 +1,133 @@
+"""Weight loading: a Hugging Face folder (config.json + safetensors) or a GGUF file.
+
+A GGUF is read once through transformers/gguf (dequantized to float32) and kept as a
+Hugging Face folder in polyhead's cache, so later starts load safetensors in a second or
+two instead of re-parsing and dequantizing the file.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from polyhead.models.config import ModelConfig, check_architecture
+from polyhead.models.llama import LlamaForCausalLM
+from polyhead.models.registry import resolve_model_path
+
+
+@dataclass
+class LoadedModel:
+    model: LlamaForCausalLM
+    tokenizer: object  # transformers PreTrainedTokenizerFast
+    config: ModelConfig
+    folder: Path  # the Hugging Face folder the weights came from (the GGUF's cached conversion)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("POLYHEAD_CACHE", Path.home() / ".cache" / "polyhead"))
+
+
+def load_model(model: str | None, dtype: torch.dtype) -> LoadedModel:
+    path = resolve_model_path(model)
+    folder = gguf_to_hf_folder(path) if path.suffix == ".gguf" else path
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"model {str(path)!r} is not a Hugging Face folder (no config.json) nor a .gguf file")
+    from transformers import AutoConfig, AutoTokenizer
+
+    hf_config = AutoConfig.from_pretrained(folder)
+    config = ModelConfig.from_hf(hf_config)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    config.eos_token_ids = _eos_token_ids(folder, config, tokenizer)
+    with torch.device("meta"):
+        net = LlamaForCausalLM(config)
+    state = hf_to_polyhead_state_dict(_read_safetensors(folder), config)
+    net.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True, strict=True)
+    return LoadedModel(net.eval().requires_grad_(False), tokenizer, config, folder)
+
+
+def hf_to_polyhead_state_dict(hf: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Hugging Face parameter names -> ours, concatenating q|k|v and gate|up."""
+    out = {"model.embed_tokens.weight": hf["model.embed_tokens.weight"], "model.norm.weight": hf["model.norm.weight"]}
+    if not config.tie_word_embeddings:
+        out["lm_head.weight"] = hf.get("lm_head.weight", hf["model.embed_tokens.weight"])
+    for i in range(config.num_layers):
+        src, dst = f"model.layers.{i}.", f"model.layers.{i}."
+        attn = src + "self_attn."
+        out[dst + "self_attn.qkv_proj.weight"] = torch.cat([hf[attn + f"{p}_proj.weight"] for p in "qkv"])
+        if config.attention_bias:
+            out[dst + "self_attn.qkv_proj.bias"] = torch.cat([hf[attn + f"{p}_proj.bias"] for p in "qkv"])
+        out[dst + "self_attn.o_proj.weight"] = hf[attn + "o_proj.weight"]
+        out[dst + "mlp.gate_up_proj.weight"] = torch.cat(
+            [hf[src + "mlp.gate_proj.weight"], hf[src + "mlp.up_proj.weight"]])
+        out[dst + "mlp.down_proj.weight"] = hf[src + "mlp.down_proj.weight"]
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            out[dst + f"{norm}.weight"] = hf[src + f"{norm}.weight"]
+    return out
+
+
+def gguf_to_hf_folder(path: Path) -> Path:
+    """Convert a GGUF file once into a cached Hugging Face folder; returns the folder."""
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    folder = cache_dir() / "gguf" / f"{path.stem}-{key}"
+    if (folder / "model.safetensors").is_file():
+        return folder
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    check_architecture(_gguf_architecture(path))  # before the slow part
+    hf_config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(hf_config)
+    tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=skeleton)["tensors"]
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".staging-"))
+    try:  # written aside then renamed, so a crash never leaves a half-converted folder
+        hf_config.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, staging / "model.safetensors")
+        os.replace(staging, folder)
+    except OSError:
+        if not (folder / "model.safetensors").is_file():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _gguf_architecture(path: Path) -> str:
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(path)).fields.get("general.architecture")
+    if field is None:
+        raise ValueError(f"GGUF file {str(path)!r} has no general.architecture field")
+    return bytes(field.parts[field.data[0]]).decode()
+
+
+def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"model folder {str(folder)!r} holds no *.safetensors weights")
+    state = {}
+    for file in files:
+        state.update(load_file(file))
+    return state
+
+
+def _eos_token_ids(folder: Path, config: ModelConfig, tokenizer) -> tuple[int, ...]:
+    ids = set(config.eos_token_ids)
+    generation_config = folder / "generation_config.json"
+    if generation_config.is_file():
+        eos = json.loads(generation_config.read_text()).get("eos_token_id")
+        ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return tuple(sorted(ids))

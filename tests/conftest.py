@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny random models of each architecture (no files needed) and the real
+default model, loaded once per session."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, PreTrainedTokenizerFast, Qwen2Config  # noqa: E402
+
+from polyhead.config import EngineConfig  # noqa: E402
+from polyhead.models.loader import load_model  # noqa: E402
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                 "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer with no merges: 256 byte tokens plus 3 specials (ids 256..258)."""
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|endoftext|>")
+    fast.add_special_tokens({"additional_special_tokens": SPECIALS})
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+TINY_ARCHITECTURES = {
+    "llama": (LlamaConfig, dict(tie_word_embeddings=True)),
+    "llama-untied-llama3-rope": (LlamaConfig, dict(tie_word_embeddings=False, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64})),
+    "qwen2": (Qwen2Config, dict(tie_word_embeddings=False)),
+    "mistral": (MistralConfig, dict(tie_word_embeddings=False, sliding_window=None)),
+    "mistral-sliding-window": (MistralConfig, dict(tie_word_embeddings=False, sliding_window=12)),
+}
+
+
+def make_tiny_model(folder, arch: str = "llama", seed: int = 0, num_layers: int = 2):
+    """Save a tiny random model of `arch` with its tokenizer into `folder`; return the HF model."""
+    config_cls, extra = TINY_ARCHITECTURES[arch]
+    tokenizer = tiny_tokenizer()
+    config = config_cls(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, pad_token_id=0,
+        initializer_range=0.2, **extra)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if arch == "qwen2":  # random biases, so a bias mix-up cannot hide behind zeros
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.2)
+    model.eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    return folder, make_tiny_model(folder, "llama")
+
+
+def make_engine(folder, **options):
+    from polyhead.engine.engine import LLMEngine
+
+    options.setdefault("dtype", "float32")
+    options.setdefault("kv_cache_memory", "16MiB")
+    return LLMEngine(EngineConfig(model=str(folder), **options))
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The real default model in float32, loaded once (the GGUF is converted once into the cache)."""
+    return load_model(None, torch.float32)
+
+
+@pytest.fixture(scope="session")
+def hf_default_model(default_model):
+    return AutoModelForCausalLM.from_pretrained(default_model.folder, dtype=torch.float32).eval()
