@@ -1,0 +1,89 @@
+"""`polyhead`: one entry point, a plain function per subcommand."""
+
+import argparse
+import sys
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine")
+    group.add_argument("--model", default=None,
+                       help="a Hugging Face folder, a .gguf file or a known name (default: SmolLM2-135M-Instruct)")
+    group.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                       help="weights and activations; auto = bfloat16 where the CPU has native bf16 (default: auto)")
+    group.add_argument("--kv-cache-memory", default="2GiB", help="memory for the paged KV cache (default: 2GiB)")
+    group.add_argument("--max-model-len", type=int, default=None,
+                       help="longest prompt + output in tokens (default: the model's context)")
+    group.add_argument("--max-num-seqs", type=int, default=128, help="sequences per step at most (default: 128)")
+    group.add_argument("--max-num-batched-tokens", type=int, default=512,
+                       help="tokens per step at most; longer prompts are prefilled in chunks (default: 512)")
+    group.add_argument("--no-prefix-caching", action="store_true", help="turn off automatic prefix caching")
+    group.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+
+
+def engine_config(args):
+    from polyhead.config import EngineConfig
+
+    return EngineConfig(model=args.model, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory,
+                        max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+                        max_num_batched_tokens=args.max_num_batched_tokens,
+                        enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads)
+
+
+def run(args) -> int:
+    """Answer one prompt, streaming the reply to the terminal."""
+    from polyhead.engine.params import SamplingParams
+    from polyhead.llm import LLM
+
+    llm = LLM.from_config(engine_config(args))
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+                            seed=args.seed)
+    prompt = args.prompt
+    if not args.raw:
+        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        prompt = llm.apply_chat_template(messages + [{"role": "user", "content": args.prompt}])
+    for out in llm.stream(prompt, params):
+        sys.stdout.write(out.new_text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="polyhead", description="A multi-task LLM engine: many tasks on one shared backbone, "
+        "continuously batched.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("run", help="answer one prompt, streaming tokens to the terminal",
+                            description="Answer one prompt with the model's chat template, streaming the reply.")
+    p.add_argument("prompt", help="the user message (or the raw prompt with --raw)")
+    p.add_argument("--system", default=None, help="a system message to put before the prompt")
+    p.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
+    p.add_argument("--max-tokens", type=int, default=256, help="new tokens at most (default: 256)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")
+    p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    add_engine_args(p)
+    p.set_defaults(func=run)
+
+    from polyhead.bench.offline import add_offline_parser
+
+    bench = commands.add_parser("bench", help="measure polyhead (and its peers) on this machine")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
+    add_offline_parser(bench_commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except ValueError as err:  # bad input: say what and which limit, without a traceback
+        print(f"polyhead: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The synchronous engine: add requests, call `step()` until they finish."""
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from polyhead.config import EngineConfig
+from polyhead.engine.detokenizer import IncrementalDetokenizer
+from polyhead.engine.kv_cache import KVCacheManager
+from polyhead.engine.outputs import RequestOutput
+from polyhead.engine.params import SamplingParams
+from polyhead.engine.request import Request, RequestStatus
+from polyhead.engine.runner import ModelRunner
+from polyhead.engine.sampler import TokenLogprobs, make_generator
+from polyhead.engine.scheduler import Scheduler
+from polyhead.models.loader import LoadedModel, load_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _OutputState:
+    """What the engine keeps per request to build its outputs."""
+
+    request: Request
+    prompt: str | None
+    detokenizer: IncrementalDetokenizer
+    logprobs: list[TokenLogprobs] | None
+    num_sent_tokens: int = 0
+    error: str | None = None
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None):
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        torch.manual_seed(config.seed)
+        self.config = config
+        loaded = loaded or load_model(config.model, config.torch_dtype)
+        self.model, self.tokenizer, self.model_config = loaded.model, loaded.tokenizer, loaded.config
+        self.model_folder = loaded.folder
+        dtype = next(self.model.parameters()).dtype
+
+        bytes_per_block = ModelRunner.cache_bytes_per_block(self.model, config.block_size, dtype)
+        num_blocks = config.kv_cache_memory // bytes_per_block
+        if num_blocks < 1:
+            raise ValueError(f"kv_cache_memory ({config.kv_cache_memory} bytes) is below one KV block "
+                             f"({bytes_per_block} bytes at block_size {config.block_size})")
+        self.kv_capacity_tokens = num_blocks * config.block_size
+        context = self.model_config.max_position_embeddings
+        if config.max_model_len is not None and config.max_model_len > context:
+            raise ValueError(f"max_model_len ({config.max_model_len}) exceeds the model's context ({context})")
+        self.max_model_len = min(config.max_model_len or context, self.kv_capacity_tokens)
+
+        self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens,
+                                   self.max_model_len)
+        self.runner = ModelRunner(self.model, num_blocks, config.block_size, dtype)
+        self._states: dict[str, _OutputState] = {}
+        self._pending: list[RequestOutput] = []  # outputs of requests ended between steps
+        self._next_id = 0
+
+    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
+                    req_id: str | None = None) -> str:
+        params = params or SamplingParams()
+        if req_id is None:
+            req_id, self._next_id = f"req-{self._next_id}", self._next_id + 1
+        if req_id in self._states:
+            raise ValueError(f"req_id {req_id!r} is already in use")
+        text = prompt if isinstance(prompt, str) else None
+        token_ids = self.tokenizer.encode(prompt, add_special_tokens=False) if text is not None else list(prompt)
+        self.validate_prompt(token_ids)
+        eos = frozenset() if params.ignore_eos else frozenset(self.model_config.eos_token_ids)
+        request = Request(req_id, token_ids, params, eos)
+        if params.seed is not None:
+            request.generator = make_generator(params.seed)
+        detok = IncrementalDetokenizer(self.tokenizer, token_ids, params)
+        logprobs = [] if params.logprobs is not None else None
+        self._states[req_id] = _OutputState(request, text, detok, logprobs)
+        self.scheduler.add(request)
+        return req_id
+
+    def validate_prompt(self, token_ids: list[int]) -> None:
+        if not token_ids:
+            raise ValueError("prompt is empty: it must have at least 1 token")
+        vocab = self.model_config.vocab_size
+        if not all(isinstance(t, int) and 0 <= t < vocab for t in token_ids):
+            raise ValueError(f"prompt token ids must be integers in [0, {vocab}) (vocab_size)")
+        if len(token_ids) >= self.max_model_len:
+            raise ValueError(
+                f"prompt has {len(token_ids)} tokens, but the limit is {self.max_model_len - 1} "
+                f"(max_model_len {self.max_model_len} = min(model context {self.model_config.max_position_embeddings}, "
+                f"KV cache capacity {self.kv_capacity_tokens} tokens), leaving room for 1 new token)")
+
+    def abort_request(self, req_id: str) -> bool:
+        """Cancel a request; its blocks are freed now and its final output comes with the next step."""
+        return self._end(req_id, RequestStatus.FINISHED_ABORTED)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._states)
+
+    def step(self) -> list[RequestOutput]:
+        outputs = self._take_pending()
+        sched = self.scheduler.schedule()
+        if sched.is_empty:
+            return outputs
+        try:
+            result = self.runner.execute(sched)
+        except Exception as err:  # one failed step fails its own rows, never the engine
+            logger.exception("engine step failed; failing the %d requests in it", len(sched.scheduled))
+            for request, _ in sched.scheduled:
+                self._end(request.req_id, RequestStatus.FINISHED_ERROR, f"{type(err).__name__}: {err}")
+            return outputs + self._take_pending()
+        self.scheduler.update(sched, result.sampled_token_ids)
+        for req_id, token in result.sampled_token_ids.items():
+            state = self._states.get(req_id)
+            if state is None:
+                continue
+            if state.logprobs is not None:
+                state.logprobs.append(result.logprobs[req_id])
+            stop = state.detokenizer.update([token])
+            if stop is not None and not state.request.is_finished:
+                state.request.stop_reason = stop
+                self.scheduler.finish(req_id, RequestStatus.FINISHED_STOPPED)
+            outputs.append(self._make_output(state))
+        return outputs
+
+    def _end(self, req_id: str, status: RequestStatus, error: str | None = None) -> bool:
+        state = self._states.get(req_id)
+        if state is None:
+            return False
+        self.scheduler.finish(req_id, status)
+        state.error = error
+        self._pending.append(self._make_output(state))
+        return True
+
+    def _take_pending(self) -> list[RequestOutput]:
+        outputs, self._pending = self._pending, []
+        return outputs
+
+    def _make_output(self, state: _OutputState) -> RequestOutput:
+        request = state.request
+        finished = request.is_finished
+        if finished:
+            del self._states[request.req_id]
+        token_ids = request.output_token_ids
+        new_token_ids = token_ids[state.num_sent_tokens:]
+        state.num_sent_tokens = len(token_ids)
+        return RequestOutput(
+            req_id=request.req_id, prompt=state.prompt, prompt_token_ids=request.prompt_token_ids,
+            text=state.detokenizer.text, token_ids=token_ids,
+            new_text=state.detokenizer.take_delta(finished=finished), new_token_ids=new_token_ids,
+            finished=finished, finish_reason=request.status.finish_reason, stop_reason=request.stop_reason,
+            logprobs=state.logprobs, num_cached_tokens=request.num_cached_tokens, error=state.error)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)

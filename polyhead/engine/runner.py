@@ -1,0 +1,97 @@
+"""Turns a SchedulerOutput into tensors, runs the backbone once, samples the rows that need it."""
+
+from dataclasses import dataclass
+
+import torch
+
+from polyhead.engine.request import Request
+from polyhead.engine.sampler import Sampler, SamplingRow, TokenLogprobs
+from polyhead.engine.scheduler import SchedulerOutput
+from polyhead.models.attention import AttentionMetadata, PrefillChunk, build_decode_bias, build_prefill_mask
+from polyhead.models.llama import LlamaForCausalLM
+
+
+@dataclass(slots=True)
+class RunnerOutput:
+    sampled_token_ids: dict[str, int]  # req_id -> new token, for rows whose tokens are all computed
+    logprobs: dict[str, TokenLogprobs]  # req_id -> logprobs of that token, where asked for
+
+
+@dataclass(slots=True)
+class BatchInputs:
+    input_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    meta: AttentionMetadata
+    sample_rows: list[int]  # rows of the flat batch whose logits are sampled
+    sample_requests: list[Request]  # the request each of those rows belongs to
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int, dtype: torch.dtype):
+        config = model.config
+        self.model = model
+        self.block_size = block_size
+        self.dtype = dtype
+        self.sliding_window = config.sliding_window
+        # [layers, 2 (k, v), kv_heads, slots, head_dim]; zeroed so padding reads are finite
+        self.kv_cache = torch.zeros(config.num_layers, 2, config.num_kv_heads, num_blocks * block_size,
+                                    config.head_dim, dtype=dtype)
+        self.kv_caches = list(self.kv_cache.unbind(0))
+        self.sampler = Sampler()
+
+    @staticmethod
+    def cache_bytes_per_block(model: LlamaForCausalLM, block_size: int, dtype: torch.dtype) -> int:
+        config = model.config
+        return 2 * config.num_layers * config.num_kv_heads * config.head_dim * block_size * dtype.itemsize
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+        batch = self.prepare(sched)
+        hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta)
+        if not batch.sample_rows:
+            return RunnerOutput({}, {})
+        logits = self.model.compute_logits(hidden[batch.sample_rows])  # only rows that sample
+        rows = [SamplingRow(r.params, r.prompt_token_ids, r.output_token_ids, r.generator)
+                for r in batch.sample_requests]
+        out = self.sampler(logits, rows)
+        ids = [r.req_id for r in batch.sample_requests]
+        logprobs = {i: lp for i, lp in zip(ids, out.logprobs) if lp is not None}
+        return RunnerOutput(dict(zip(ids, out.token_ids)), logprobs)
+
+    def prepare(self, sched: SchedulerOutput) -> BatchInputs:
+        size = self.block_size
+        input_ids, positions, slot_mapping = [], [], []
+        decode_tables, decode_lens, prefills = [], [], []
+        sample_rows, sample_requests = [], []
+        for request, num_new in sched.scheduled:
+            start, end = request.num_computed_tokens, request.num_computed_tokens + num_new
+            row = len(input_ids)
+            input_ids.extend(request.all_token_ids[start:end])
+            positions.extend(range(start, end))
+            table = request.block_ids
+            slot_mapping.extend(table[p // size] * size + p % size for p in range(start, end))
+            if num_new == 1:
+                assert row == len(decode_tables), "the scheduler puts one-token rows first"
+                decode_tables.append(table)
+                decode_lens.append(end)
+            else:
+                slots = None if start == 0 else self._slots(table, end)
+                mask = build_prefill_mask(start, num_new, self.sliding_window)
+                prefills.append(PrefillChunk(row, num_new, end, slots, mask))
+            if end == request.num_tokens:  # all its known tokens are computed: sample the next
+                sample_rows.append(row + num_new - 1)
+                sample_requests.append(request)
+
+        decode_slots = decode_bias = None
+        if decode_tables:
+            num_blocks = max(len(t) for t in decode_tables)
+            table = torch.tensor([t + [0] * (num_blocks - len(t)) for t in decode_tables])  # [B, nb]
+            decode_slots = (table.unsqueeze(-1) * size + torch.arange(size)).view(len(decode_tables), -1)
+            decode_slots = decode_slots[:, : max(decode_lens)].contiguous()
+            decode_bias = build_decode_bias(decode_lens, self.sliding_window, self.dtype)
+        meta = AttentionMetadata(torch.tensor(slot_mapping), len(decode_tables), decode_slots, decode_bias, prefills)
+        return BatchInputs(torch.tensor(input_ids), torch.tensor(positions), meta, sample_rows, sample_requests)
+
+    def _slots(self, table: list[int], num_tokens: int) -> torch.Tensor:
+        slots = (torch.tensor(table).unsqueeze(-1) * self.block_size + torch.arange(self.block_size)).view(-1)
+        return slots[:num_tokens]

@@ -1,0 +1,79 @@
+"""The offline entry point: `LLM().generate(prompts, params)` runs a batch to completion."""
+
+from collections.abc import Iterator, Sequence
+
+from tqdm import tqdm
+
+from polyhead.config import EngineConfig
+from polyhead.engine.engine import LLMEngine
+from polyhead.engine.outputs import RequestOutput
+from polyhead.engine.params import SamplingParams
+
+Prompt = str | list[int]
+Messages = list[dict[str, str]]
+
+
+class LLM:
+    def __init__(self, model: str | None = None, dtype: str = "auto", **engine_options):
+        self.engine = LLMEngine(EngineConfig(model=model, dtype=dtype, **engine_options))
+        self.tokenizer = self.engine.tokenizer
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> "LLM":
+        return cls(**{name: getattr(config, name) for name in config.__slots__})
+
+    def generate(self, prompts: Prompt | Sequence[Prompt],
+                 params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool = False) -> list[RequestOutput]:
+        """Generate for every prompt (text or token ids); outputs come back in prompt order."""
+        prompts = [prompts] if _is_single_prompt(prompts) else list(prompts)
+        params_list = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
+        if len(params_list) != len(prompts):
+            raise ValueError(f"params has {len(params_list)} entries for {len(prompts)} prompts")
+        req_ids = []
+        try:  # all or nothing: a bad prompt leaves no sibling queued
+            for prompt, p in zip(prompts, params_list):
+                req_ids.append(self.engine.add_request(prompt, p))
+        except ValueError:
+            for req_id in req_ids:
+                self.engine.abort_request(req_id)
+            self.engine.step()  # collect the aborted outputs so they do not leak into a later call
+            raise
+        wanted, finished = set(req_ids), {}  # type: set[str], dict[str, RequestOutput]
+        with tqdm(total=len(req_ids), desc="generating", unit="req", disable=not use_tqdm) as bar:
+            while len(finished) < len(req_ids):
+                for out in self.engine.step():
+                    if out.finished and out.req_id in wanted:
+                        finished[out.req_id] = out
+                        bar.update(1)
+        return [finished[req_id] for req_id in req_ids]
+
+    def chat(self, messages: Messages | Sequence[Messages], params: SamplingParams | None = None,
+             use_tqdm: bool = False) -> list[RequestOutput]:
+        """Generate replies to one conversation or several, formatted by the model's chat template."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        return self.generate([self.apply_chat_template(c) for c in conversations], params, use_tqdm)
+
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[RequestOutput]:
+        """Yield one output per step for a single prompt, with `new_text` holding the fresh text."""
+        req_id = self.engine.add_request(prompt, params)
+        try:
+            while True:
+                for out in self.engine.step():
+                    if out.req_id == req_id:
+                        yield out
+                        if out.finished:
+                            return
+        finally:
+            self.engine.abort_request(req_id)
+
+    def apply_chat_template(self, messages: Messages) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("this model's tokenizer has no chat template; use generate() with a plain prompt")
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+
+def _is_single_prompt(prompts) -> bool:
+    return isinstance(prompts, str) or (isinstance(prompts, list) and bool(prompts)
+                                        and all(isinstance(t, int) for t in prompts))
