@@ -5,13 +5,19 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, PreTrainedTokenizerFast, Qwen2Config  # noqa: E402
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    MistralConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
 
-from polyhead.config import EngineConfig  # noqa: E402
-from polyhead.models.loader import load_model  # noqa: E402
+from polyhead.config import EngineConfig
+from polyhead.models.loader import load_model
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -31,13 +37,13 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 TINY_ARCHITECTURES = {
-    "llama": (LlamaConfig, dict(tie_word_embeddings=True)),
-    "llama-untied-llama3-rope": (LlamaConfig, dict(tie_word_embeddings=False, rope_parameters={
+    "llama": (LlamaConfig, {"tie_word_embeddings": True}),
+    "llama-untied-llama3-rope": (LlamaConfig, {"tie_word_embeddings": False, "rope_parameters": {
         "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0, "original_max_position_embeddings": 64})),
-    "qwen2": (Qwen2Config, dict(tie_word_embeddings=False)),
-    "mistral": (MistralConfig, dict(tie_word_embeddings=False, sliding_window=None)),
-    "mistral-sliding-window": (MistralConfig, dict(tie_word_embeddings=False, sliding_window=12)),
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}),
+    "qwen2": (Qwen2Config, {"tie_word_embeddings": False}),
+    "mistral": (MistralConfig, {"tie_word_embeddings": False, "sliding_window": None}),
+    "mistral-sliding-window": (MistralConfig, {"tie_word_embeddings": False, "sliding_window": 12}),
 }
 
 

@@ -87,9 +87,9 @@ def run_offline(args) -> int:
     print("| sequences | polyhead tok/s | transformers generate tok/s | ratio |")
     print("|---|---|---|---|")
     for row in rows:
-        ref = row.get("transformers_tok_s")
-        print(f"| {row['concurrency']} | {row['polyhead_tok_s']:.1f} | "
-              f"{'-' if ref is None else f'{ref:.1f}'} | {'-' if ref is None else f'{row['ratio']:.2f}x'} |")
+        ref = f"{row['transformers_tok_s']:.1f}" if "transformers_tok_s" in row else "-"
+        ratio = f"{row['ratio']:.2f}x" if "ratio" in row else "-"
+        print(f"| {row['concurrency']} | {row['polyhead_tok_s']:.1f} | {ref} | {ratio} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args) | {"func": None}, "rows": rows}, f, indent=2)

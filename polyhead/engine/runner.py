@@ -9,6 +9,7 @@ from polyhead.engine.sampler import Sampler, SamplingRow, TokenLogprobs
 from polyhead.engine.scheduler import SchedulerOutput
 from polyhead.models.attention import AttentionMetadata, PrefillChunk, build_decode_bias, build_prefill_mask
 from polyhead.models.llama import LlamaForCausalLM
+from polyhead.models.packed_linear import can_pack, pack_linear_layers
 
 
 @dataclass(slots=True)
@@ -29,6 +30,8 @@ class BatchInputs:
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int, dtype: torch.dtype):
         config = model.config
+        if can_pack(next(model.parameters()).device):
+            pack_linear_layers(model)
         self.model = model
         self.block_size = block_size
         self.dtype = dtype
@@ -75,23 +78,18 @@ class ModelRunner:
                 decode_tables.append(table)
                 decode_lens.append(end)
             else:
-                slots = None if start == 0 else self._slots(table, end)
+                blocks = None if start == 0 else torch.tensor(table[: -(-end // size)])
                 mask = build_prefill_mask(start, num_new, self.sliding_window)
-                prefills.append(PrefillChunk(row, num_new, end, slots, mask))
+                prefills.append(PrefillChunk(row, num_new, end, blocks, mask))
             if end == request.num_tokens:  # all its known tokens are computed: sample the next
                 sample_rows.append(row + num_new - 1)
                 sample_requests.append(request)
 
-        decode_slots = decode_bias = None
+        decode_table = decode_bias = None
         if decode_tables:
-            num_blocks = max(len(t) for t in decode_tables)
-            table = torch.tensor([t + [0] * (num_blocks - len(t)) for t in decode_tables])  # [B, nb]
-            decode_slots = (table.unsqueeze(-1) * size + torch.arange(size)).view(len(decode_tables), -1)
-            decode_slots = decode_slots[:, : max(decode_lens)].contiguous()
-            decode_bias = build_decode_bias(decode_lens, self.sliding_window, self.dtype)
-        meta = AttentionMetadata(torch.tensor(slot_mapping), len(decode_tables), decode_slots, decode_bias, prefills)
+            num_blocks = -(-max(decode_lens) // size)
+            decode_table = torch.tensor([t[:num_blocks] + [0] * (num_blocks - len(t)) for t in decode_tables])
+            decode_bias = build_decode_bias(decode_lens, num_blocks * size, self.sliding_window, self.dtype)
+        meta = AttentionMetadata(torch.tensor(slot_mapping), size, len(decode_tables), decode_table, decode_bias,
+                                 prefills)
         return BatchInputs(torch.tensor(input_ids), torch.tensor(positions), meta, sample_rows, sample_requests)
-
-    def _slots(self, table: list[int], num_tokens: int) -> torch.Tensor:
-        slots = (torch.tensor(table).unsqueeze(-1) * self.block_size + torch.arange(self.block_size)).view(-1)
-        return slots[:num_tokens]

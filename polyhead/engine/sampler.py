@@ -1,14 +1,19 @@
-"""Batched sampling: every row has its own parameters, all applied in tensor ops per step.
+"""Batched sampling: every row has its own parameters, all applied with per-row tensors each step.
 
-Order (as vLLM): penalties on the raw logits -> temperature -> top-k -> top-p -> min-p ->
-sample. Reported logprobs are the raw model's log-softmax, before any of that.
+Order (as vLLM): penalties on the raw logits -> temperature -> top-k -> top-p -> min-p -> sample.
+Reported logprobs are the raw model's log-softmax, before any of that.
 """
 
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 
 from polyhead.engine.params import SamplingParams
+
+# top-k/top-p first look for each row's cut-off among this many most likely tokens; only rows whose
+# kept set may reach past them pay for a sort of the whole vocabulary.
+NUM_CANDIDATES = 256
 
 
 @dataclass(slots=True)
@@ -16,7 +21,7 @@ class SamplingRow:
     params: SamplingParams
     prompt_token_ids: list[int]
     output_token_ids: list[int]  # tokens generated so far (before this step)
-    generator: torch.Generator | None  # the request's own RNG when params.seed is set
+    generator: torch.Generator | None  # the request's own RNG when params.seed is set, else None
 
 
 @dataclass(slots=True)
@@ -37,89 +42,147 @@ def make_generator(seed: int) -> torch.Generator:
 
 class Sampler:
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
-        # logits: [B, V]
-        logits = logits.float()
-        raw_logprobs = None
-        if any(r.params.logprobs is not None for r in rows):
-            raw_logprobs = torch.log_softmax(logits, dim=-1)
-        if any(r.params.needs_penalties for r in rows):
-            logits = apply_penalties(logits.clone(), rows)
-        if all(r.params.is_greedy for r in rows):
-            chosen = logits.argmax(dim=-1)
+        # logits: [B, V], one row per SamplingRow
+        params = [r.params for r in rows]
+        logprob_rows = [i for i, p in enumerate(params) if p.logprobs is not None]
+        needs_penalties = any(p.needs_penalties for p in params)
+        if not logprob_rows and not needs_penalties and all(p.is_greedy for p in params):
+            # on CPU, converting to float32 first is faster than argmax over bf16
+            return SamplerOutput(logits.float().argmax(dim=-1).tolist(), [None] * len(rows))
+        # penalties write in place, so they get their own copy, never the caller's tensor
+        logits = logits.to(torch.float32, memory_format=torch.contiguous_format, copy=needs_penalties)
+        raw_logprobs = None  # [L, V] for the rows in logprob_rows; taken before penalties change logits
+        if logprob_rows:
+            raw_logprobs = _take_rows(logits, logprob_rows).log_softmax(dim=-1)
+        if needs_penalties:
+            _apply_penalties(logits, rows)
+        greedy = [i for i, p in enumerate(params) if p.is_greedy]
+        sampled = [i for i, p in enumerate(params) if not p.is_greedy]
+        if not sampled:
+            chosen = logits.argmax(dim=-1)  # [B]
+        elif not greedy:
+            chosen = _sample(logits, rows)
         else:
-            chosen = self._sample(logits, rows)
-        token_ids = chosen.tolist()
-        return SamplerOutput(token_ids, _gather_logprobs(raw_logprobs, chosen, rows))
-
-    def _sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-        greedy = logits.argmax(dim=-1)
-        is_greedy = torch.tensor([r.params.is_greedy for r in rows])
-        temperature = torch.tensor([r.params.temperature if r.params.temperature > 0 else 1.0 for r in rows])
-        logits = logits / temperature.unsqueeze(1)
-        if any(r.params.top_k > 0 or r.params.top_p < 1.0 for r in rows):
-            logits = apply_top_k_top_p(logits, rows)
-        probs = torch.softmax(logits, dim=-1)
-        if any(r.params.min_p > 0 for r in rows):
-            min_p = torch.tensor([r.params.min_p for r in rows]).unsqueeze(1)
-            probs = probs.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), 0.0)
-        # Exponential race: argmax(p / E), E ~ Exp(1), draws from p. Seeded rows draw their noise from
-        # their own generator, so their output does not depend on what else shares the batch.
-        noise = torch.empty_like(probs).exponential_()
-        for i, row in enumerate(rows):
-            if row.generator is not None:
-                noise[i].exponential_(generator=row.generator)
-        sampled = (probs / noise).argmax(dim=-1)
-        return torch.where(is_greedy, greedy, sampled)
+            chosen = torch.empty(len(rows), dtype=torch.long)
+            chosen[greedy] = logits[greedy].argmax(dim=-1)
+            chosen[sampled] = _sample(logits[sampled], [rows[i] for i in sampled])
+        return SamplerOutput(chosen.tolist(), _gather_logprobs(raw_logprobs, logprob_rows, chosen, rows))
 
 
-def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-    # logits: [B, V], modified in place. Counts come from one scatter_add over all rows' tokens.
-    batch, vocab = logits.shape
-    output_counts = torch.zeros(batch, vocab)
-    seen = torch.zeros(batch, vocab, dtype=torch.bool)
-    for i, row in enumerate(rows):
-        if row.params.needs_penalties and row.output_token_ids:
-            ids = torch.tensor(row.output_token_ids)
-            output_counts[i].scatter_add_(0, ids, torch.ones(len(ids)))
-        if row.params.repetition_penalty != 1.0 and row.prompt_token_ids:
-            seen[i, torch.tensor(row.prompt_token_ids)] = True
-    seen |= output_counts > 0
-    repetition = torch.tensor([r.params.repetition_penalty for r in rows]).unsqueeze(1)
-    presence = torch.tensor([r.params.presence_penalty for r in rows]).unsqueeze(1)
-    frequency = torch.tensor([r.params.frequency_penalty for r in rows]).unsqueeze(1)
-    penalized = torch.where(logits > 0, logits / repetition, logits * repetition)
-    logits = torch.where(seen, penalized, logits)
-    logits -= frequency * output_counts + presence * (output_counts > 0).float()
-    return logits
-
-
-def apply_top_k_top_p(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-    # logits: [B, V]. Sorted ascending, so the tokens to drop are a prefix of each row.
+def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+    # logits: [B, V] contiguous, changed in place. Only the (row, token) pairs that occur are touched,
+    # addressed as row * V + token, so the cost follows the number of tokens, not B * V.
     vocab = logits.shape[1]
-    top_k = torch.tensor([r.params.top_k if r.params.top_k > 0 else vocab for r in rows])
-    top_p = torch.tensor([r.params.top_p for r in rows])
-    sorted_logits, order = logits.sort(dim=-1)
-    drop = torch.arange(vocab).unsqueeze(0) < (vocab - top_k.clamp(max=vocab)).unsqueeze(1)
-    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    drop = cumulative <= (1 - top_p).unsqueeze(1)
-    drop[:, -1] = False  # always keep the most likely token
-    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+    flat = logits.view(-1)  # [B * V]
+    repetition = torch.tensor([r.params.repetition_penalty for r in rows])  # [B]
+    seen = _flat_token_ids([(i, r.prompt_token_ids + r.output_token_ids)
+                            for i, r in enumerate(rows) if r.params.repetition_penalty != 1.0], vocab)
+    if seen.numel():
+        # a token seen twice gets the same new value written twice, so it is penalized once
+        values, penalty = flat[seen], repetition[seen // vocab]
+        flat[seen] = torch.where(values > 0, values / penalty, values * penalty)
+    presence = torch.tensor([r.params.presence_penalty for r in rows])  # [B]
+    frequency = torch.tensor([r.params.frequency_penalty for r in rows])  # [B]
+    generated = _flat_token_ids([(i, r.output_token_ids) for i, r in enumerate(rows)
+                                 if r.params.presence_penalty != 0.0 or r.params.frequency_penalty != 0.0], vocab)
+    if generated.numel():
+        row = generated // vocab
+        flat[generated] = flat[generated] - presence[row]  # written, not added: once per distinct token
+        flat.index_add_(0, generated, -frequency[row])  # added: once per occurrence
 
 
-def _gather_logprobs(raw: torch.Tensor | None, chosen: torch.Tensor, rows: list[SamplingRow]):
-    if raw is None:
-        return [None] * len(rows)
-    chosen_logprobs = raw.gather(1, chosen.unsqueeze(1)).squeeze(1).tolist()
-    max_k = max(r.params.logprobs or 0 for r in rows)
-    top_values, top_ids = (raw.topk(max_k, dim=-1) if max_k else (None, None))
-    out = []
-    for i, row in enumerate(rows):
-        k = row.params.logprobs
-        if k is None:
-            out.append(None)
-            continue
-        top = list(zip(top_ids[i, :k].tolist(), top_values[i, :k].tolist())) if k else []
-        out.append(TokenLogprobs(chosen_logprobs[i], top))
+def _flat_token_ids(token_lists: list[tuple[int, list[int]]], vocab: int) -> torch.Tensor:
+    # (row, token ids) pairs -> [N] row * vocab + token, one entry per occurrence
+    tokens = torch.tensor(list(chain.from_iterable(ids for _, ids in token_lists)), dtype=torch.long)
+    rows = torch.tensor([row for row, _ in token_lists], dtype=torch.long)
+    lengths = torch.tensor([len(ids) for _, ids in token_lists], dtype=torch.long)
+    return rows.repeat_interleave(lengths) * vocab + tokens
+
+
+def _sample(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    # logits: [S, V] penalized, rows with temperature > 0 -> [S] token ids
+    params = [r.params for r in rows]
+    logits = logits / torch.tensor([p.temperature for p in params]).unsqueeze(1)  # a new tensor
+    cutoff = None  # [S] smallest logit a row keeps
+    if any(p.top_k > 0 or p.top_p < 1.0 for p in params):
+        cutoff = _top_k_top_p_cutoff(logits, params)
+    if any(p.min_p > 0.0 for p in params):
+        # p >= min_p * p_max  <=>  logit >= max logit + log(min_p); the ratio does not change when
+        # top-k/top-p renormalize, as they always keep the most likely token. log(0) = -inf: off.
+        floor = logits.amax(dim=-1) + torch.tensor([p.min_p for p in params]).log()
+        cutoff = floor if cutoff is None else torch.maximum(cutoff, floor)
+    if cutoff is not None:
+        logits.masked_fill_(logits < cutoff.unsqueeze(1), float("-inf"))
+    return _exponential_race(logits.softmax(dim=-1), [r.generator for r in rows])
+
+
+def _top_k_top_p_cutoff(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    # logits: [S, V] -> [S] smallest logit kept by top-k then top-p; -inf where both are off.
+    # Ties with the cut-off logit are kept too (as vLLM's top-k).
+    vocab = logits.shape[1]
+    top_k = torch.tensor([min(p.top_k, vocab) if p.top_k > 0 else vocab for p in params])  # [S]
+    top_p = torch.tensor([p.top_p if p.top_p < 1.0 else float("inf") for p in params])  # [S]; inf: off
+    is_off = (top_k == vocab) & (top_p == float("inf"))
+    cutoff, is_exact = _cutoff_among(logits, top_k, top_p, min(NUM_CANDIDATES, vocab))
+    redo = (~(is_exact | is_off)).nonzero().squeeze(1)
+    if redo.numel():
+        cutoff[redo] = _cutoff_among(logits[redo], top_k[redo], top_p[redo], vocab)[0]
+    return cutoff.masked_fill(is_off, float("-inf"))
+
+
+def _cutoff_among(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                  num_candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # The kept set is a prefix of the row sorted by logit, so its last logit describes it. Looks only
+    # at the num_candidates largest; is_exact [S] says where that provably holds the whole kept set.
+    vocab = logits.shape[1]
+    values = logits.topk(num_candidates, dim=-1).values  # [S, n], most likely first
+    in_top_k = torch.arange(num_candidates) < top_k.unsqueeze(1)  # [S, n]
+    values = values.masked_fill(~in_top_k, float("-inf"))
+    # top-p measures the top-k renormalized distribution; with top-k off that is the whole row
+    norm = values.logsumexp(dim=-1)  # [S]
+    if num_candidates < vocab and bool((top_k > num_candidates).any()):
+        norm = torch.where(top_k > num_candidates, logits.logsumexp(dim=-1), norm)
+    probs = (values - norm.unsqueeze(1)).exp()  # [S, n]
+    cumulative = probs.cumsum(dim=-1)  # [S, n]
+    in_top_p = cumulative - probs < top_p.unsqueeze(1)  # the more likely tokens still fall short of top_p
+    num_kept = (in_top_k & in_top_p).sum(dim=-1)  # [S], >= 1: the top token is always kept
+    cutoff = values.gather(1, (num_kept - 1).unsqueeze(1)).squeeze(1)  # [S]
+    is_exact = (top_k <= num_candidates) | ((top_k == vocab) & (cumulative[:, -1] >= top_p))
+    return cutoff, is_exact
+
+
+def _exponential_race(probs: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
+    # probs: [S, V] -> [S]. With E_j ~ Exp(1) independent, E_j / p_j are exponential arrival times with
+    # rates p_j, and the first to arrive, argmax p_j / E_j, is token j with probability p_j.
+    noise = torch.empty_like(probs)  # [S, V] U ~ Uniform[0, 1), then -log(U) ~ Exp(1)
+    unseeded = [i for i, g in enumerate(generators) if g is None]
+    if len(unseeded) == len(generators):
+        noise.uniform_()
+    else:
+        # a seeded row draws only from its own generator, so its token does not depend on the batch
+        if unseeded:
+            noise[unseeded] = torch.rand(len(unseeded), noise.shape[1])
+        for i, generator in enumerate(generators):
+            if generator is not None:
+                noise[i].uniform_(generator=generator)
+    return probs.div_(noise.log_().neg_()).argmax(dim=-1)
+
+
+def _take_rows(t: torch.Tensor, idx: list[int]) -> torch.Tensor:
+    return t if len(idx) == t.shape[0] else t[idx]
+
+
+def _gather_logprobs(raw_logprobs: torch.Tensor | None, logprob_rows: list[int], chosen: torch.Tensor,
+                     rows: list[SamplingRow]) -> list[TokenLogprobs | None]:
+    # raw_logprobs: [L, V] for the rows in logprob_rows; chosen: [B]
+    out: list[TokenLogprobs | None] = [None] * len(rows)
+    if raw_logprobs is None:
+        return out
+    chosen_logprobs = raw_logprobs.gather(1, _take_rows(chosen, logprob_rows).unsqueeze(1)).squeeze(1).tolist()
+    max_k = max(rows[i].params.logprobs for i in logprob_rows)
+    top_values, top_ids = raw_logprobs.topk(max_k, dim=-1)  # [L, max_k] each, most likely first
+    top_values, top_ids = top_values.tolist(), top_ids.tolist()
+    for j, i in enumerate(logprob_rows):
+        k = rows[i].params.logprobs
+        out[i] = TokenLogprobs(chosen_logprobs[j], list(zip(top_ids[j][:k], top_values[j][:k])))
     return out

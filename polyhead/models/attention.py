@@ -4,7 +4,8 @@ The batch is every scheduled token of every sequence concatenated, decode rows f
 token each), then prefill chunks. The rule it keeps: a token at position p attends to the
 keys at positions 0..p of its own sequence (and no further back than the sliding window),
 whether those keys were written this step or steps ago; keys live in cache slots named by
-the sequence's block table.
+the sequence's block table, and are gathered a whole block at a time (keys and values of
+all heads in one copy), padding beyond a sequence's length masked out.
 
 Decode rows are batched into one matmul over their gathered keys (the CPU flash kernel is
 built for long queries and is ~2x slower for one-token queries); each prefill chunk runs
@@ -22,16 +23,17 @@ class PrefillChunk:
     query_start: int  # first row of this chunk in the flat batch
     query_len: int  # new tokens in this chunk
     context_len: int  # tokens of the sequence whose keys this chunk attends to (cached + new)
-    slots: torch.Tensor | None  # [context_len] cache slots of all those keys; None: no cached prefix
+    block_ids: torch.Tensor | None  # [ceil(context_len / block)] its blocks; None: no cached prefix
     mask: torch.Tensor | None  # [query_len, context_len] bool, True = attend; None: plain causal
 
 
 @dataclass(slots=True)
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] cache slot where each new token's key/value is written
+    block_size: int  # slots per block: slot = block_id * block_size + offset
     num_decode_tokens: int  # rows [0, num_decode_tokens) are decode rows, one per sequence
-    decode_slots: torch.Tensor | None  # [B, L] slots of each decode row's keys, padded to the longest
-    decode_bias: torch.Tensor | None  # [1, B, 1, L] 0 where attended, -inf at padding / outside window
+    decode_block_table: torch.Tensor | None  # [B, nb] each decode row's blocks, padded with block 0
+    decode_bias: torch.Tensor | None  # [1, B, 1, nb * block] 0 where attended, -inf at padding / outside window
     prefills: list[PrefillChunk]
 
 
@@ -47,10 +49,11 @@ def build_prefill_mask(start: int, query_len: int, sliding_window: int | None) -
     return mask
 
 
-def build_decode_bias(context_lens: list[int], sliding_window: int | None, dtype: torch.dtype):
-    """Additive bias for decode rows whose query is the last of `context_lens[i]` keys."""
+def build_decode_bias(context_lens: list[int], num_keys: int, sliding_window: int | None, dtype: torch.dtype):
+    """Additive bias over `num_keys` gathered keys for decode rows whose query is the last of
+    `context_lens[i]` keys."""
     lens = torch.tensor(context_lens)
-    k_pos = torch.arange(int(lens.max())).unsqueeze(0)  # [1, L]
+    k_pos = torch.arange(num_keys).unsqueeze(0)  # [1, L]
     keep = k_pos < lens.unsqueeze(1)
     if sliding_window is not None:
         keep &= k_pos > (lens.unsqueeze(1) - 1) - sliding_window
@@ -62,7 +65,7 @@ def paged_attention(
     q: torch.Tensor,  # [T, Hq, D]
     k: torch.Tensor,  # [T, Hkv, D] new keys (rotary applied)
     v: torch.Tensor,  # [T, Hkv, D]
-    kv_cache: torch.Tensor,  # [2, Hkv, S, D]: S slots of keys and values of this layer
+    kv_cache: torch.Tensor,  # [2, Hkv, S, D]: S = num_blocks * block slots of keys and values
     meta: AttentionMetadata,
     scale: float,
 ) -> torch.Tensor:  # [T, Hq * D]
@@ -76,10 +79,10 @@ def paged_attention(
     out = q.new_empty(num_tokens, num_heads, head_dim)
     num_decode = meta.num_decode_tokens
     if num_decode:
-        batch, max_len = meta.decode_slots.shape
-        flat_slots = meta.decode_slots.view(-1)
-        keys = k_cache.index_select(1, flat_slots).view(num_kv_heads, batch, max_len, head_dim)
-        values = v_cache.index_select(1, flat_slots).view(num_kv_heads, batch, max_len, head_dim)
+        batch = meta.decode_block_table.shape[0]
+        kv = gather_blocks(kv_cache, meta.decode_block_table.view(-1), meta.block_size)  # [2 Hkv, B * nb * block, D]
+        kv = kv.view(2, num_kv_heads, batch, -1, head_dim)
+        keys, values = kv[0], kv[1]  # [Hkv, B, L, D]
         query = q[:num_decode].view(batch, num_kv_heads, group, head_dim).transpose(0, 1)  # [Hkv, B, G, D]
         scores = torch.matmul(query, keys.transpose(-1, -2)).mul_(scale)  # [Hkv, B, G, L]
         probs = torch.softmax(scores.add_(meta.decode_bias), dim=-1, dtype=torch.float32).to(q.dtype)
@@ -88,14 +91,21 @@ def paged_attention(
     for chunk in meta.prefills:
         rows = slice(chunk.query_start, chunk.query_start + chunk.query_len)
         query = q[rows].transpose(0, 1).unsqueeze(0)  # [1, Hq, Q, D]
-        if chunk.slots is None:  # nothing cached before this chunk: its own keys are all it needs
+        if chunk.block_ids is None:  # nothing cached before this chunk: its own keys are all it needs
             keys = k[rows].transpose(0, 1).unsqueeze(0)
             values = v[rows].transpose(0, 1).unsqueeze(0)
         else:
-            keys = k_cache.index_select(1, chunk.slots).unsqueeze(0)  # [1, Hkv, K, D]
-            values = v_cache.index_select(1, chunk.slots).unsqueeze(0)
+            kv = gather_blocks(kv_cache, chunk.block_ids, meta.block_size)[:, : chunk.context_len]  # [2 Hkv, K, D]
+            keys, values = kv[:num_kv_heads].unsqueeze(0), kv[num_kv_heads:].unsqueeze(0)  # [1, Hkv, K, D]
         attn = F.scaled_dot_product_attention(
             query, keys, values, attn_mask=chunk.mask, is_causal=chunk.mask is None,
             scale=scale, enable_gqa=group > 1)
         out[rows] = attn[0].transpose(0, 1)
     return out.view(num_tokens, num_heads * head_dim)
+
+
+def gather_blocks(kv_cache: torch.Tensor, block_ids: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Copy whole blocks out of the cache: [2, Hkv, S, D] -> [2 Hkv, len(block_ids) * block, D]."""
+    _, num_kv_heads, num_slots, head_dim = kv_cache.shape
+    blocks = kv_cache.view(2 * num_kv_heads, num_slots // block_size, block_size * head_dim)
+    return blocks.index_select(1, block_ids).view(2 * num_kv_heads, -1, head_dim)

@@ -47,7 +47,10 @@ def load_model(model: str | None, dtype: torch.dtype) -> LoadedModel:
     with torch.device("meta"):
         net = LlamaForCausalLM(config)
     state = hf_to_polyhead_state_dict(_read_safetensors(folder), config)
-    net.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True, strict=True)
+    missing, unexpected = net.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True, strict=False)
+    if unexpected or set(missing) != ({"lm_head.weight"} if config.tie_word_embeddings else set()):
+        raise ValueError(f"weights in {str(folder)!r} do not fit the model: missing {missing}, unexpected {unexpected}")
+    net.tie_weights()  # assign=True replaced the shared parameter
     return LoadedModel(net.eval().requires_grad_(False), tokenizer, config, folder)
 
 

@@ -23,22 +23,25 @@ def test_logits_match_transformers_prefill_chunks_and_decode(tmp_path, arch):
     with torch.no_grad():
         expected = hf(ids[None]).logits[0]  # [40, V]
 
-    # Slots are scattered on purpose (a reversed permutation), as a paged cache would place them.
-    slots = torch.arange(200).flip(0)[:40]
+    # Blocks are scattered on purpose (reversed), as a paged cache would place them.
+    block = 4
+    table = torch.arange(50).flip(0)[:10]  # 10 blocks of 4 slots hold the 40 tokens
+    slots = (table.unsqueeze(1) * block + torch.arange(block)).view(-1)
     kv = _kv_caches(ours.config, 200)
     window = ours.config.sliding_window
     logits = []
     with torch.inference_mode():
         # first 24 tokens in two prefill chunks, then one token per step through the decode path
         for start, end in ((0, 16), (16, 24)):
-            chunk = PrefillChunk(0, end - start, end, None if start == 0 else slots[:end],
+            chunk = PrefillChunk(0, end - start, end, None if start == 0 else table[: -(-end // block)],
                                  build_prefill_mask(start, end - start, window))
-            meta = AttentionMetadata(slots[start:end], 0, None, None, [chunk])
+            meta = AttentionMetadata(slots[start:end], block, 0, None, None, [chunk])
             hidden = ours.model(ids[start:end], torch.arange(start, end), kv, meta)
             logits.append(ours.model.compute_logits(hidden))
         for pos in range(24, 40):
-            meta = AttentionMetadata(slots[pos:pos + 1], 1, slots[: pos + 1][None],
-                                     build_decode_bias([pos + 1], window, torch.float32), [])
+            num_blocks = pos // block + 1
+            meta = AttentionMetadata(slots[pos:pos + 1], block, 1, table[:num_blocks][None],
+                                     build_decode_bias([pos + 1], num_blocks * block, window, torch.float32), [])
             hidden = ours.model(ids[pos:pos + 1], torch.tensor([pos]), kv, meta)
             logits.append(ours.model.compute_logits(hidden))
     torch.testing.assert_close(torch.cat(logits), expected, atol=2e-4, rtol=1e-4)

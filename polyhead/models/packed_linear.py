@@ -1,0 +1,37 @@
+"""Inference-only linear layers with weights pre-packed in oneDNN's blocked layout.
+
+On this CPU a packed bf16 weight runs 1.3-2.3x faster than `F.linear` (single token:
+~45 vs ~100 us for gate|up; batch 32 LM head: 5.4 vs 9.3 ms), because the weight is
+reordered once at load instead of on every call. The swap happens on a built model, so the
+model code stays plain `nn.Linear` (which training and LoRA need).
+"""
+
+import torch
+from torch import nn
+
+
+class PackedLinear(nn.Module):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        # the batch-size hint only tunes the layout; any number of rows works with it
+        self.register_buffer("packed_weight", torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 32))
+        self.register_buffer("bias", None if bias is None else bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [T, in_features] -> [T, out_features]
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+
+
+def can_pack(device: torch.device) -> bool:
+    return device.type == "cpu" and torch.backends.mkldnn.is_available()
+
+
+def pack_linear_layers(model: nn.Module) -> nn.Module:
+    """Replace every nn.Linear in `model` by a PackedLinear (in place). Inference only."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.Linear):
+            setattr(model, name, PackedLinear(child.weight, child.bias))
+        else:
+            pack_linear_layers(child)
+    return model
