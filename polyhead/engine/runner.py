@@ -7,6 +7,7 @@ import torch
 from polyhead.engine.request import Request
 from polyhead.engine.sampler import Sampler, SamplingRow, TokenLogprobs
 from polyhead.engine.scheduler import SchedulerOutput
+from polyhead.kernels import decode_attention_kernel
 from polyhead.models.attention import AttentionMetadata, PrefillChunk, build_decode_bias, build_prefill_mask
 from polyhead.models.llama import LlamaForCausalLM
 from polyhead.models.packed_linear import can_pack, pack_linear_layers
@@ -40,6 +41,7 @@ class ModelRunner:
         self.kv_cache = torch.zeros(config.num_layers, 2, config.num_kv_heads, num_blocks * block_size,
                                     config.head_dim, dtype=dtype)
         self.kv_caches = list(self.kv_cache.unbind(0))
+        self.native_decode = decode_attention_kernel(dtype)
         self.sampler = Sampler()
 
     @staticmethod
@@ -85,11 +87,14 @@ class ModelRunner:
                 sample_rows.append(row + num_new - 1)
                 sample_requests.append(request)
 
-        decode_table = decode_bias = None
+        decode_table = decode_context_lens = decode_bias = None
         if decode_tables:
             num_blocks = -(-max(decode_lens) // size)
             decode_table = torch.tensor([t[:num_blocks] + [0] * (num_blocks - len(t)) for t in decode_tables])
-            decode_bias = build_decode_bias(decode_lens, num_blocks * size, self.sliding_window, self.dtype)
-        meta = AttentionMetadata(torch.tensor(slot_mapping), size, len(decode_tables), decode_table, decode_bias,
-                                 prefills)
+            decode_context_lens = torch.tensor(decode_lens)
+            if self.native_decode is None:
+                decode_bias = build_decode_bias(decode_lens, num_blocks * size, self.sliding_window, self.dtype)
+        meta = AttentionMetadata(torch.tensor(slot_mapping), size, len(decode_tables), decode_table,
+                                 decode_context_lens, decode_bias, prefills, self.sliding_window,
+                                 self.native_decode, torch.get_num_threads())
         return BatchInputs(torch.tensor(input_ids), torch.tensor(positions), meta, sample_rows, sample_requests)

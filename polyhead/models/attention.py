@@ -7,9 +7,10 @@ whether those keys were written this step or steps ago; keys live in cache slots
 the sequence's block table, and are gathered a whole block at a time (keys and values of
 all heads in one copy), padding beyond a sequence's length masked out.
 
-Decode rows are batched into one matmul over their gathered keys (the CPU flash kernel is
-built for long queries and is ~2x slower for one-token queries); each prefill chunk runs
-through scaled_dot_product_attention.
+Decode rows go to the native kernel (polyhead/kernels), which reads keys and values in place
+through the block tables; without it, to one batched matmul over their gathered blocks (the
+CPU flash kernel is built for long queries and is ~2x slower for one-token queries). Each
+prefill chunk runs through scaled_dot_product_attention.
 """
 
 from dataclasses import dataclass
@@ -32,9 +33,13 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] cache slot where each new token's key/value is written
     block_size: int  # slots per block: slot = block_id * block_size + offset
     num_decode_tokens: int  # rows [0, num_decode_tokens) are decode rows, one per sequence
-    decode_block_table: torch.Tensor | None  # [B, nb] each decode row's blocks, padded with block 0
-    decode_bias: torch.Tensor | None  # [1, B, 1, nb * block] 0 where attended, -inf at padding / outside window
+    decode_block_table: torch.Tensor | None  # [B, nb] int64, each decode row's blocks, padded with block 0
+    decode_context_lens: torch.Tensor | None  # [B] int64, keys each decode row attends to (incl. its own)
+    decode_bias: torch.Tensor | None  # [1, B, 1, nb * block] for the torch path: 0 attended, -inf not
     prefills: list[PrefillChunk]
+    sliding_window: int | None = None
+    native_decode: object | None = None  # the native kernel (polyhead.kernels), None: torch path
+    num_threads: int = 1  # for the native kernel
 
 
 def build_prefill_mask(start: int, query_len: int, sliding_window: int | None) -> torch.Tensor | None:
@@ -77,16 +82,10 @@ def paged_attention(
     v_cache.index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
 
     out = q.new_empty(num_tokens, num_heads, head_dim)
-    num_decode = meta.num_decode_tokens
-    if num_decode:
-        batch = meta.decode_block_table.shape[0]
-        kv = gather_blocks(kv_cache, meta.decode_block_table.view(-1), meta.block_size)  # [2 Hkv, B * nb * block, D]
-        kv = kv.view(2, num_kv_heads, batch, -1, head_dim)
-        keys, values = kv[0], kv[1]  # [Hkv, B, L, D]
-        query = q[:num_decode].view(batch, num_kv_heads, group, head_dim).transpose(0, 1)  # [Hkv, B, G, D]
-        scores = torch.matmul(query, keys.transpose(-1, -2)).mul_(scale)  # [Hkv, B, G, L]
-        probs = torch.softmax(scores.add_(meta.decode_bias), dim=-1, dtype=torch.float32).to(q.dtype)
-        out[:num_decode] = torch.matmul(probs, values).permute(1, 0, 2, 3).reshape(batch, num_heads, head_dim)
+    if meta.num_decode_tokens and meta.native_decode is not None:
+        _decode_native(q, kv_cache, meta, scale, out)
+    elif meta.num_decode_tokens:
+        _decode_torch(q, kv_cache, meta, scale, out)
 
     for chunk in meta.prefills:
         rows = slice(chunk.query_start, chunk.query_start + chunk.query_len)
@@ -104,8 +103,34 @@ def paged_attention(
     return out.view(num_tokens, num_heads * head_dim)
 
 
+def _decode_native(q, kv_cache, meta: AttentionMetadata, scale: float, out: torch.Tensor) -> None:
+    batch = meta.num_decode_tokens
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    query = q[:batch].contiguous()
+    table = meta.decode_block_table
+    meta.native_decode(query.data_ptr(), kv_cache.data_ptr(), table.data_ptr(), meta.decode_context_lens.data_ptr(),
+                       out.data_ptr(), batch, num_heads, kv_cache.shape[1], head_dim, kv_cache.shape[2],
+                       meta.block_size, table.shape[1], scale, meta.sliding_window or 0, meta.num_threads)
+
+
+def _decode_torch(q, kv_cache, meta: AttentionMetadata, scale: float, out: torch.Tensor) -> None:
+    batch, (num_heads, head_dim), num_kv_heads = meta.num_decode_tokens, q.shape[1:], kv_cache.shape[1]
+    kv = gather_blocks(kv_cache, meta.decode_block_table.view(-1), meta.block_size)  # [2 Hkv, B * nb * block, D]
+    kv = kv.view(2, num_kv_heads, batch, -1, head_dim)
+    keys, values = kv[0], kv[1]  # [Hkv, B, L, D]
+    query = q[:batch].view(batch, num_kv_heads, -1, head_dim).transpose(0, 1)  # [Hkv, B, G, D]
+    scores = torch.matmul(query, keys.transpose(-1, -2)).mul_(scale)  # [Hkv, B, G, L]
+    probs = torch.softmax(scores.add_(meta.decode_bias), dim=-1, dtype=torch.float32).to(q.dtype)
+    out[:batch] = torch.matmul(probs, values).permute(1, 0, 2, 3).reshape(batch, num_heads, head_dim)
+
+
 def gather_blocks(kv_cache: torch.Tensor, block_ids: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Copy whole blocks out of the cache: [2, Hkv, S, D] -> [2 Hkv, len(block_ids) * block, D]."""
+    """Copy whole blocks out of the cache: [2, Hkv, S, D] -> [2 Hkv, len(block_ids) * block, D].
+    One index_select per head along dim 0: dim 0 is a plain row-copy loop, several times
+    faster here than one index_select along dim 1 (a per-element gather)."""
     _, num_kv_heads, num_slots, head_dim = kv_cache.shape
     blocks = kv_cache.view(2 * num_kv_heads, num_slots // block_size, block_size * head_dim)
-    return blocks.index_select(1, block_ids).view(2 * num_kv_heads, -1, head_dim)
+    out = blocks.new_empty(2 * num_kv_heads, len(block_ids), block_size * head_dim)
+    for head in range(2 * num_kv_heads):
+        torch.index_select(blocks[head], 0, block_ids, out=out[head])
+    return out.view(2 * num_kv_heads, -1, head_dim)
