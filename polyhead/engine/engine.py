@@ -147,10 +147,10 @@ class LLMEngine:
         token_ids = request.output_token_ids
         new_token_ids = token_ids[state.num_sent_tokens:]
         state.num_sent_tokens = len(token_ids)
+        new_text = state.detokenizer.take_delta(finished=finished)  # first: finishing flushes held text
         return RequestOutput(
             req_id=request.req_id, prompt=state.prompt, prompt_token_ids=request.prompt_token_ids,
-            text=state.detokenizer.text, token_ids=token_ids,
-            new_text=state.detokenizer.take_delta(finished=finished), new_token_ids=new_token_ids,
+            text=state.detokenizer.text, token_ids=token_ids, new_text=new_text, new_token_ids=new_token_ids,
             finished=finished, finish_reason=request.status.finish_reason, stop_reason=request.stop_reason,
             logprobs=state.logprobs, num_cached_tokens=request.num_cached_tokens, error=state.error)
 

@@ -9,6 +9,9 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -28,6 +31,21 @@ inline void from_float(float x, uint16_t* out) {  // round to nearest even, as t
   *out = static_cast<uint16_t>(bits >> 16);
 }
 
+// The compiler turns an `omp simd reduction` into a scalar chain of adds; one vector
+// accumulator and a single horizontal sum per dot product is ~3x cheaper.
+inline float dot(const float* a, const float* b, int64_t n) {
+#if defined(__AVX512F__)
+  if (n % 16 == 0) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+    return _mm512_reduce_add_ps(acc);
+  }
+#endif
+  float total = 0.f;
+  for (int64_t i = 0; i < n; ++i) total += a[i] * b[i];
+  return total;
+}
+
 template <typename T>
 void decode_attention(const T* q,                 // [B, Hq, D]
                       const T* kv_cache,          // [2, Hkv, num_slots, D]
@@ -43,7 +61,7 @@ void decode_attention(const T* q,                 // [B, Hq, D]
 
 #pragma omp parallel num_threads(num_threads)
   {
-    std::vector<float> scores, query(group * head_dim), acc(group * head_dim);
+    std::vector<float> scores, query(group * head_dim), acc(group * head_dim), row(head_dim);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < batch * num_kv_heads; ++item) {
       const int64_t b = item / num_kv_heads, h = item % num_kv_heads;
@@ -58,32 +76,43 @@ void decode_attention(const T* q,                 // [B, Hq, D]
       const int64_t* table = block_table + b * max_blocks;
       const T* k_head = k_cache + h * num_slots * head_dim;
       const T* v_head = v_cache + h * num_slots * head_dim;
-      for (int64_t t = first; t < len; ++t) {
-        const T* key = k_head + (table[t / block_size] * block_size + t % block_size) * head_dim;
-        for (int64_t g = 0; g < group; ++g) {
-          const float* qg = query.data() + g * head_dim;
-          float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-          for (int64_t d = 0; d < head_dim; ++d) dot += qg[d] * to_float(key[d]);
-          scores[g * n + (t - first)] = dot;
+      // Walk block by block: no division per key, and each block's keys are contiguous.
+      for (int64_t start = first - first % block_size; start < len; start += block_size) {
+        const int64_t block_offset = table[start / block_size] * block_size * head_dim;
+        const int64_t lo = start > first ? start : first, hi = start + block_size < len ? start + block_size : len;
+        for (int64_t t = lo; t < hi; ++t) {
+          const T* key = k_head + block_offset + (t - start) * head_dim;
+#pragma omp simd
+          for (int64_t d = 0; d < head_dim; ++d) row[d] = to_float(key[d]);
+          for (int64_t g = 0; g < group; ++g)
+            scores[g * n + (t - first)] = dot(query.data() + g * head_dim, row.data(), head_dim);
         }
       }
       for (int64_t g = 0; g < group; ++g) {  // softmax over this head's scores
         float* s = scores.data() + g * n;
         float max_score = -INFINITY, total = 0.f;
+#pragma omp simd reduction(max : max_score)
         for (int64_t i = 0; i < n; ++i) max_score = s[i] > max_score ? s[i] : max_score;
+#pragma omp simd reduction(+ : total)  // vectorized expf (libmvec) needs -fno-math-errno
         for (int64_t i = 0; i < n; ++i) total += (s[i] = std::exp(s[i] - max_score));
         const float inv = 1.f / total;
+#pragma omp simd
         for (int64_t i = 0; i < n; ++i) s[i] *= inv;
       }
       std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t t = first; t < len; ++t) {
-        const T* value = v_head + (table[t / block_size] * block_size + t % block_size) * head_dim;
-        for (int64_t g = 0; g < group; ++g) {
-          const float p = scores[g * n + (t - first)];
-          float* a = acc.data() + g * head_dim;
+      for (int64_t start = first - first % block_size; start < len; start += block_size) {
+        const int64_t block_offset = table[start / block_size] * block_size * head_dim;
+        const int64_t lo = start > first ? start : first, hi = start + block_size < len ? start + block_size : len;
+        for (int64_t t = lo; t < hi; ++t) {
+          const T* value = v_head + block_offset + (t - start) * head_dim;
 #pragma omp simd
-          for (int64_t d = 0; d < head_dim; ++d) a[d] += p * to_float(value[d]);
+          for (int64_t d = 0; d < head_dim; ++d) row[d] = to_float(value[d]);
+          for (int64_t g = 0; g < group; ++g) {
+            const float p = scores[g * n + (t - first)];
+            float* a = acc.data() + g * head_dim;
+#pragma omp simd
+            for (int64_t d = 0; d < head_dim; ++d) a[d] += p * row[d];
+          }
         }
       }
       for (int64_t g = 0; g < group; ++g)

@@ -35,13 +35,14 @@ def test_logits_match_transformers_prefill_chunks_and_decode(tmp_path, arch):
         for start, end in ((0, 16), (16, 24)):
             chunk = PrefillChunk(0, end - start, end, None if start == 0 else table[: -(-end // block)],
                                  build_prefill_mask(start, end - start, window))
-            meta = AttentionMetadata(slots[start:end], block, 0, None, None, [chunk])
+            meta = AttentionMetadata(slots[start:end], block, 0, None, None, None, [chunk], window)
             hidden = ours.model(ids[start:end], torch.arange(start, end), kv, meta)
             logits.append(ours.model.compute_logits(hidden))
         for pos in range(24, 40):
             num_blocks = pos // block + 1
-            meta = AttentionMetadata(slots[pos:pos + 1], block, 1, table[:num_blocks][None],
-                                     build_decode_bias([pos + 1], num_blocks * block, window, torch.float32), [])
+            meta = AttentionMetadata(slots[pos:pos + 1], block, 1, table[:num_blocks][None], torch.tensor([pos + 1]),
+                                     build_decode_bias([pos + 1], num_blocks * block, window, torch.float32), [],
+                                     window)
             hidden = ours.model(ids[pos:pos + 1], torch.tensor([pos]), kv, meta)
             logits.append(ours.model.compute_logits(hidden))
     torch.testing.assert_close(torch.cat(logits), expected, atol=2e-4, rtol=1e-4)
