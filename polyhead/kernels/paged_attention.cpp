@@ -3,7 +3,8 @@
 // The rule it keeps: sequence b's query heads attend to keys 0..context_lens[b]-1 (no further
 // back than the sliding window), found through its block table; keys and values are read once,
 // in place, with no gathered copy. Plain C ABI (no torch headers) so it compiles in a second.
-// Parallel over (sequence, kv head) with OpenMP; the inner loops are left to the vectorizer.
+// Parallel over (sequence, kv head) with OpenMP; AVX-512 paths for head_dim 64 and 128,
+// plain loops elsewhere.
 
 #include <cmath>
 #include <cstdint>
@@ -31,19 +32,104 @@ inline void from_float(float x, uint16_t* out) {  // round to nearest even, as t
   *out = static_cast<uint16_t>(bits >> 16);
 }
 
-// The compiler turns an `omp simd reduction` into a scalar chain of adds; one vector
-// accumulator and a single horizontal sum per dot product is ~3x cheaper.
-inline float dot(const float* a, const float* b, int64_t n) {
-#if defined(__AVX512F__)
-  if (n % 16 == 0) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
-    return _mm512_reduce_add_ps(acc);
+// One (sequence, kv head) item: `group` queries over keys [first, len) of one head.
+struct Item {
+  const float* query;      // [group, D], already scaled
+  const int64_t* table;    // the sequence's block table
+  int64_t first, len;      // key positions attended to
+  int64_t group, head_dim, block_size;
+  float* scores;           // [group, len - first] scratch
+};
+
+inline void softmax_rows(float* scores, int64_t rows, int64_t n) {
+  for (int64_t g = 0; g < rows; ++g) {
+    float* s = scores + g * n;
+    float max_score = -INFINITY, total = 0.f;
+    for (int64_t i = 0; i < n; ++i) max_score = s[i] > max_score ? s[i] : max_score;
+    for (int64_t i = 0; i < n; ++i) total += (s[i] = std::exp(s[i] - max_score));
+    const float inv = 1.f / total;
+    for (int64_t i = 0; i < n; ++i) s[i] *= inv;
   }
+}
+
+// Calls fn(t, row pointer) for each key position, walking block by block (no division per key).
+template <typename T, typename Fn>
+inline void for_each_row(const Item& it, const T* head, Fn fn) {
+  for (int64_t start = it.first - it.first % it.block_size; start < it.len; start += it.block_size) {
+    const T* block = head + it.table[start / it.block_size] * it.block_size * it.head_dim;
+    const int64_t lo = start > it.first ? start : it.first;
+    const int64_t hi = start + it.block_size < it.len ? start + it.block_size : it.len;
+    for (int64_t t = lo; t < hi; ++t) fn(t - it.first, block + (t - start) * it.head_dim);
+  }
+}
+
+template <typename T>
+void attend_generic(const Item& it, const T* k_head, const T* v_head, float* acc /* [group, D] */) {
+  const int64_t n = it.len - it.first, D = it.head_dim;
+  for_each_row(it, k_head, [&](int64_t i, const T* key) {
+    for (int64_t g = 0; g < it.group; ++g) {
+      float dot = 0.f;
+      for (int64_t d = 0; d < D; ++d) dot += it.query[g * D + d] * to_float(key[d]);
+      it.scores[g * n + i] = dot;
+    }
+  });
+  softmax_rows(it.scores, it.group, n);
+  std::fill(acc, acc + it.group * D, 0.f);
+  for_each_row(it, v_head, [&](int64_t i, const T* value) {
+    for (int64_t g = 0; g < it.group; ++g) {
+      const float p = it.scores[g * n + i];
+      for (int64_t d = 0; d < D; ++d) acc[g * D + d] += p * to_float(value[d]);
+    }
+  });
+}
+
+#if defined(__AVX512F__)
+inline void load16(const float* src, __m512* out) { *out = _mm512_loadu_ps(src); }
+inline void load16(const uint16_t* src, __m512* out) {  // 16 bf16 -> 16 floats
+  __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+  *out = _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+// C = head_dim / 16 vectors per row, a compile-time count so rows and accumulators stay in
+// registers (the generic loops spill them and reduce dot products with scalar adds).
+template <typename T, int C>
+void attend_avx512(const Item& it, const T* k_head, const T* v_head, float* acc) {
+  const int64_t n = it.len - it.first;
+  for_each_row(it, k_head, [&](int64_t i, const T* key) {
+    __m512 k[C];
+    for (int c = 0; c < C; ++c) load16(key + 16 * c, &k[c]);
+    for (int64_t g = 0; g < it.group; ++g) {
+      const float* qg = it.query + g * 16 * C;
+      __m512 sum = _mm512_mul_ps(_mm512_loadu_ps(qg), k[0]);
+      for (int c = 1; c < C; ++c) sum = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * c), k[c], sum);
+      it.scores[g * n + i] = _mm512_reduce_add_ps(sum);
+    }
+  });
+  softmax_rows(it.scores, it.group, n);
+  for (int64_t g = 0; g < it.group; ++g) {
+    __m512 a[C];
+    for (int c = 0; c < C; ++c) a[c] = _mm512_setzero_ps();
+    const float* p = it.scores + g * n;
+    for_each_row(it, v_head, [&](int64_t i, const T* value) {
+      const __m512 weight = _mm512_set1_ps(p[i]);
+      for (int c = 0; c < C; ++c) {
+        __m512 v;
+        load16(value + 16 * c, &v);
+        a[c] = _mm512_fmadd_ps(weight, v, a[c]);
+      }
+    });
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(acc + g * 16 * C + 16 * c, a[c]);
+  }
+}
 #endif
-  float total = 0.f;
-  for (int64_t i = 0; i < n; ++i) total += a[i] * b[i];
-  return total;
+
+template <typename T>
+void attend(const Item& it, const T* k_head, const T* v_head, float* acc) {
+#if defined(__AVX512F__)
+  if (it.head_dim == 64) return attend_avx512<T, 4>(it, k_head, v_head, acc);
+  if (it.head_dim == 128) return attend_avx512<T, 8>(it, k_head, v_head, acc);
+#endif
+  attend_generic(it, k_head, v_head, acc);
 }
 
 template <typename T>
@@ -61,60 +147,19 @@ void decode_attention(const T* q,                 // [B, Hq, D]
 
 #pragma omp parallel num_threads(num_threads)
   {
-    std::vector<float> scores, query(group * head_dim), acc(group * head_dim), row(head_dim);
+    std::vector<float> scores, query(group * head_dim), acc(group * head_dim);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < batch * num_kv_heads; ++item) {
       const int64_t b = item / num_kv_heads, h = item % num_kv_heads;
       const int64_t len = context_lens[b];
       const int64_t first = sliding_window > 0 && len > sliding_window ? len - sliding_window : 0;
-      const int64_t n = len - first;
-      scores.assign(group * n, 0.f);
+      scores.resize(group * (len - first));
       for (int64_t g = 0; g < group; ++g)
         for (int64_t d = 0; d < head_dim; ++d)
           query[g * head_dim + d] = to_float(q[(b * num_heads + h * group + g) * head_dim + d]) * scale;
-
-      const int64_t* table = block_table + b * max_blocks;
-      const T* k_head = k_cache + h * num_slots * head_dim;
-      const T* v_head = v_cache + h * num_slots * head_dim;
-      // Walk block by block: no division per key, and each block's keys are contiguous.
-      for (int64_t start = first - first % block_size; start < len; start += block_size) {
-        const int64_t block_offset = table[start / block_size] * block_size * head_dim;
-        const int64_t lo = start > first ? start : first, hi = start + block_size < len ? start + block_size : len;
-        for (int64_t t = lo; t < hi; ++t) {
-          const T* key = k_head + block_offset + (t - start) * head_dim;
-#pragma omp simd
-          for (int64_t d = 0; d < head_dim; ++d) row[d] = to_float(key[d]);
-          for (int64_t g = 0; g < group; ++g)
-            scores[g * n + (t - first)] = dot(query.data() + g * head_dim, row.data(), head_dim);
-        }
-      }
-      for (int64_t g = 0; g < group; ++g) {  // softmax over this head's scores
-        float* s = scores.data() + g * n;
-        float max_score = -INFINITY, total = 0.f;
-#pragma omp simd reduction(max : max_score)
-        for (int64_t i = 0; i < n; ++i) max_score = s[i] > max_score ? s[i] : max_score;
-#pragma omp simd reduction(+ : total)  // vectorized expf (libmvec) needs -fno-math-errno
-        for (int64_t i = 0; i < n; ++i) total += (s[i] = std::exp(s[i] - max_score));
-        const float inv = 1.f / total;
-#pragma omp simd
-        for (int64_t i = 0; i < n; ++i) s[i] *= inv;
-      }
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t start = first - first % block_size; start < len; start += block_size) {
-        const int64_t block_offset = table[start / block_size] * block_size * head_dim;
-        const int64_t lo = start > first ? start : first, hi = start + block_size < len ? start + block_size : len;
-        for (int64_t t = lo; t < hi; ++t) {
-          const T* value = v_head + block_offset + (t - start) * head_dim;
-#pragma omp simd
-          for (int64_t d = 0; d < head_dim; ++d) row[d] = to_float(value[d]);
-          for (int64_t g = 0; g < group; ++g) {
-            const float p = scores[g * n + (t - first)];
-            float* a = acc.data() + g * head_dim;
-#pragma omp simd
-            for (int64_t d = 0; d < head_dim; ++d) a[d] += p * row[d];
-          }
-        }
-      }
+      const Item it{query.data(), block_table + b * max_blocks, first, len, group, head_dim, block_size,
+                    scores.data()};
+      attend(it, k_cache + h * num_slots * head_dim, v_cache + h * num_slots * head_dim, acc.data());
       for (int64_t g = 0; g < group; ++g)
         for (int64_t d = 0; d < head_dim; ++d)
           from_float(acc[g * head_dim + d], &out[(b * num_heads + h * group + g) * head_dim + d]);
