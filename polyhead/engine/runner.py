@@ -9,8 +9,8 @@ from polyhead.engine.sampler import Sampler, SamplingRow, TokenLogprobs
 from polyhead.engine.scheduler import SchedulerOutput
 from polyhead.kernels import decode_attention_kernel
 from polyhead.models.attention import AttentionMetadata, PrefillChunk, build_decode_bias, build_prefill_mask
+from polyhead.models.inference import prepare_for_inference
 from polyhead.models.llama import LlamaForCausalLM
-from polyhead.models.packed_linear import can_pack, pack_linear_layers
 
 
 @dataclass(slots=True)
@@ -31,9 +31,7 @@ class BatchInputs:
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int, dtype: torch.dtype):
         config = model.config
-        if can_pack(next(model.parameters()).device):
-            pack_linear_layers(model)
-        self.model = model
+        self.model = prepare_for_inference(model)
         self.block_size = block_size
         self.dtype = dtype
         self.sliding_window = config.sliding_window

@@ -1,4 +1,4 @@
-"""Native CPU kernels (decode attention, small-batch bf16 GEMV), compiled on first use with
+"""Native CPU kernels (decode attention, small-batch bf16 GEMV, residual add + RMSNorm), compiled on first use with
 the system's C++ compiler.
 
 They use a plain C ABI called through ctypes (no torch headers), so a build takes about a
@@ -23,7 +23,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-_SOURCES = [Path(__file__).with_name(name) for name in ("paged_attention.cpp", "gemv.cpp")]
+_SOURCES = [Path(__file__).with_name(name) for name in ("paged_attention.cpp", "gemv.cpp", "rms_norm.cpp")]
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 _ATTENTION_ARGTYPES = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 7 + [ctypes.c_float, ctypes.c_int64, ctypes.c_int]
 
@@ -57,6 +57,9 @@ def _library() -> ctypes.CDLL | None:
         getattr(library, name).restype = None
     library.gemv_bf16.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     library.gemv_bf16.restype = None
+    for name in ("add_rms_norm_bf16", "add_rms_norm_f32"):
+        getattr(library, name).argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_float, ctypes.c_int]
+        getattr(library, name).restype = None
     return library
 
 
@@ -81,3 +84,11 @@ def gemv_kernel():
     if library is None or not library.gemv_bf16_available():
         return None
     return library.gemv_bf16
+
+
+def rms_norm_kernel(dtype: torch.dtype):
+    """Fused residual add + RMSNorm for `dtype`, or None when unavailable."""
+    library = _library()
+    if library is None or dtype not in (torch.bfloat16, torch.float32):
+        return None
+    return library.add_rms_norm_bf16 if dtype == torch.bfloat16 else library.add_rms_norm_f32

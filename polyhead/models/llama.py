@@ -14,13 +14,30 @@ from polyhead.models.rotary import RotaryEmbedding, apply_rotary
 
 
 class RMSNorm(nn.Module):
+    """RMSNorm that can first add the residual: `norm(x, residual)` returns (normed, x + residual)."""
+
     def __init__(self, size: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
+        self.kernel = None  # a native fused kernel, attached for inference (polyhead.models.inference)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        if self.kernel is not None and not torch.is_grad_enabled():
+            return self._forward_native(x, residual)
+        if residual is None:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        residual = x + residual
+        return F.rms_norm(residual, self.weight.shape, self.weight, self.eps), residual
+
+    def _forward_native(self, x: torch.Tensor, residual: torch.Tensor | None):
+        # x, residual: [T, hidden]; residual is updated in place to x + residual
+        x = x.contiguous()
+        out = torch.empty_like(x)
+        rows, dim = x.shape
+        self.kernel(x.data_ptr(), 0 if residual is None else residual.data_ptr(), self.weight.data_ptr(),
+                    out.data_ptr(), rows, dim, self.eps, torch.get_num_threads())
+        return out if residual is None else (out, residual)
 
 
 class Attention(nn.Module):
@@ -64,9 +81,15 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, kv_cache, meta):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, cos, sin, kv_cache, meta):
+        # x: this layer's input; residual: the running sum of the layers before (None at layer 0)
+        if residual is None:
+            x, residual = self.input_layernorm(x), x
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(x, cos, sin, kv_cache, meta)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
 
 
 class LlamaModel(nn.Module):
@@ -89,11 +112,11 @@ class LlamaModel(nn.Module):
         kv_caches: list[torch.Tensor],  # per layer [2, Hkv, S, D]
         meta: AttentionMetadata,
     ) -> torch.Tensor:  # [T, hidden]
-        x = self.embed_tokens(input_ids)
+        x, residual = self.embed_tokens(input_ids), None
         cos, sin = self.rotary.lookup(positions, x.dtype)
         for layer, kv_cache in zip(self.layers, kv_caches):
-            x = layer(x, cos, sin, kv_cache, meta)
-        return self.norm(x)
+            x, residual = layer(x, residual, cos, sin, kv_cache, meta)
+        return self.norm(x, residual)[0]
 
 
 class LlamaForCausalLM(nn.Module):
