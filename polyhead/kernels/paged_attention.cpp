@@ -55,8 +55,14 @@ inline void softmax_rows(float* scores, int64_t rows, int64_t n) {
 // Calls fn(t, row pointer) for each key position, walking block by block (no division per key).
 template <typename T, typename Fn>
 inline void for_each_row(const Item& it, const T* head, Fn fn) {
+  const int64_t block_elems = it.block_size * it.head_dim;
   for (int64_t start = it.first - it.first % it.block_size; start < it.len; start += it.block_size) {
-    const T* block = head + it.table[start / it.block_size] * it.block_size * it.head_dim;
+    const T* block = head + it.table[start / it.block_size] * block_elems;
+    if (start + it.block_size < it.len) {  // blocks are scattered: fetch the next one while this one runs
+      const char* next = reinterpret_cast<const char*>(head + it.table[start / it.block_size + 1] * block_elems);
+      for (int64_t byte = 0; byte < block_elems * static_cast<int64_t>(sizeof(T)); byte += 64)
+        __builtin_prefetch(next + byte);
+    }
     const int64_t lo = start > it.first ? start : it.first;
     const int64_t hi = start + it.block_size < it.len ? start + it.block_size : it.len;
     for (int64_t t = lo; t < hi; ++t) fn(t - it.first, block + (t - start) * it.head_dim);
