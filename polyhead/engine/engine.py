@@ -153,11 +153,3 @@ class LLMEngine:
             text=state.detokenizer.text, token_ids=token_ids, new_text=new_text, new_token_ids=new_token_ids,
             finished=finished, finish_reason=request.status.finish_reason, stop_reason=request.stop_reason,
             logprobs=state.logprobs, num_cached_tokens=request.num_cached_tokens, error=state.error)
-
-    @property
-    def num_waiting(self) -> int:
-        return len(self.scheduler.waiting)
-
-    @property
-    def num_running(self) -> int:
-        return len(self.scheduler.running)
