@@ -36,7 +36,7 @@ def _library() -> ctypes.CDLL | None:
     if compiler is None:
         logger.warning("no C++ compiler found; polyhead uses its slower torch paths")
         return None
-    source_bytes = b"".join(source.read_bytes() for source in _SOURCES)
+    source_bytes = b"".join(source.read_bytes() for source in [*_SOURCES, _SOURCES[0].with_name("bf16.h")])
     key = hashlib.sha256(source_bytes + " ".join(_FLAGS).encode() + _cpu_id().encode()).hexdigest()[:16]
     from polyhead.models.loader import cache_dir
 

@@ -10,27 +10,16 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+
+#include "bf16.h"
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
 namespace {
 
-inline float to_float(float x) { return x; }
-inline float to_float(uint16_t x) {  // bfloat16 -> float: the high half of a float's bits
-  uint32_t bits = static_cast<uint32_t>(x) << 16;
-  float out;
-  std::memcpy(&out, &bits, sizeof(out));
-  return out;
-}
-inline void from_float(float x, float* out) { *out = x; }
-inline void from_float(float x, uint16_t* out) {  // round to nearest even, as torch does
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  if (std::isnan(x)) { *out = 0x7fc0; return; }
-  bits += 0x7fff + ((bits >> 16) & 1);
-  *out = static_cast<uint16_t>(bits >> 16);
-}
+using polyhead::store;
+using polyhead::to_float;
 
 // One (sequence, kv head) item: `group` queries over keys [first, len) of one head.
 struct Item {
@@ -168,7 +157,7 @@ void decode_attention(const T* q,                 // [B, Hq, D]
       attend(it, k_cache + h * num_slots * head_dim, v_cache + h * num_slots * head_dim, acc.data());
       for (int64_t g = 0; g < group; ++g)
         for (int64_t d = 0; d < head_dim; ++d)
-          from_float(acc[g * head_dim + d], &out[(b * num_heads + h * group + g) * head_dim + d]);
+          store(acc[g * head_dim + d], &out[(b * num_heads + h * group + g) * head_dim + d]);
     }
   }
 }

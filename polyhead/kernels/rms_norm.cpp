@@ -5,28 +5,14 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
+
+#include "bf16.h"
 
 namespace {
 
-inline float to_float(float x) { return x; }
-inline float to_float(uint16_t x) {
-  uint32_t bits = static_cast<uint32_t>(x) << 16;
-  float out;
-  std::memcpy(&out, &bits, sizeof(out));
-  return out;
-}
-inline float round_to(float x, const float*) { return x; }
-inline uint16_t to_bf16(float x) {
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  if (std::isnan(x)) return 0x7fc0;
-  bits += 0x7fff + ((bits >> 16) & 1);
-  return static_cast<uint16_t>(bits >> 16);
-}
-inline float round_to(float x, const uint16_t*) { return to_float(to_bf16(x)); }
-inline void store(float x, float* out) { *out = x; }
-inline void store(float x, uint16_t* out) { *out = to_bf16(x); }
+using polyhead::round_like;
+using polyhead::store;
+using polyhead::to_float;
 
 // residual (if given) += x, in place; out = rms_norm(residual or x) * weight
 template <typename T>
@@ -40,7 +26,7 @@ void add_rms_norm(const T* x, T* residual, const T* weight, T* out, int64_t rows
     for (int64_t d = 0; d < dim; ++d) {
       float v = to_float(xr[d]);
       if (hr) {
-        v = round_to(v + to_float(hr[d]), xr);
+        v = round_like(v + to_float(hr[d]), xr);
         store(v, &hr[d]);
       }
       squares += v * v;
@@ -48,7 +34,7 @@ void add_rms_norm(const T* x, T* residual, const T* weight, T* out, int64_t rows
     const float inv = 1.f / std::sqrt(squares / static_cast<float>(dim) + eps);
     const T* src = hr ? hr : xr;
     for (int64_t d = 0; d < dim; ++d)
-      store(to_float(weight[d]) * round_to(to_float(src[d]) * inv, xr), &out[r * dim + d]);
+      store(to_float(weight[d]) * round_like(to_float(src[d]) * inv, xr), &out[r * dim + d]);
   }
 }
 
