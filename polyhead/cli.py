@@ -48,6 +48,25 @@ def run(args) -> int:
     return 0
 
 
+def serve(args) -> int:
+    """Serve the OpenAI-compatible HTTP API until interrupted."""
+    import os
+
+    import uvicorn
+
+    from polyhead.engine.async_engine import AsyncEngine
+    from polyhead.engine.engine import LLMEngine
+    from polyhead.models.registry import DEFAULT_MODEL
+    from polyhead.server.app import ServerSettings, build_app
+
+    engine = AsyncEngine(LLMEngine(engine_config(args)))
+    names = [args.served_model_name or args.model or DEFAULT_MODEL]
+    settings = ServerSettings(model_names=names, api_key=args.api_key or os.environ.get("POLYHEAD_API_KEY"),
+                              default_max_tokens=args.default_max_tokens)
+    uvicorn.run(build_app(engine, settings), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="polyhead", description="A multi-task LLM engine: many tasks on one shared backbone, "
@@ -65,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     add_engine_args(p)
     p.set_defaults(func=run)
+
+    p = commands.add_parser("serve", help="serve the OpenAI-compatible HTTP API",
+                            description="Serve /v1/completions, /v1/chat/completions, /v1/models and /health.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--api-key", default=None, help="require this bearer key on /v1 (or set POLYHEAD_API_KEY)")
+    p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the model's)")
+    p.add_argument("--default-max-tokens", type=int, default=256, help="when a request sets none (default: 256)")
+    add_engine_args(p)
+    p.set_defaults(func=serve)
 
     from polyhead.bench.offline import add_offline_parser
 

@@ -20,8 +20,8 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
-class _OutputState:
-    """What the engine keeps per request to build its outputs."""
+class TrackedRequest:
+    """A validated request and what the engine keeps to build its outputs."""
 
     request: Request
     prompt: str | None
@@ -57,17 +57,20 @@ class LLMEngine:
         self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens,
                                    self.max_model_len)
         self.runner = ModelRunner(self.model, num_blocks, config.block_size, dtype)
-        self._states: dict[str, _OutputState] = {}
+        self._states: dict[str, TrackedRequest] = {}
         self._pending: list[RequestOutput] = []  # outputs of requests ended between steps
         self._next_id = 0
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
                     req_id: str | None = None) -> str:
-        params = params or SamplingParams()
+        """Validate and queue a request; raises ValueError naming the bad parameter or limit."""
         if req_id is None:
             req_id, self._next_id = f"req-{self._next_id}", self._next_id + 1
-        if req_id in self._states:
-            raise ValueError(f"req_id {req_id!r} is already in use")
+        return self.admit(self.new_request(prompt, params, req_id))
+
+    def new_request(self, prompt: str | list[int], params: SamplingParams | None, req_id: str) -> TrackedRequest:
+        """Tokenize and validate, touching no engine state: safe from any thread."""
+        params = params or SamplingParams()
         text = prompt if isinstance(prompt, str) else None
         token_ids = self.tokenizer.encode(prompt, add_special_tokens=False) if text is not None else list(prompt)
         self.validate_prompt(token_ids)
@@ -76,9 +79,15 @@ class LLMEngine:
         if params.seed is not None:
             request.generator = make_generator(params.seed)
         detok = IncrementalDetokenizer(self.tokenizer, token_ids, params)
-        logprobs = [] if params.logprobs is not None else None
-        self._states[req_id] = _OutputState(request, text, detok, logprobs)
-        self.scheduler.add(request)
+        return TrackedRequest(request, text, detok, [] if params.logprobs is not None else None)
+
+    def admit(self, tracked: TrackedRequest) -> str:
+        """Queue a request made by new_request (on the thread that steps the engine)."""
+        req_id = tracked.request.req_id
+        if req_id in self._states:
+            raise ValueError(f"req_id {req_id!r} is already in use")
+        self._states[req_id] = tracked
+        self.scheduler.add(tracked.request)
         return req_id
 
     def validate_prompt(self, token_ids: list[int]) -> None:
@@ -139,7 +148,7 @@ class LLMEngine:
         outputs, self._pending = self._pending, []
         return outputs
 
-    def _make_output(self, state: _OutputState) -> RequestOutput:
+    def _make_output(self, state: TrackedRequest) -> RequestOutput:
         request = state.request
         finished = request.is_finished
         if finished:

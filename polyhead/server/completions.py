@@ -1,0 +1,170 @@
+"""POST /v1/completions and /v1/chat/completions.
+
+A request with n choices becomes n engine requests with the same prompt: the first one's
+prefill fills the prefix cache and the others reuse those blocks. Streaming interleaves the
+choices' chunks as they come; usage closes every response.
+"""
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from polyhead.engine.outputs import RequestOutput
+from polyhead.engine.params import SamplingParams
+from polyhead.server.errors import APIError, error_chunk
+from polyhead.server.protocol import ChatCompletionRequest, CompletionRequest, new_id
+
+router = APIRouter()
+
+
+@router.post("/v1/completions")
+async def create_completion(body: CompletionRequest, request: Request):
+    state = request.app.state.server
+    state.check_model(body.model)
+    params = [_params(state, body, body.logprobs, i) for i in range(body.n)]
+    return await _respond(state, body, body.prompt, params, "text_completion", new_id("cmpl"))
+
+
+@router.post("/v1/chat/completions")
+async def create_chat_completion(body: ChatCompletionRequest, request: Request):
+    state = request.app.state.server
+    state.check_model(body.model)
+    if body.max_completion_tokens is not None:
+        body.max_tokens = body.max_completion_tokens
+    try:
+        prompt = state.apply_chat_template([m.model_dump() for m in body.messages])
+    except ValueError as err:
+        raise APIError(400, str(err), "messages") from err
+    params = [_params(state, body, body.chat_logprobs(), i) for i in range(body.n)]
+    return await _respond(state, body, prompt, params, "chat.completion", new_id("chatcmpl"))
+
+
+def _params(state, body, logprobs: int | None, index: int) -> SamplingParams:
+    try:
+        return body.sampling_params(state.default_max_tokens, logprobs, index)
+    except ValueError as err:
+        raise APIError(400, str(err), str(err).split(" ", 1)[0]) from err
+
+
+async def _respond(state, body, prompt, params: list[SamplingParams], kind: str, response_id: str):
+    req_ids = [f"{response_id}-{i}" for i in range(len(params))]
+    try:
+        streams = [state.engine.generate(prompt, p, req_id) for p, req_id in zip(params, req_ids)]
+    except ValueError as err:  # nothing of a bad request stays queued
+        for req_id in req_ids:
+            state.engine.abort(req_id)
+        raise APIError(400, str(err), "prompt" if kind == "text_completion" else "messages") from err
+    if body.stream:
+        return StreamingResponse(_sse(state, req_ids, streams, body, kind, response_id),
+                                 media_type="text/event-stream")
+    try:
+        finals = await asyncio.gather(*(_last(s) for s in streams))
+    finally:
+        for req_id in req_ids:  # a disconnect cancels the gather: free what still runs
+            state.engine.abort(req_id)
+    return JSONResponse(_full_response(finals, body.model, kind, response_id))
+
+
+async def _sse(state, req_ids, streams, body, kind: str, response_id: str) -> AsyncIterator[str]:
+    created = int(time.time())
+    merged: asyncio.Queue = asyncio.Queue()
+    tasks = [asyncio.create_task(_pump(i, s, merged)) for i, s in enumerate(streams)]
+    finals: dict[int, RequestOutput] = {}
+    try:
+        if kind == "chat.completion":  # OpenAI opens every chat choice with the assistant role
+            for i in range(len(streams)):
+                yield _event(_chunk(response_id, created, body.model, kind, i, {"role": "assistant", "content": ""}))
+        while len(finals) < len(streams):
+            index, output = await merged.get()
+            if isinstance(output, BaseException):
+                yield _event(error_chunk(f"{type(output).__name__}: {output}"))
+                return
+            if output.finished:
+                finals[index] = output
+            if output.new_text or output.finished:
+                delta = {"content": output.new_text} if kind == "chat.completion" else output.new_text
+                yield _event(_chunk(response_id, created, body.model, kind, index, delta,
+                                    output.finish_reason if output.finished else None))
+        if body.include_usage:
+            yield _event({"id": response_id, "object": f"{kind}.chunk", "created": created, "model": body.model,
+                          "choices": [], "usage": _usage(list(finals.values()))})
+        yield "data: [DONE]\n\n"
+    finally:  # the client may be gone: stop pumping and free every choice still running
+        for task in tasks:
+            task.cancel()
+        for req_id in req_ids:
+            state.engine.abort(req_id)
+
+
+async def _pump(index: int, stream, merged: asyncio.Queue) -> None:
+    try:
+        async for output in stream:
+            merged.put_nowait((index, output))
+    except Exception as err:  # noqa: BLE001 - handed to the response, which reports it
+        merged.put_nowait((index, err))
+
+
+def _chunk(response_id, created, model, kind, index, delta, finish_reason=None) -> dict:
+    choice = {"index": index, "finish_reason": finish_reason}
+    choice.update({"delta": delta} if kind == "chat.completion" else {"text": delta, "logprobs": None})
+    return {"id": response_id, "object": f"{kind}.chunk" if kind == "chat.completion" else kind,
+            "created": created, "model": model, "choices": [choice]}
+
+
+def _full_response(finals: list[RequestOutput], model: str, kind: str, response_id: str) -> dict:
+    choices = []
+    for i, out in enumerate(finals):
+        if out.finish_reason == "error":
+            raise APIError(500, out.error or "the engine failed on this request")
+        choice = {"index": i, "finish_reason": _openai_finish_reason(out)}
+        if kind == "chat.completion":
+            choice["message"] = {"role": "assistant", "content": out.text}
+            choice["logprobs"] = _chat_logprobs(out)
+        else:
+            choice["text"] = out.text
+            choice["logprobs"] = _completion_logprobs(out)
+        choices.append(choice)
+    return {"id": response_id, "object": kind, "created": int(time.time()), "model": model,
+            "choices": choices, "usage": _usage(finals)}
+
+
+def _openai_finish_reason(out: RequestOutput) -> str:
+    return "length" if out.finish_reason == "length" else "stop"
+
+
+def _usage(finals: list[RequestOutput]) -> dict:
+    prompt = len(finals[0].prompt_token_ids) if finals else 0
+    completion = sum(len(o.token_ids) for o in finals)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _chat_logprobs(out: RequestOutput) -> dict | None:
+    if out.logprobs is None:
+        return None
+    # token text is left to the client's tokenizer view: ids as strings keep the shape valid
+    content = [{"token": str(token), "logprob": lp.logprob,
+                "top_logprobs": [{"token": str(t), "logprob": v} for t, v in lp.top]}
+               for token, lp in zip(out.token_ids, out.logprobs)]
+    return {"content": content}
+
+
+def _completion_logprobs(out: RequestOutput) -> dict | None:
+    if out.logprobs is None:
+        return None
+    return {"tokens": [str(t) for t in out.token_ids], "token_logprobs": [lp.logprob for lp in out.logprobs],
+            "top_logprobs": [{str(t): v for t, v in lp.top} for lp in out.logprobs]}
+
+
+async def _last(stream) -> RequestOutput:
+    last = None
+    async for output in stream:
+        last = output
+    return last
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"

@@ -1,0 +1,115 @@
+"""The official openai client against a live polyhead server (tiny random model, local port)."""
+
+import asyncio
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from polyhead.engine.async_engine import AsyncEngine
+from polyhead.server.app import ServerSettings, build_app
+from tests.conftest import make_engine
+
+MODEL = "tiny"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama):
+    engine = AsyncEngine(make_engine(tiny_llama[0], max_model_len=128))
+    app = build_app(engine, ServerSettings(model_names=[MODEL], default_max_tokens=8))
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started:
+        assert time.monotonic() < deadline, "server did not start in 30 s"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    uv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", timeout=30, max_retries=0)
+
+
+def test_completion_and_usage(client):
+    out = client.completions.create(model=MODEL, prompt="hello", max_tokens=5, temperature=0,
+                                    extra_body={"ignore_eos": True})
+    assert out.choices[0].finish_reason == "length" and out.usage.completion_tokens == 5
+    assert out.usage.prompt_tokens == 5 and out.usage.total_tokens == 10
+
+
+def test_chat_streaming_matches_non_streaming(client):
+    messages = [{"role": "user", "content": "hi there"}]
+    full = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0,
+                                          extra_body={"ignore_eos": True})
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True},
+                                                 extra_body={"ignore_eos": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == 6 and not chunks[-1].choices
+
+
+def test_n_choices_and_seeded_sampling_repeat(client):
+    kwargs = {"model": MODEL, "prompt": "abc", "max_tokens": 6, "temperature": 1.0, "seed": 7, "n": 2,
+                  "extra_body": {"ignore_eos": True}}
+    first, second = client.completions.create(**kwargs), client.completions.create(**kwargs)
+    assert [c.text for c in first.choices] == [c.text for c in second.choices]
+    assert len(first.choices) == 2 and first.usage.completion_tokens == 12
+
+
+def test_stop_string(client):
+    free = client.completions.create(model=MODEL, prompt="xyz", max_tokens=8, temperature=0,
+                                     extra_body={"ignore_eos": True}).choices[0].text
+    stop = free[3:5]
+    out = client.completions.create(model=MODEL, prompt="xyz", max_tokens=8, temperature=0, stop=[stop],
+                                    extra_body={"ignore_eos": True}).choices[0]
+    assert out.finish_reason == "stop" and out.text == free[: free.index(stop)]
+
+
+def test_async_client_concurrent_requests(server):
+    async def many():
+        client = openai.AsyncOpenAI(base_url=f"{server}/v1", api_key="unused", timeout=30, max_retries=0)
+        return await asyncio.gather(*(client.completions.create(model=MODEL, prompt=f"p{i}", max_tokens=4,
+                                                                temperature=0, extra_body={"ignore_eos": True})
+                                      for i in range(6)))
+
+    outs = asyncio.run(many())
+    assert all(o.usage.completion_tokens == 4 for o in outs)
+
+
+@pytest.mark.parametrize(("body", "status", "param"), [
+    ({"model": MODEL, "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ({"model": MODEL, "prompt": "x", "temperature": "hot"}, 400, "temperature"),
+    ({"model": MODEL, "prompt": ""}, 400, "prompt"),
+    ({"model": MODEL, "prompt": "x" * 200}, 400, "prompt"),
+    ({"model": "nope", "prompt": "x"}, 404, "model"),
+])
+def test_errors_have_openai_shape_and_name_the_field(server, body, status, param):
+    response = httpx.post(f"{server}/v1/completions", json=body, timeout=30)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["param"] == param and error["message"] and error["type"]
+
+
+def test_malformed_json_and_health_and_models(server):
+    response = httpx.post(f"{server}/v1/completions", content=b"{not json", timeout=30,
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["message"]
+    assert httpx.get(f"{server}/health", timeout=30).json()["status"] == "ok"
+    assert [m["id"] for m in httpx.get(f"{server}/v1/models", timeout=30).json()["data"]] == [MODEL]
