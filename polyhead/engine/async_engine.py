@@ -43,6 +43,11 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         self.last_step_at = time.monotonic()  # when the loop last stepped or checked for work
         self.dead_reason: str | None = None
+        # Requests submitted that have produced nothing yet, and their prompt tokens (admission
+        # control reads these). Only the event loop's thread changes them.
+        self.num_queued = 0
+        self.num_queued_tokens = 0
+        self.on_step = None  # called on the engine thread after each step with its token count (metrics)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> "AsyncEngine":
@@ -71,18 +76,30 @@ class AsyncEngine:
     def generate(self, prompt: str | list[int], params: SamplingParams,
                  req_id: str | None = None) -> AsyncIterator[RequestOutput]:
         """Queue a request now and return an iterator over its outputs; the last has finished=True.
-        Bad input raises ValueError here, before anything is queued. Leaving the iteration early
-        (client gone, timeout, cancellation) aborts the request: its blocks free at the next step."""
+        Bad input raises ValueError here, before anything is queued."""
+        return self.stream(self.prepare(prompt, params, req_id))
+
+    def prepare(self, prompt: str | list[int], params: SamplingParams, req_id: str | None = None) -> TrackedRequest:
+        """Tokenize and validate (ValueError names the limit); nothing is queued yet."""
         if not self.is_running:
             raise EngineDeadError(self.dead_reason or "the engine loop is not running")
-        tracked = self.engine.new_request(prompt, params, req_id or uuid.uuid4().hex)
-        return self._iterate(tracked.request.req_id, self.submit(tracked))
+        return self.engine.new_request(prompt, params, req_id or uuid.uuid4().hex)
 
-    async def _iterate(self, req_id: str, stream: "_Stream") -> AsyncIterator[RequestOutput]:
-        finished = False
+    def stream(self, tracked: TrackedRequest) -> AsyncIterator[RequestOutput]:
+        """Queue a prepared request; leaving the iteration early (client gone, timeout,
+        cancellation) aborts it, and its blocks are freed at the next step."""
+        self.num_queued += 1
+        self.num_queued_tokens += tracked.request.num_prompt_tokens
+        return self._iterate(tracked, self.submit(tracked))
+
+    async def _iterate(self, tracked: TrackedRequest, stream: "_Stream") -> AsyncIterator[RequestOutput]:
+        finished, queued = False, True
         try:
             while True:
                 item = await stream.outputs.get()
+                if queued:  # its first output (or error) means it is no longer waiting
+                    self._leave_queue(tracked)
+                    queued = False
                 if isinstance(item, BaseException):
                     raise item
                 finished = item.finished
@@ -90,8 +107,14 @@ class AsyncEngine:
                 if finished:
                     return
         finally:
+            if queued:
+                self._leave_queue(tracked)
             if not finished:
-                self.abort(req_id)
+                self.abort(tracked.request.req_id)
+
+    def _leave_queue(self, tracked: TrackedRequest) -> None:
+        self.num_queued -= 1
+        self.num_queued_tokens -= tracked.request.num_prompt_tokens
 
     def submit(self, tracked: TrackedRequest) -> _Stream:
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
@@ -116,6 +139,8 @@ class AsyncEngine:
                     continue
                 outputs = self.engine.step()
                 self.last_step_at = time.monotonic()
+                if self.on_step is not None:
+                    self.on_step(self.engine.last_step_num_tokens)
                 for output in outputs:
                     self._deliver(output)
         except BaseException as err:  # a bug in the loop itself: fail everyone, never hang them

@@ -60,6 +60,7 @@ class LLMEngine:
         self._states: dict[str, TrackedRequest] = {}
         self._pending: list[RequestOutput] = []  # outputs of requests ended between steps
         self._next_id = 0
+        self.last_step_num_tokens = 0  # tokens the last step computed (for metrics)
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
                     req_id: str | None = None) -> str:
@@ -102,6 +103,15 @@ class LLMEngine:
                 f"(max_model_len {self.max_model_len} = min(model context {self.model_config.max_position_embeddings}, "
                 f"KV cache capacity {self.kv_capacity_tokens} tokens), leaving room for 1 new token)")
 
+    def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
+        """For APIs that refuse rather than truncate: prompt + max_tokens within max_model_len."""
+        if num_prompt_tokens + max_tokens > self.max_model_len:
+            raise ValueError(
+                f"prompt ({num_prompt_tokens} tokens) + max_tokens ({max_tokens}) = "
+                f"{num_prompt_tokens + max_tokens} exceeds max_model_len {self.max_model_len} "
+                f"(model context {self.model_config.max_position_embeddings}, KV cache capacity "
+                f"{self.kv_capacity_tokens} tokens)")
+
     def abort_request(self, req_id: str) -> bool:
         """Cancel a request; its blocks are freed now and its final output comes with the next step."""
         return self._end(req_id, RequestStatus.FINISHED_ABORTED)
@@ -112,6 +122,7 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         outputs = self._take_pending()
         sched = self.scheduler.schedule()
+        self.last_step_num_tokens = sched.num_batched_tokens
         if sched.is_empty:
             return outputs
         try:

@@ -5,11 +5,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from polyhead.engine.async_engine import AsyncEngine
 from polyhead.server.completions import router as completions_router
 from polyhead.server.errors import APIError, error_response, install_error_handlers
+from polyhead.server.metrics import Metrics
 from polyhead.server.protocol import ModelCard, ModelList
 
 HEALTH_STALE_AFTER_S = 60.0  # the loop checks in at least every 0.5 s when idle; a step longer than this is stuck
@@ -20,6 +22,10 @@ class ServerSettings:
     model_names: list[str]  # names clients may send as `model`; the first is listed first
     api_key: str | None = None  # when set, every /v1 request needs `Authorization: Bearer <key>`
     default_max_tokens: int = 256  # when a request names no max_tokens
+    max_queued_requests: int = 256  # requests waiting for their first token; beyond: 429
+    max_queued_tokens: int = 262_144  # their prompt tokens; beyond: 429
+    request_timeout_s: float = 600.0  # deadline per request (a request's `timeout` may only lower it)
+    max_request_bytes: int = 1 << 20  # request bodies beyond this: 413
     public_paths: set[str] = field(default_factory=lambda: {"/health", "/metrics"})
 
 
@@ -31,6 +37,25 @@ class ServerState:
         self.settings = settings
         self.default_max_tokens = settings.default_max_tokens
         self.tokenizer = engine.engine.tokenizer
+        self.metrics = Metrics(engine)
+        self.draining = False  # set on shutdown: new requests get 503 while in-flight ones finish
+
+    def admit(self, num_requests: int, num_prompt_tokens: int) -> None:
+        limits = self.settings
+        if self.engine.num_queued + num_requests > limits.max_queued_requests:
+            self._reject("queue_full", f"{self.engine.num_queued} requests are waiting "
+                         f"(max_queued_requests {limits.max_queued_requests}); retry shortly")
+        if self.engine.num_queued_tokens + num_requests * num_prompt_tokens > limits.max_queued_tokens:
+            self._reject("queue_tokens_full", f"{self.engine.num_queued_tokens} prompt tokens are waiting "
+                         f"(max_queued_tokens {limits.max_queued_tokens}); retry shortly")
+
+    def _reject(self, reason: str, message: str) -> None:
+        self.metrics.rejected.labels(reason=reason).inc()
+        raise APIError(429, message, None, reason, headers={"Retry-After": "1"})
+
+    def timeout_for(self, requested: float | None) -> float:
+        limit = self.settings.request_timeout_s
+        return limit if requested is None else min(requested, limit)
 
     def check_model(self, name: str) -> None:
         if name not in self.settings.model_names:
@@ -57,6 +82,20 @@ def build_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     install_error_handlers(app)
 
     @app.middleware("http")
+    async def limits_and_draining(request: Request, call_next):
+        server = app.state.server
+        if server.draining and request.url.path.startswith("/v1"):
+            server.metrics.rejected.labels(reason="shutting_down").inc()
+            return error_response(503, "the server is shutting down; retry on another replica", None,
+                                  "shutting_down")
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
+            server.metrics.rejected.labels(reason="too_large").inc()
+            return error_response(413, f"request body is {length} bytes; the limit is {settings.max_request_bytes} "
+                                  "(max_request_bytes)", None, "request_too_large")
+        return await call_next(request)
+
+    @app.middleware("http")
     async def require_api_key(request: Request, call_next):
         if settings.api_key and request.url.path not in settings.public_paths:
             given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
@@ -72,6 +111,10 @@ def build_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
             reason = engine.dead_reason or f"the engine loop has not checked in for {age:.0f} s"
             return JSONResponse({"status": "unhealthy", "reason": reason}, status_code=503)
         return {"status": "ok", "requests_in_flight": engine.num_in_flight}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(app.state.server.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def list_models():

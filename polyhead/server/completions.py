@@ -51,44 +51,86 @@ def _params(state, body, logprobs: int | None, index: int) -> SamplingParams:
 
 
 async def _respond(state, body, prompt, params: list[SamplingParams], kind: str, response_id: str):
-    req_ids = [f"{response_id}-{i}" for i in range(len(params))]
+    param = "prompt" if kind == "text_completion" else "messages"
     try:
-        streams = [state.engine.generate(prompt, p, req_id) for p, req_id in zip(params, req_ids)]
-    except ValueError as err:  # nothing of a bad request stays queued
-        for req_id in req_ids:
-            state.engine.abort(req_id)
-        raise APIError(400, str(err), "prompt" if kind == "text_completion" else "messages") from err
+        tracked = [state.engine.prepare(prompt, p, f"{response_id}-{i}") for i, p in enumerate(params)]
+        state.engine.engine.check_fits(tracked[0].request.num_prompt_tokens, params[0].max_tokens)
+    except ValueError as err:
+        raise APIError(400, str(err), param, "context_length_exceeded" if "max_model_len" in str(err) else None) \
+            from err
+    state.admit(len(tracked), tracked[0].request.num_prompt_tokens)  # 429 when the queue is full
+    timeout = state.timeout_for(body.timeout)
+    streams = [state.engine.stream(t) for t in tracked]
+    clock = _Clock(kind, state.metrics)
     if body.stream:
-        return StreamingResponse(_sse(state, req_ids, streams, body, kind, response_id),
+        return StreamingResponse(_sse(streams, body, kind, response_id, timeout, clock),
                                  media_type="text/event-stream")
     try:
-        finals = await asyncio.gather(*(_last(s) for s in streams))
+        async with asyncio.timeout(timeout):
+            finals = await asyncio.gather(*(_last(s, clock) for s in streams))
+    except TimeoutError:
+        clock.done("timeout", 0)
+        raise APIError(408, f"request exceeded its deadline of {timeout:g} s (timeout) and was aborted",
+                       "timeout", "timeout") from None
     finally:
-        for req_id in req_ids:  # a disconnect cancels the gather: free what still runs
-            state.engine.abort(req_id)
-    return JSONResponse(_full_response(finals, body.model, kind, response_id))
+        for stream in streams:  # a timeout or a disconnect: free whatever still runs
+            await stream.aclose()
+    response = _full_response(finals, body.model, kind, response_id)
+    clock.done("ok", response["usage"]["completion_tokens"])
+    return JSONResponse(response)
 
 
-async def _sse(state, req_ids, streams, body, kind: str, response_id: str) -> AsyncIterator[str]:
+class _Clock:
+    """Times one HTTP request for the metrics: first token, end, status."""
+
+    def __init__(self, kind: str, metrics):
+        self.kind, self.metrics = kind, metrics
+        self.start, self.first_token_at = time.monotonic(), None
+
+    def saw(self, output: RequestOutput) -> None:
+        if self.first_token_at is None and output.new_token_ids:
+            self.first_token_at = time.monotonic()
+
+    def done(self, status: str, num_tokens: int) -> None:
+        if self.metrics is not None:
+            now = time.monotonic()
+            ttft = None if self.first_token_at is None else self.first_token_at - self.start
+            self.metrics.record("chat" if self.kind == "chat.completion" else "completion", status, ttft,
+                                now - self.start, num_tokens)
+
+
+async def _sse(streams, body, kind: str, response_id: str, timeout: float, clock: _Clock) -> AsyncIterator[str]:
     created = int(time.time())
     merged: asyncio.Queue = asyncio.Queue()
     tasks = [asyncio.create_task(_pump(i, s, merged)) for i, s in enumerate(streams)]
     finals: dict[int, RequestOutput] = {}
+    status = "aborted"  # unless it completes: a client that leaves mid-stream ends here
+    deadline = asyncio.get_running_loop().time() + timeout
     try:
         if kind == "chat.completion":  # OpenAI opens every chat choice with the assistant role
             for i in range(len(streams)):
                 yield _event(_chunk(response_id, created, body.model, kind, i, {"role": "assistant", "content": ""}))
         while len(finals) < len(streams):
-            index, output = await merged.get()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    index, output = await merged.get()
+            except TimeoutError:
+                status = "timeout"
+                yield _event(error_chunk(f"request exceeded its deadline of {timeout:g} s (timeout) and was aborted",
+                                         408))
+                return
             if isinstance(output, BaseException):
+                status = "error"
                 yield _event(error_chunk(f"{type(output).__name__}: {output}"))
                 return
+            clock.saw(output)
             if output.finished:
                 finals[index] = output
             if output.new_text or output.finished:
                 delta = {"content": output.new_text} if kind == "chat.completion" else output.new_text
                 yield _event(_chunk(response_id, created, body.model, kind, index, delta,
-                                    output.finish_reason if output.finished else None))
+                                    _openai_finish_reason(output) if output.finished else None))
+        status = "ok"
         if body.include_usage:
             yield _event({"id": response_id, "object": f"{kind}.chunk", "created": created, "model": body.model,
                           "choices": [], "usage": _usage(list(finals.values()))})
@@ -96,8 +138,10 @@ async def _sse(state, req_ids, streams, body, kind: str, response_id: str) -> As
     finally:  # the client may be gone: stop pumping and free every choice still running
         for task in tasks:
             task.cancel()
-        for req_id in req_ids:
-            state.engine.abort(req_id)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for stream in streams:
+            await stream.aclose()
+        clock.done(status, sum(len(o.token_ids) for o in finals.values()))
 
 
 async def _pump(index: int, stream, merged: asyncio.Queue) -> None:
@@ -159,9 +203,10 @@ def _completion_logprobs(out: RequestOutput) -> dict | None:
             "top_logprobs": [{str(t): v for t, v in lp.top} for lp in out.logprobs]}
 
 
-async def _last(stream) -> RequestOutput:
+async def _last(stream, clock: _Clock) -> RequestOutput:
     last = None
     async for output in stream:
+        clock.saw(output)
         last = output
     return last
 

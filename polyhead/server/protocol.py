@@ -32,6 +32,8 @@ class SamplingFields(BaseModel):
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     user: str | None = None
     # polyhead extras
+    timeout: float | None = Field(default=None, gt=0)  # seconds; capped by the server's --request-timeout
+    priority: int = 0  # accepted now; the scheduling policy that uses it comes with multi-task serving
     top_k: int = Field(default=0, ge=0)
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0)
