@@ -49,21 +49,22 @@ def run(args) -> int:
 
 
 def serve(args) -> int:
-    """Serve the OpenAI-compatible HTTP API until interrupted."""
+    """Serve the OpenAI-compatible HTTP API until interrupted (SIGTERM drains, then stops)."""
     import os
-
-    import uvicorn
 
     from polyhead.engine.async_engine import AsyncEngine
     from polyhead.engine.engine import LLMEngine
     from polyhead.models.registry import DEFAULT_MODEL
-    from polyhead.server.app import ServerSettings, build_app
+    from polyhead.server.app import ServerSettings
+    from polyhead.server.run import serve as run_server
 
     engine = AsyncEngine(LLMEngine(engine_config(args)))
-    names = [args.served_model_name or args.model or DEFAULT_MODEL]
-    settings = ServerSettings(model_names=names, api_key=args.api_key or os.environ.get("POLYHEAD_API_KEY"),
-                              default_max_tokens=args.default_max_tokens)
-    uvicorn.run(build_app(engine, settings), host=args.host, port=args.port, log_level="info")
+    settings = ServerSettings(
+        model_names=[args.served_model_name or args.model or DEFAULT_MODEL],
+        api_key=args.api_key or os.environ.get("POLYHEAD_API_KEY"), default_max_tokens=args.default_max_tokens,
+        max_queued_requests=args.max_queued_requests, max_queued_tokens=args.max_queued_tokens,
+        request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes)
+    run_server(engine, settings, args.host, args.port, args.shutdown_grace)
     return 0
 
 
@@ -92,6 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="require this bearer key on /v1 (or set POLYHEAD_API_KEY)")
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the model's)")
     p.add_argument("--default-max-tokens", type=int, default=256, help="when a request sets none (default: 256)")
+    limits = p.add_argument_group("limits")
+    limits.add_argument("--max-queued-requests", type=int, default=256,
+                        help="requests waiting for their first token before new ones get 429 (default: 256)")
+    limits.add_argument("--max-queued-tokens", type=int, default=262_144,
+                        help="prompt tokens waiting before new requests get 429 (default: 262144)")
+    limits.add_argument("--request-timeout", type=float, default=600.0,
+                        help="seconds a request may take before it is aborted with 408 (default: 600)")
+    limits.add_argument("--max-request-bytes", type=int, default=1 << 20,
+                        help="request bodies larger than this get 413 (default: 1048576)")
+    limits.add_argument("--shutdown-grace", type=float, default=30.0,
+                        help="seconds in-flight requests may finish after SIGTERM (default: 30)")
     add_engine_args(p)
     p.set_defaults(func=serve)
 

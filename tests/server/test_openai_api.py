@@ -1,44 +1,12 @@
 """The official openai client against a live polyhead server (tiny random model, local port)."""
 
 import asyncio
-import socket
-import threading
-import time
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
-from polyhead.engine.async_engine import AsyncEngine
-from polyhead.server.app import ServerSettings, build_app
-from tests.conftest import make_engine
-
-MODEL = "tiny"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_llama):
-    engine = AsyncEngine(make_engine(tiny_llama[0], max_model_len=128))
-    app = build_app(engine, ServerSettings(model_names=[MODEL], default_max_tokens=8))
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert time.monotonic() < deadline, "server did not start in 30 s"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    thread.join(10)
+from tests.server.conftest import MODEL
 
 
 @pytest.fixture
