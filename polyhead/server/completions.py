@@ -60,7 +60,7 @@ async def _respond(state, body, prompt, params: list[SamplingParams], kind: str,
             from err
     state.admit(len(tracked), tracked[0].request.num_prompt_tokens)  # 429 when the queue is full
     timeout = state.timeout_for(body.timeout)
-    streams = [state.engine.stream(t) for t in tracked]
+    streams = _share_prefill(state.engine, tracked)
     clock = _Clock(kind, state.metrics)
     if body.stream:
         return StreamingResponse(_sse(streams, body, kind, response_id, timeout, clock),
@@ -78,6 +78,32 @@ async def _respond(state, body, prompt, params: list[SamplingParams], kind: str,
     response = _full_response(finals, body.model, kind, response_id)
     clock.done("ok", response["usage"]["completion_tokens"])
     return JSONResponse(response)
+
+
+def _share_prefill(engine, tracked: list) -> list:
+    """n choices of one prompt: the first is queued now, the others once it has produced its first
+    token, by which time its prompt's full blocks are in the prefix cache and theirs are hits."""
+    first_token = asyncio.Event()
+
+    async def leader(stream):
+        try:
+            async for output in stream:
+                first_token.set()
+                yield output
+        finally:
+            first_token.set()  # a failed or aborted leader must not hold the others back
+            await stream.aclose()  # now, not at garbage collection: closing aborts the request
+
+    async def follower(item):
+        await first_token.wait()
+        stream = engine.stream(item)
+        try:
+            async for output in stream:
+                yield output
+        finally:
+            await stream.aclose()
+
+    return [leader(engine.stream(tracked[0]))] + [follower(item) for item in tracked[1:]]
 
 
 class _Clock:

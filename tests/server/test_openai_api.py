@@ -81,3 +81,18 @@ def test_malformed_json_and_health_and_models(server):
     assert response.status_code == 400 and response.json()["error"]["message"]
     assert httpx.get(f"{server}/health", timeout=30).json()["status"] == "ok"
     assert [m["id"] for m in httpx.get(f"{server}/v1/models", timeout=30).json()["data"]] == [MODEL]
+
+
+def test_n_choices_share_one_prefill(server):
+    def hits():
+        text = httpx.get(f"{server}/metrics", timeout=30).text
+        line = next(x for x in text.splitlines() if x.startswith("polyhead_prefix_cache_hit_tokens_total"))
+        return float(line.split()[-1])
+
+    before = hits()
+    prompt = "a prompt that fills a few KV blocks of sixteen tokens each"  # 58 byte tokens
+    out = httpx.post(f"{server}/v1/completions", json={"model": MODEL, "prompt": prompt, "n": 3, "max_tokens": 2},
+                     timeout=30).json()
+    assert len(out["choices"]) == 3
+    prompt_tokens = out["usage"]["prompt_tokens"]
+    assert hits() - before >= 2 * ((prompt_tokens - 1) // 16 * 16)  # choices 2 and 3 reuse choice 1's blocks
