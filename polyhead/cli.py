@@ -108,10 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=serve)
 
     from polyhead.bench.offline import add_offline_parser
+    from polyhead.bench.serve import add_serve_parser
 
     bench = commands.add_parser("bench", help="measure polyhead (and its peers) on this machine")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     add_offline_parser(bench_commands)
+    add_serve_parser(bench_commands)
     return parser
 
 
