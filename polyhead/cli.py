@@ -53,12 +53,11 @@ def serve(args) -> int:
     import os
 
     from polyhead.engine.async_engine import AsyncEngine
-    from polyhead.engine.engine import LLMEngine
     from polyhead.models.registry import DEFAULT_MODEL
     from polyhead.server.app import ServerSettings
     from polyhead.server.run import serve as run_server
 
-    engine = AsyncEngine(LLMEngine(engine_config(args)))
+    engine = AsyncEngine.from_config(engine_config(args))
     settings = ServerSettings(
         model_names=[args.served_model_name or args.model or DEFAULT_MODEL],
         api_key=args.api_key or os.environ.get("POLYHEAD_API_KEY"), default_max_tokens=args.default_max_tokens,

@@ -182,7 +182,9 @@ async def run_levels(args, model: str, headers: dict) -> list[dict]:
 
     path = "/v1/chat/completions" if args.endpoint == "chat" else "/v1/completions"
     prompts = make_prompts(args.num_requests, args.input_len, args.seed)
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    # No keep-alive: some servers (llama-server) close idle connections, and reusing one would
+    # count as a server error; a fresh loopback connection per request costs well under 1 ms.
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=args.url, headers=headers, timeout=args.timeout, limits=limits) as client:
         await warm_up(client, path, args, model, prompts[0])
         bodies = [request_body(args.endpoint, model, p, args.output_len, args.length_hints) for p in prompts]
