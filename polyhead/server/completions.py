@@ -75,7 +75,7 @@ async def _respond(state, body, prompt, params: list[SamplingParams], kind: str,
     finally:
         for stream in streams:  # a timeout or a disconnect: free whatever still runs
             await stream.aclose()
-    response = _full_response(finals, body.model, kind, response_id)
+    response = _full_response(finals, body.model, kind, response_id, state.tokenizer)
     clock.done("ok", response["usage"]["completion_tokens"])
     return JSONResponse(response)
 
@@ -185,7 +185,7 @@ def _chunk(response_id, created, model, kind, index, delta, finish_reason=None) 
             "created": created, "model": model, "choices": [choice]}
 
 
-def _full_response(finals: list[RequestOutput], model: str, kind: str, response_id: str) -> dict:
+def _full_response(finals: list[RequestOutput], model: str, kind: str, response_id: str, tokenizer) -> dict:
     choices = []
     for i, out in enumerate(finals):
         if out.finish_reason == "error":
@@ -193,10 +193,10 @@ def _full_response(finals: list[RequestOutput], model: str, kind: str, response_
         choice = {"index": i, "finish_reason": _openai_finish_reason(out)}
         if kind == "chat.completion":
             choice["message"] = {"role": "assistant", "content": out.text}
-            choice["logprobs"] = _chat_logprobs(out)
+            choice["logprobs"] = _chat_logprobs(out, tokenizer)
         else:
             choice["text"] = out.text
-            choice["logprobs"] = _completion_logprobs(out)
+            choice["logprobs"] = _completion_logprobs(out, tokenizer)
         choices.append(choice)
     return {"id": response_id, "object": kind, "created": int(time.time()), "model": model,
             "choices": choices, "usage": _usage(finals)}
@@ -212,21 +212,26 @@ def _usage(finals: list[RequestOutput]) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _chat_logprobs(out: RequestOutput) -> dict | None:
+def _chat_logprobs(out: RequestOutput, tokenizer) -> dict | None:
     if out.logprobs is None:
         return None
-    # token text is left to the client's tokenizer view: ids as strings keep the shape valid
-    content = [{"token": str(token), "logprob": lp.logprob,
-                "top_logprobs": [{"token": str(t), "logprob": v} for t, v in lp.top]}
+    text = _token_text(tokenizer)
+    content = [{"token": text(token), "logprob": lp.logprob,
+                "top_logprobs": [{"token": text(t), "logprob": v} for t, v in lp.top]}
                for token, lp in zip(out.token_ids, out.logprobs)]
     return {"content": content}
 
 
-def _completion_logprobs(out: RequestOutput) -> dict | None:
+def _completion_logprobs(out: RequestOutput, tokenizer) -> dict | None:
     if out.logprobs is None:
         return None
-    return {"tokens": [str(t) for t in out.token_ids], "token_logprobs": [lp.logprob for lp in out.logprobs],
-            "top_logprobs": [{str(t): v for t, v in lp.top} for lp in out.logprobs]}
+    text = _token_text(tokenizer)
+    return {"tokens": [text(t) for t in out.token_ids], "token_logprobs": [lp.logprob for lp in out.logprobs],
+            "top_logprobs": [{text(t): v for t, v in lp.top} for lp in out.logprobs]}
+
+
+def _token_text(tokenizer):
+    return lambda token_id: tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
 
 
 async def _last(stream, clock: _Clock) -> RequestOutput:

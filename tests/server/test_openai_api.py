@@ -96,3 +96,17 @@ def test_n_choices_share_one_prefill(server):
     assert len(out["choices"]) == 3
     prompt_tokens = out["usage"]["prompt_tokens"]
     assert hits() - before >= 2 * ((prompt_tokens - 1) // 16 * 16)  # choices 2 and 3 reuse choice 1's blocks
+
+
+def test_logprobs_in_both_endpoints(client):
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3,
+                                          temperature=0, logprobs=True, top_logprobs=2,
+                                          extra_body={"ignore_eos": True})
+    content = chat.choices[0].logprobs.content
+    assert len(content) == 3 and all(len(c.top_logprobs) == 2 for c in content)
+    assert "".join(c.token for c in content) == chat.choices[0].message.content  # byte tokens: text adds up
+    assert all(c.logprob <= 0 and c.top_logprobs[0].logprob >= c.logprob for c in content)
+    completion = client.completions.create(model=MODEL, prompt="hi", max_tokens=3, temperature=0, logprobs=1,
+                                           extra_body={"ignore_eos": True})
+    logprobs = completion.choices[0].logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == 3
