@@ -36,3 +36,8 @@ run llama-server-bf16-p32 third_party/llama.cpp/bin/llama-server -m "$BF16" --po
   -c $((32 * 512)) -t "$(nproc)" --no-webui
 run llama-server-q4_1-p32 third_party/llama.cpp/bin/llama-server -m "$Q4" --port $PORT --parallel 32 \
   -c $((32 * 512)) -t "$(nproc)" --no-webui
+# transformers serve needs an HF folder with `architectures`: polyhead's cached conversion of the GGUF.
+HF_FOLDER=$("$PY" -c "from polyhead.models.loader import gguf_to_hf_folder; from polyhead.models.registry \
+import resolve_model_path; print(gguf_to_hf_folder(resolve_model_path(None)))")
+run transformers-serve-cb .venv/bin/transformers serve "$HF_FOLDER" --port $PORT --host 127.0.0.1 \
+  --continuous-batching --dtype bfloat16 --device cpu

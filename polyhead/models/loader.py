@@ -88,6 +88,7 @@ def gguf_to_hf_folder(path: Path) -> Path:
     hf_config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(hf_config)
+    hf_config.architectures = [type(skeleton).__name__]  # so other tools can load the cached folder too
     tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=skeleton)["tensors"]
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
