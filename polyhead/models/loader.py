@@ -77,7 +77,8 @@ def hf_to_polyhead_state_dict(hf: dict[str, torch.Tensor], config: ModelConfig) 
 def gguf_to_hf_folder(path: Path) -> Path:
     """Convert a GGUF file once into a cached Hugging Face folder; returns the folder."""
     stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    # the format version (v2: config names its architectures) invalidates older conversions
+    key = hashlib.sha256(f"v2:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     folder = cache_dir() / "gguf" / f"{path.stem}-{key}"
     if (folder / "model.safetensors").is_file():
         return folder
