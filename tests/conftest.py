@@ -2,11 +2,16 @@
 default model, loaded once per session."""
 
 import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+import uvicorn
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
@@ -92,3 +97,26 @@ def default_model():
 @pytest.fixture(scope="session")
 def hf_default_model(default_model):
     return AutoModelForCausalLM.from_pretrained(default_model.folder, dtype=torch.float32).eval()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serve_in_thread(app, start_timeout_s: float = 30):
+    """Run an ASGI app on 127.0.0.1 at a free port in a thread; yields its base URL; stops it after."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started:
+        assert time.monotonic() < deadline, f"server did not start in {start_timeout_s} s"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

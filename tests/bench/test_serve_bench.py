@@ -3,13 +3,9 @@ OpenAI-style server that this module starts on a free local port."""
 
 import asyncio
 import json
-import socket
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -23,6 +19,7 @@ from polyhead.bench.serve import (
     send_request,
 )
 from polyhead.cli import main
+from tests.conftest import serve_in_thread
 
 NUM_CHUNKS = 5  # text chunks per streamed reply, 10 ms apart
 TOKENS_PER_CHUNK = 2  # what the fake usage reports, so counting chunks instead would show
@@ -74,21 +71,8 @@ def fake_app(state: dict) -> FastAPI:
 @pytest.fixture(scope="module")
 def fake_server():
     state = {}
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(fake_app(state), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "fake server did not start in 10 s"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", state
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serve_in_thread(fake_app(state)) as url:
+        yield url, state
 
 
 @pytest.fixture
