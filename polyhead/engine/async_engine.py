@@ -170,8 +170,7 @@ class AsyncEngine:
                 self.last_step_at = time.monotonic()
                 if self.on_step is not None:
                     self.on_step(self.engine.last_step_num_tokens)
-                for output in outputs:
-                    self._deliver(output)
+                self._deliver(outputs)
         except BaseException as err:  # a bug in the loop itself: fail everyone, never hang them
             logger.exception("the engine loop died")
             self.dead_reason = f"the engine loop died: {type(err).__name__}: {err}"
@@ -195,18 +194,32 @@ class AsyncEngine:
             elif not self.engine.abort_request(arg):
                 self._streams.pop(arg, None)  # already finished or never admitted
 
-    def _deliver(self, output: RequestOutput) -> None:
-        stream = self._streams.get(output.req_id)
-        if stream is None:
-            return
-        if output.finished:
-            del self._streams[output.req_id]
-        _put(stream, output)
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        # One callback per event loop per step, not one per request: waking the loop 32 times a
+        # step cost the step loop GIL time it needs for its own Python.
+        batches: dict[asyncio.AbstractEventLoop, list] = {}
+        for output in outputs:
+            stream = self._streams.get(output.req_id)
+            if stream is None:
+                continue
+            if output.finished:
+                del self._streams[output.req_id]
+            batches.setdefault(stream.loop, []).append((stream.outputs, output))
+        for loop, items in batches.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # the caller's event loop is closed: nobody is waiting any more
+                pass
 
     def _fail(self, req_id: str, error: BaseException) -> None:
         stream = self._streams.pop(req_id, None)
         if stream is not None:
             _put(stream, error)
+
+
+def _put_all(items: list) -> None:
+    for outputs, item in items:
+        outputs.put_nowait(item)
 
 
 def _put(stream: _Stream, item) -> None:
