@@ -15,12 +15,21 @@ Messages = list[dict[str, str]]
 
 class LLM:
     def __init__(self, model: str | None = None, dtype: str = "auto", **engine_options):
-        self.engine = LLMEngine(EngineConfig(model=model, dtype=dtype, **engine_options))
-        self.tokenizer = self.engine.tokenizer
+        self._use(LLMEngine(EngineConfig(model=model, dtype=dtype, **engine_options)))
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "LLM":
-        return cls(**{name: getattr(config, name) for name in config.__slots__})
+        return cls.from_engine(LLMEngine(config))
+
+    @classmethod
+    def from_engine(cls, engine: LLMEngine) -> "LLM":
+        llm = cls.__new__(cls)
+        llm._use(engine)
+        return llm
+
+    def _use(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
 
     def generate(self, prompts: Prompt | Sequence[Prompt],
                  params: SamplingParams | Sequence[SamplingParams] | None = None,

@@ -22,11 +22,8 @@ NEW_TOKENS = 24
 
 @pytest.fixture(scope="module")
 def llm(default_model):
-    llm = LLM.__new__(LLM)
-    llm.engine = LLMEngine(EngineConfig(dtype="float32", kv_cache_memory="64MiB", block_size=8,
-                                        max_num_batched_tokens=16), loaded=default_model)
-    llm.tokenizer = llm.engine.tokenizer
-    return llm
+    return LLM.from_engine(LLMEngine(EngineConfig(dtype="float32", kv_cache_memory="64MiB", block_size=8,
+                                                  max_num_batched_tokens=16), loaded=default_model))
 
 
 @pytest.fixture(scope="module")

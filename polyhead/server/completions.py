@@ -54,10 +54,12 @@ async def _respond(state, body, prompt, params: list[SamplingParams], kind: str,
     param = "prompt" if kind == "text_completion" else "messages"
     try:
         tracked = [state.engine.prepare(prompt, p, f"{response_id}-{i}") for i, p in enumerate(params)]
+    except ValueError as err:
+        raise APIError(400, str(err), param) from err
+    try:
         state.engine.engine.check_fits(tracked[0].request.num_prompt_tokens, params[0].max_tokens)
     except ValueError as err:
-        raise APIError(400, str(err), param, "context_length_exceeded" if "max_model_len" in str(err) else None) \
-            from err
+        raise APIError(400, str(err), param, "context_length_exceeded") from err
     state.admit(len(tracked), tracked[0].request.num_prompt_tokens)  # 429 when the queue is full
     timeout = state.timeout_for(body.timeout)
     streams = _share_prefill(state.engine, tracked)
