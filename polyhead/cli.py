@@ -52,12 +52,15 @@ def serve(args) -> int:
     """Serve the OpenAI-compatible HTTP API until interrupted (SIGTERM drains, then stops)."""
     import os
 
-    from polyhead.engine.async_engine import AsyncEngine
     from polyhead.models.registry import DEFAULT_MODEL
     from polyhead.server.app import ServerSettings
     from polyhead.server.run import serve as run_server
 
-    engine = AsyncEngine.from_config(engine_config(args))
+    if args.engine_mode == "process":
+        from polyhead.engine.process_engine import ProcessEngine as Engine
+    else:
+        from polyhead.engine.async_engine import AsyncEngine as Engine
+    engine = Engine.from_config(engine_config(args))
     settings = ServerSettings(
         model_names=[args.served_model_name or args.model or DEFAULT_MODEL],
         api_key=args.api_key or os.environ.get("POLYHEAD_API_KEY"), default_max_tokens=args.default_max_tokens,
@@ -92,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="require this bearer key on /v1 (or set POLYHEAD_API_KEY)")
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the model's)")
     p.add_argument("--default-max-tokens", type=int, default=256, help="when a request sets none (default: 256)")
+    p.add_argument("--engine-mode", default="thread", choices=["thread", "process"],
+                   help="step the engine on a thread of the server process or in a child process (default: thread)")
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-queued-requests", type=int, default=256,
                         help="requests waiting for their first token before new ones get 429 (default: 256)")

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible HTTP app around one AsyncEngine."""
+"""The OpenAI-compatible HTTP app around one engine client (thread or process mode)."""
 
 import hmac
 from contextlib import asynccontextmanager
@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from polyhead.engine.async_engine import AsyncEngine
+from polyhead.engine.engine_client import EngineClient
 from polyhead.server.completions import router as completions_router
 from polyhead.server.errors import APIError, error_response, install_error_handlers
 from polyhead.server.metrics import Metrics
@@ -32,13 +32,16 @@ class ServerSettings:
 class ServerState:
     """What the endpoints share: the engine and the settings, plus the checks they all make."""
 
-    def __init__(self, engine: AsyncEngine, settings: ServerSettings):
+    def __init__(self, engine: EngineClient, settings: ServerSettings):
         self.engine = engine
         self.settings = settings
         self.default_max_tokens = settings.default_max_tokens
-        self.tokenizer = engine.engine.tokenizer
         self.metrics = Metrics(engine)
         self.draining = False  # set on shutdown: new requests get 503 while in-flight ones finish
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer  # a process-mode engine has it once started
 
     def admit(self, num_requests: int, num_prompt_tokens: int) -> None:
         limits = self.settings
@@ -69,7 +72,7 @@ class ServerState:
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
-def build_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
+def build_app(engine: EngineClient, settings: ServerSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         if not engine.is_running:

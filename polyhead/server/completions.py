@@ -57,10 +57,10 @@ async def _respond(state, body, prompt, params: list[SamplingParams], kind: str,
     except ValueError as err:
         raise APIError(400, str(err), param) from err
     try:
-        state.engine.engine.check_fits(tracked[0].request.num_prompt_tokens, params[0].max_tokens)
+        state.engine.check_fits(tracked[0].num_prompt_tokens, params[0].max_tokens)
     except ValueError as err:
         raise APIError(400, str(err), param, "context_length_exceeded") from err
-    state.admit(len(tracked), tracked[0].request.num_prompt_tokens)  # 429 when the queue is full
+    state.admit(len(tracked), tracked[0].num_prompt_tokens)  # 429 when the queue is full
     timeout = state.timeout_for(body.timeout)
     streams = _share_prefill(state.engine, tracked)
     clock = _Clock(kind, state.metrics)

@@ -3,14 +3,14 @@
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from polyhead.engine.async_engine import AsyncEngine
+from polyhead.engine.engine_client import EngineClient
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
 _TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
 class Metrics:
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, engine: EngineClient):
         self.registry = registry = CollectorRegistry()
         self.requests = Counter("polyhead_requests", "Finished requests", ["task", "status"], registry=registry)
         self.rejected = Counter("polyhead_rejected", "Requests turned away", ["reason"], registry=registry)
@@ -40,19 +40,19 @@ class Metrics:
 
 
 class _EngineCollector:
-    """Figures the engine keeps itself, read at scrape time so they are never stale."""
+    """Figures the engine keeps itself, read at scrape time (in process mode: as of the child's last report)."""
 
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, engine: EngineClient):
         self.engine = engine
 
     def collect(self):
-        engine, kv = self.engine, self.engine.engine.kv_cache
+        stats = self.engine.stats()
         yield GaugeMetricFamily("polyhead_queue_waiting", "Requests waiting for their first token",
-                                value=engine.num_queued)
+                                value=self.engine.num_queued)
         yield GaugeMetricFamily("polyhead_running_sequences", "Sequences the scheduler is running",
-                                value=len(engine.engine.scheduler.running))
-        yield GaugeMetricFamily("polyhead_kv_cache_usage_ratio", "Share of KV blocks in use", value=kv.usage)
+                                value=stats.num_running)
+        yield GaugeMetricFamily("polyhead_kv_cache_usage_ratio", "Share of KV blocks in use", value=stats.kv_usage)
         yield CounterMetricFamily("polyhead_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache",
-                                  value=kv.num_prefix_hit_tokens)
+                                  value=stats.num_prefix_hit_tokens)
         yield CounterMetricFamily("polyhead_preemptions", "Sequences preempted for lack of KV blocks",
-                                  value=engine.engine.scheduler.num_preemptions)
+                                  value=stats.num_preemptions)
