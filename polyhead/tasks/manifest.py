@@ -39,7 +39,7 @@ def load_manifest(path: str | Path) -> list[TaskSpec]:
     specs = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise ValueError(f"{str(path)!r}: tasks[{i}] must be a mapping, got {entry!r}")
+            raise ValueError(f"{str(path)!r}: tasks[{i}] must be a mapping, got {entry!r}")  # noqa: TRY004 - a config error
         try:
             if "pack" in entry:
                 pack = Path(entry["pack"])
