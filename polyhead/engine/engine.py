@@ -63,20 +63,24 @@ class LLMEngine:
         self.last_step_num_tokens = 0  # tokens the last step computed (for metrics)
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
-                    req_id: str | None = None) -> str:
-        """Validate and queue a request; raises ValueError naming the bad parameter or limit."""
+                    req_id: str | None = None, **routing) -> str:
+        """Validate and queue a request; raises ValueError naming the bad parameter or limit.
+        `routing`: task, adapter, priority, tenant, deadline (see Request)."""
         if req_id is None:
             req_id, self._next_id = f"req-{self._next_id}", self._next_id + 1
-        return self.admit(self.new_request(prompt, params, req_id))
+        return self.admit(self.new_request(prompt, params, req_id, **routing))
 
-    def new_request(self, prompt: str | list[int], params: SamplingParams | None, req_id: str) -> TrackedRequest:
+    def new_request(self, prompt: str | list[int], params: SamplingParams | None, req_id: str, *,
+                    task: str = "", adapter: str | None = None, priority: int = 0, tenant: str = "",
+                    deadline: float | None = None) -> TrackedRequest:
         """Tokenize and validate, touching no engine state: safe from any thread."""
         params = params or SamplingParams()
         text = prompt if isinstance(prompt, str) else None
         token_ids = self.tokenizer.encode(prompt, add_special_tokens=False) if text is not None else list(prompt)
         self.validate_prompt(token_ids)
         eos = frozenset() if params.ignore_eos else frozenset(self.model_config.eos_token_ids)
-        request = Request(req_id, token_ids, params, eos)
+        request = Request(req_id, token_ids, params, eos, task=task, adapter=adapter, priority=priority,
+                          tenant=tenant, deadline=deadline)
         if params.seed is not None:
             request.generator = make_generator(params.seed)
         detok = IncrementalDetokenizer(self.tokenizer, token_ids, params)

@@ -20,3 +20,6 @@ class RequestOutput:
     logprobs: list[TokenLogprobs] | None = None  # one per output token, when asked for
     num_cached_tokens: int = 0  # prompt tokens served by the prefix cache
     error: str | None = None  # why the request failed, when finish_reason == "error"
+    # pooling requests: classify -> label probabilities [labels]; tag -> per-token probabilities
+    # [prompt tokens][labels]; embed -> the vector [dim]; score -> summed log-prob of the scored tokens
+    pooled: list[float] | list[list[float]] | float | None = None

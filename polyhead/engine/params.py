@@ -53,3 +53,24 @@ class SamplingParams:
 def _check(ok: bool, name: str, message: str) -> None:
     if not ok:
         raise ValueError(f"{name} {message}")
+
+
+POOLING_KINDS = ("classify", "tag", "embed", "score")
+
+
+@dataclass(slots=True)
+class PoolingParams:
+    """A prefill-only request: its prompt's hidden states go to a head instead of the sampler.
+    It finishes in the step that computes its last prompt token."""
+
+    kind: str  # classify | tag | embed | score (log-prob of the prompt's last tokens, for zero-shot labels)
+    task: str | None = None  # the task whose head applies (registered on the engine); None: no head
+    pooling: str = "last"  # classify/embed: last | mean | cls token state
+    normalize: bool = False  # embed: L2-normalize
+    num_scored_tokens: int = 0  # score: how many of the prompt's last tokens to score (>= 1)
+
+    def __post_init__(self):
+        _check(self.kind in POOLING_KINDS, "kind", f"must be one of {', '.join(POOLING_KINDS)}, got {self.kind!r}")
+        _check(self.pooling in ("last", "mean", "cls"), "pooling", f"must be last, mean or cls, got {self.pooling!r}")
+        _check(self.kind != "score" or self.num_scored_tokens >= 1, "num_scored_tokens",
+               f"must be >= 1 for a score request, got {self.num_scored_tokens}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from polyhead.engine.params import SamplingParams
+from polyhead.engine.params import PoolingParams, SamplingParams
 
 
 class RequestStatus(enum.IntEnum):
@@ -37,8 +37,13 @@ _FINISH_REASONS = {RequestStatus.FINISHED_STOPPED: "stop", RequestStatus.FINISHE
 class Request:
     req_id: str
     prompt_token_ids: list[int]
-    params: SamplingParams
+    params: SamplingParams | PoolingParams  # pooling: prefill-only, its hidden states go to a head
     eos_token_ids: frozenset[int]  # empty when params.ignore_eos
+    task: str = ""  # the task it belongs to (metrics, fair share)
+    adapter: str | None = None  # the LoRA adapter its rows use; None: the base weights
+    priority: int = 0  # lower runs first under the priority policy (vLLM's convention)
+    tenant: str = ""  # who sent it (API key or `user`), for fair share
+    deadline: float | None = None  # time.monotonic() after which it is aborted as timed out
     arrival_time: float = field(default_factory=time.monotonic)
     status: RequestStatus = RequestStatus.WAITING
     all_token_ids: list[int] = field(default_factory=list)  # prompt then output, grows each step
@@ -71,3 +76,7 @@ class Request:
     @property
     def is_finished(self) -> bool:
         return self.status.is_finished
+
+    @property
+    def is_pooling(self) -> bool:
+        return isinstance(self.params, PoolingParams)
