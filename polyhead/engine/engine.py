@@ -93,6 +93,8 @@ class LLMEngine:
         params = params or SamplingParams()
         text = prompt if isinstance(prompt, str) else None
         token_ids = self.tokenizer.encode(prompt, add_special_tokens=False) if text is not None else list(prompt)
+        if isinstance(params, PoolingParams) and params.truncate and params.kind != "score":
+            token_ids = token_ids[: self.max_model_len - 1]  # keep the start, as sentence-transformers does
         self.validate_prompt(token_ids)
         routing = {"task": task, "adapter": adapter, "priority": priority, "tenant": tenant, "deadline": deadline}
         if isinstance(params, PoolingParams):

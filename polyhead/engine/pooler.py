@@ -143,7 +143,9 @@ class Pooler:
         head = self.heads.get(task) if task is not None else None
         if kind == "classify":
             return torch.softmax(head(pooled), dim=-1)
-        return pooled if head is None else head(pooled)
+        if head is not None and head.projection is not None:  # the request's normalize, resolved, applies after
+            return pooled @ head.projection.float().t()  # [N, D]
+        return pooled
 
 
 def _finish_pool(params: PoolingParams, acc: _Accumulator, states: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -159,7 +161,8 @@ def resolve_pooling_params(params: PoolingParams, task: str, heads: dict[str, nn
                            num_prompt_tokens: int) -> PoolingParams:
     """Check a pooling request against the registered heads and fill in what it left open: the head's
     task (params.task, else the request's routing task when a head is registered under it) and the
-    pooling (the classify/embed head's own, else last). Raises ValueError naming the field."""
+    pooling and normalize (the classify/embed head's own, else last and no normalizing: a decoder's
+    defaults). Raises ValueError naming the field."""
     name = params.task
     if name is not None and name not in heads:
         known = ", ".join(sorted(heads)) or "none registered"
@@ -185,4 +188,5 @@ def resolve_pooling_params(params: PoolingParams, task: str, heads: dict[str, nn
     if params.pooling is not None and head_pooling is not None and params.pooling != head_pooling:
         raise ValueError(f"pooling {params.pooling!r} differs from task {name!r}'s head, trained on "
                          f"{head_pooling!r} pooling")
-    return replace(params, task=name, pooling=pooling)
+    normalize = params.normalize if params.normalize is not None else bool(getattr(head, "normalize", False))
+    return replace(params, task=name, pooling=pooling, normalize=normalize)

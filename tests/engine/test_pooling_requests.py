@@ -153,3 +153,23 @@ def test_register_head_checks_hidden_size_and_type(engine):
         engine.register_head("lin", torch.nn.Linear(64, 2))
     engine.register_head("ok", TagHead(64, 3))
     assert "ok" in engine.heads
+
+
+def test_embed_normalize_defaults_to_the_heads_and_can_be_overridden(engine):
+    text = prompts_of([9], seed=28)[0]
+    engine.add_request(text, PoolingParams("embed", task="embed"), req_id="default")
+    engine.add_request(text, PoolingParams("embed", task="embed", normalize=False), req_id="raw")
+    engine.add_request(text, PoolingParams("embed", normalize=True), req_id="no-head")
+    out = finish(engine)
+    norms = {k: float(torch.tensor(o.pooled).norm()) for k, o in out.items()}
+    assert abs(norms["default"] - 1) < 1e-5 and abs(norms["no-head"] - 1) < 1e-5 and abs(norms["raw"] - 1) > 0.1
+    assert len(out["raw"].pooled) == 8 and len(out["no-head"].pooled) == 64
+
+
+def test_truncate_cuts_a_long_pooling_prompt_to_the_limit(tiny_llama):
+    engine = make_engine(tiny_llama[0], max_model_len=16)
+    long = list(range(40))
+    with pytest.raises(ValueError, match="prompt has 40 tokens, but the limit is 15"):
+        engine.add_request(long, PoolingParams("embed"))
+    engine.add_request(long, PoolingParams("embed", truncate=True), req_id="t")
+    assert finish(engine)["t"].prompt_token_ids == long[:15]
