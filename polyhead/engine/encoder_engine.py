@@ -1,4 +1,4 @@
-"""The engine for an encoder backbone (BERT family): embed and classify requests, with the same
+"""The engine for an encoder backbone (BERT family): embed, classify and tag requests, with the same
 public surface as LLMEngine, so AsyncEngine and LLM drive either.
 
 The rule it keeps: a request is computed whole in the step that takes it. Attention is
@@ -10,21 +10,22 @@ step takes waiting requests in scheduling order while they fit `max_num_batched_
 
 import logging
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from polyhead.config import EngineConfig
 from polyhead.engine.encoder_runner import EncoderRunner
-from polyhead.engine.outputs import RequestOutput
+from polyhead.engine.outputs import RequestOutput, StepStats
 from polyhead.engine.params import PoolingParams
+from polyhead.engine.pooler import resolve_pooling_params
 from polyhead.engine.request import Request, RequestStatus
 from polyhead.models.encoder_loader import LoadedEncoder, load_encoder
-from polyhead.models.heads import ClassifyHead, EmbedPooler
+from polyhead.models.heads import ClassifyHead, EmbedPooler, TagHead
 
 logger = logging.getLogger(__name__)
 
-ENCODER_KINDS = ("embed", "classify")
+ENCODER_KINDS = ("embed", "classify", "tag")  # score needs an LM head, which an encoder has not
 
 
 @dataclass(eq=False)
@@ -33,7 +34,7 @@ class EncoderRequestState:
 
     request: Request
     prompt: str | None  # the text, when it came as text
-    pooled: list[float] | None = None  # the result, once computed
+    pooled: list[float] | list[list[float]] | None = None  # the result, once computed
     error: str | None = None  # why it failed, when a step failed
 
 
@@ -54,25 +55,27 @@ class EncoderEngine:
         if config.max_num_batched_tokens < self.max_model_len:
             raise ValueError(f"max_num_batched_tokens ({config.max_num_batched_tokens}) must be >= max_model_len "
                              f"({self.max_model_len}): an encoder computes a whole prompt in one step")
-        self.runner = EncoderRunner(loaded.model, loaded.sentence)
-        self.heads: dict[str, ClassifyHead | EmbedPooler] = {}
+        self.runner = EncoderRunner(loaded.model)
+        self.heads: dict[str, ClassifyHead | TagHead | EmbedPooler] = {}
         self.waiting: deque[Request] = deque()
         self._states: dict[str, EncoderRequestState] = {}
         self._pending: list[RequestOutput] = []  # outputs of requests ended between steps
         self._next_id = 0
         self.last_step_num_tokens = 0  # tokens the last step computed (for metrics)
+        self.last_step_stats = StepStats(0, {})  # what the last step computed, by row kind (for metrics)
 
-    def register_head(self, task: str, head: ClassifyHead | EmbedPooler) -> None:
-        """Attach a task's head: a ClassifyHead for classify requests, an EmbedPooler (pooling,
-        projection, normalization) for embed requests of that task."""
+    def register_head(self, task: str, head: ClassifyHead | TagHead | EmbedPooler) -> None:
+        """Serve a task's head on this backbone's token states: a ClassifyHead (classify requests),
+        a TagHead (tag: every token, [CLS] and [SEP] included), an EmbedPooler (embed: pooling,
+        projection, normalization). Requests name it by `task`, as on LLMEngine."""
         hidden = self.model_config.hidden_size
-        if isinstance(head, ClassifyHead):
+        if isinstance(head, ClassifyHead | TagHead):
             width = head.linear.in_features
         elif isinstance(head, EmbedPooler):
             width = hidden if head.projection is None else head.projection.shape[1]
-        else:  # ValueError, as for any bad input the server answers with 400
-            raise ValueError(  # noqa: TRY004
-                f"task {task!r}: an encoder serves ClassifyHead and EmbedPooler heads, got {type(head).__name__}")
+        else:
+            raise TypeError(f"head for task {task!r} must be a ClassifyHead, TagHead or EmbedPooler, "
+                            f"got {type(head).__name__}")
         if width != hidden:
             raise ValueError(f"task {task!r}: the head reads vectors of size {width}, the backbone's hidden "
                              f"size is {hidden}")
@@ -92,7 +95,7 @@ class EncoderEngine:
         """Tokenize and validate, touching no engine state: safe from any thread. Text gets
         [CLS] ... [SEP] as sentence-transformers adds them; token ids are taken as they are."""
         params = params if params is not None else PoolingParams(kind="embed")
-        self._check_params(params, task, adapter)
+        self._check_params(params, adapter)
         if isinstance(prompt, str):
             if not prompt:
                 raise ValueError("prompt is empty: it must have at least 1 character")
@@ -102,21 +105,28 @@ class EncoderEngine:
         else:
             token_ids = list(prompt)[: self.max_model_len] if params.truncate else list(prompt)
         self.validate_prompt(token_ids)
+        params = resolve_pooling_params(self._with_model_defaults(params, task), task, self.heads, len(token_ids))
         request = Request(req_id, token_ids, params, frozenset(), task=task, adapter=adapter, priority=priority,
                           tenant=tenant, deadline=deadline)
         return EncoderRequestState(request, prompt if isinstance(prompt, str) else None)
 
-    def _check_params(self, params, task: str, adapter: str | None) -> None:
+    def _with_model_defaults(self, params: PoolingParams, task: str) -> PoolingParams:
+        """Without a task head, an embedding is the model's own: its sentence-transformers pooling
+        and normalization, where a decoder's default would be the last token, unnormalized."""
+        head_task = params.task if params.task is not None else task
+        if params.kind != "embed" or head_task in self.heads:
+            return params
+        normalize = self.sentence.normalize if params.normalize is None else params.normalize
+        return replace(params, pooling=params.pooling or self.sentence.pooling, normalize=normalize)
+
+    def _check_params(self, params, adapter: str | None) -> None:
         if not isinstance(params, PoolingParams):  # a request the client got wrong: ValueError -> HTTP 400
             raise ValueError(  # noqa: TRY004
-                f"{self._name} is an encoder backbone: it serves only embed and classify requests "
+                f"{self._name} is an encoder backbone: it serves only embed, classify and tag requests "
                 f"(PoolingParams), not {type(params).__name__}; send generation to a decoder backbone")
         if params.kind not in ENCODER_KINDS:
             raise ValueError(f"kind {params.kind!r} is not served by the encoder backbone {self._name}; "
                              f"it serves {', '.join(ENCODER_KINDS)}")
-        if params.kind == "classify" and not isinstance(self.heads.get(task), ClassifyHead):
-            registered = sorted(t for t, h in self.heads.items() if isinstance(h, ClassifyHead))
-            raise ValueError(f"task {task!r} has no classify head on {self._name}; registered: {registered}")
         if adapter is not None:
             raise ValueError(f"adapter {adapter!r}: the encoder backbone {self._name} serves no LoRA adapters")
 
@@ -156,11 +166,14 @@ class EncoderEngine:
         outputs, self._pending = self._pending, []
         batch = self._take_batch()
         self.last_step_num_tokens = sum(r.num_prompt_tokens for r in batch)
+        rows: dict[str, int] = {}
+        for request in batch:
+            rows[request.params.kind] = rows.get(request.params.kind, 0) + 1
+        self.last_step_stats = StepStats(self.last_step_num_tokens, rows)
         if not batch:
             return outputs
         try:
-            plans = [self.runner.plan(r, self.heads) for r in batch]
-            results = self.runner.execute(batch, plans)
+            results = self.runner.execute(batch, self.heads)
         except Exception as err:  # one failed step fails its own rows, never the engine
             logger.exception("encoder step failed; failing the %d requests in it", len(batch))
             for request in batch:

@@ -82,9 +82,10 @@ def test_a_sequence_embeds_the_same_alone_or_in_a_batch(engine):
     ([], None, "prompt is empty"),
     ([1, 10_000], None, r"integers in \[0, \d+\) \(vocab_size\)"),
     ("cat " * 30, None, r"prompt has 32 tokens .* limit is 24 \(max_model_len\); PoolingParams\(truncate=True\)"),
-    ("hello", SamplingParams(max_tokens=4), "is an encoder backbone: it serves only embed and classify"),
-    ("hello", PoolingParams(kind="tag"), "kind 'tag' is not served by the encoder"),
-    ("hello", PoolingParams(kind="classify", task="sentiment"), "task '' has no classify head"),
+    ("hello", SamplingParams(max_tokens=4), "is an encoder backbone: it serves only embed, classify and tag"),
+    ("hello", PoolingParams(kind="score", num_scored_tokens=1), "kind 'score' is not served by the encoder"),
+    ("hello", PoolingParams(kind="classify", task="sentiment"), "task 'sentiment' has no head registered"),
+    ("hello", PoolingParams(kind="tag"), "a tag request needs a task with a registered TagHead"),
 ])
 def test_bad_requests_are_rejected_with_the_reason(engine, prompt, params, message):
     with pytest.raises(ValueError, match=message):
@@ -117,26 +118,35 @@ def test_pooling_and_normalize_overrides(engine, tiny_encoder):
     torch.testing.assert_close(torch.tensor(last.pooled), F.normalize(states[-1], dim=-1), atol=2e-6, rtol=1e-5)
 
 
-def test_task_heads_classify_and_embed(engine, tiny_encoder):
+def test_task_heads_classify_tag_and_embed_in_one_step(tiny_encoder):
+    engine = make_encoder_engine(tiny_encoder[0], max_num_batched_tokens=200)
     torch.manual_seed(0)
-    head = ClassifyHead(32, 3, pooling="cls")
+    head, tagger = ClassifyHead(32, 3, pooling="cls"), TagHead(32, 5)
     head.linear.weight.data.normal_()
     projection = torch.randn(8, 32)
     engine.register_head("sentiment", head)
+    engine.register_head("ner", tagger)
     engine.register_head("short-embed", EmbedPooler("mean", normalize=False, projection=projection))
     a = engine.add_request(TEXTS[0], PoolingParams(kind="classify"), task="sentiment")
-    b = engine.add_request(TEXTS[0], PoolingParams(kind="embed"), task="short-embed")
+    b = engine.add_request(TEXTS[0], PoolingParams(kind="embed", task="short-embed"))
     c = engine.add_request(TEXTS[0])  # no task: the model's own embedding in the same step
-    outs = run_all(engine)
+    d = engine.add_request(TEXTS[1], PoolingParams(kind="tag", task="ner"))
+    outs = {o.req_id: o for o in engine.step()}
+    assert engine.last_step_stats.rows == {"classify": 1, "embed": 2, "tag": 1}
     states = hf_states(tiny_encoder[1], engine, TEXTS[0])
     torch.testing.assert_close(torch.tensor(outs[a].pooled), head(states[0][None])[0].softmax(-1), atol=1e-6, rtol=0)
     torch.testing.assert_close(torch.tensor(outs[b].pooled), projection @ states.mean(0), atol=1e-5, rtol=1e-5)
-    assert len(outs[c].pooled) == 32
+    torch.testing.assert_close(torch.tensor(outs[c].pooled), F.normalize(states.mean(0), dim=-1), atol=2e-6, rtol=0)
+    tags = tagger(hf_states(tiny_encoder[1], engine, TEXTS[1])).softmax(-1)  # [CLS] ... [SEP]
+    assert len(outs[d].pooled) == len(outs[d].prompt_token_ids)
+    torch.testing.assert_close(torch.tensor(outs[d].pooled), tags, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="differs from task 'sentiment'"):
+        engine.add_request(TEXTS[0], PoolingParams(kind="classify", pooling="mean", task="sentiment"))
 
 
 def test_register_head_checks_kind_and_size(engine):
-    with pytest.raises(ValueError, match="serves ClassifyHead and EmbedPooler heads, got TagHead"):
-        engine.register_head("ner", TagHead(32, 5))
+    with pytest.raises(TypeError, match="must be a ClassifyHead, TagHead or EmbedPooler, got Linear"):
+        engine.register_head("x", torch.nn.Linear(32, 5))
     with pytest.raises(ValueError, match="vectors of size 16, the backbone's hidden size is 32"):
         engine.register_head("x", ClassifyHead(16, 2))
 
