@@ -1,5 +1,6 @@
 """Turns a SchedulerOutput into tensors, runs the backbone once, samples the rows that need it."""
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -8,6 +9,7 @@ from polyhead.engine.request import Request
 from polyhead.engine.sampler import Sampler, SamplingRow, TokenLogprobs
 from polyhead.engine.scheduler import SchedulerOutput
 from polyhead.kernels import decode_attention_kernel
+from polyhead.lora.manager import LoRAManager
 from polyhead.models.attention import AttentionMetadata, PrefillChunk, build_decode_bias, build_prefill_mask
 from polyhead.models.inference import prepare_for_inference
 from polyhead.models.llama import LlamaForCausalLM
@@ -41,6 +43,7 @@ class ModelRunner:
         self.kv_caches = list(self.kv_cache.unbind(0))
         self.native_decode = decode_attention_kernel(dtype)
         self.sampler = Sampler()
+        self.lora: LoRAManager | None = None  # set by the engine; None: base weights only
 
     @staticmethod
     def cache_bytes_per_block(model: LlamaForCausalLM, block_size: int, dtype: torch.dtype) -> int:
@@ -50,7 +53,9 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
         batch = self.prepare(sched)
-        hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta)
+        adapters = self.lora.applied([(n, r.adapter) for r, n in sched.scheduled]) if self.lora else nullcontext()
+        with adapters:  # per-row LoRA, grouped by adapter (rows are laid out in scheduled order)
+            hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta)
         if not batch.sample_rows:
             return RunnerOutput({}, {})
         logits = self.model.compute_logits(hidden[batch.sample_rows])  # only rows that sample
