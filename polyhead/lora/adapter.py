@@ -168,7 +168,7 @@ def _read_tensors(folder: Path, config: AdapterConfig, model_config: ModelConfig
     sizes = _slice_sizes(model_config)
     found: dict[tuple[int, str, str], dict[str, object]] = {}
     with safe_open(path, framework="pt") as f:
-        for key in f:
+        for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
             match = _KEY.fullmatch(key)
             if match is None or match.group(3) not in _TARGETS:
                 raise ValueError(f"{path}: tensor {key!r} is not a LoRA A/B weight of "

@@ -14,10 +14,10 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs
 ADAPTERS = {
     "qv": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]},
     "all": {"r": 8, "lora_alpha": 16, "use_rslora": True,
-                "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
     "mlp": {"r": 16, "lora_alpha": 8, "target_modules": ["gate_proj", "up_proj", "down_proj"]},
     "ko": {"r": 2, "lora_alpha": 4, "target_modules": ["k_proj", "o_proj"], "rank_pattern": {"o_proj": 6},
-               "alpha_pattern": {"k_proj": 3}},
+           "alpha_pattern": {"k_proj": 3}},
 }
 
 
