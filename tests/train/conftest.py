@@ -1,0 +1,33 @@
+"""Tiny random backbones saved as Hugging Face folders, and the engine's own forward over one
+sequence, for comparing the trainer's model with what polyhead serves."""
+
+import pytest
+import torch
+
+from polyhead.models.attention import AttentionMetadata, PrefillChunk
+from polyhead.train.model import TaskHeadConfig
+from tests.conftest import make_tiny_model
+
+TASKS = [
+    TaskHeadConfig("sentiment", "classify", ["neg", "pos"]),
+    TaskHeadConfig("ner", "tag", ["O", "B-PER", "I-PER"]),
+    TaskHeadConfig("reply", "generate", []),
+    TaskHeadConfig("similar", "embed", [], pooling="mean"),
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-train-llama")
+    make_tiny_model(folder, "llama", num_layers=2)
+    return folder
+
+
+def engine_hidden(loaded, ids: list[int]) -> torch.Tensor:
+    """polyhead's serving backbone on one sequence (one prefill chunk) -> [T, H] final-normed states."""
+    config = loaded.config
+    num = len(ids)
+    kv = [torch.zeros(2, config.num_kv_heads, num, config.head_dim) for _ in range(config.num_layers)]
+    meta = AttentionMetadata(torch.arange(num), num, 0, None, None, None, [PrefillChunk(0, num, num, None, None)])
+    with torch.inference_mode():
+        return loaded.model.model(torch.tensor(ids), torch.arange(num), kv, meta)
