@@ -61,7 +61,7 @@ def resolve_backbone_folder(backbone: str | None) -> Path:
 
 class MultiTaskModel(nn.Module):
     def __init__(self, backbone_folder: str | Path, tasks: list[TaskHeadConfig], mode: str = "heads",
-                 lora: LoraSettings | None = None):
+                 lora: LoraSettings | dict[str, LoraSettings] | None = None):
         super().__init__()
         from transformers import AutoModelForCausalLM
 
@@ -73,7 +73,8 @@ class MultiTaskModel(nn.Module):
         self.backbone_folder = Path(backbone_folder)
         self.mode = mode
         self.tasks = {t.name: t for t in tasks}
-        self.lora = lora or LoraSettings()
+        lora = lora or LoraSettings()
+        self.lora = lora if isinstance(lora, dict) else {name: lora for name in names}  # task -> settings
         lm = AutoModelForCausalLM.from_pretrained(self.backbone_folder, dtype=torch.float32)
         lm.config.use_cache = False
         lm.requires_grad_(mode == "full")
@@ -88,11 +89,14 @@ class MultiTaskModel(nn.Module):
     def _add_adapters(self, lm, names: list[str]):
         from peft import LoraConfig, get_peft_model
 
-        config = LoraConfig(r=self.lora.r, lora_alpha=self.lora.alpha, lora_dropout=self.lora.dropout,
-                            target_modules=list(self.lora.targets), bias="none")
-        peft_model = get_peft_model(lm, config, adapter_name=names[0])
+        def config(name: str) -> LoraConfig:
+            s = self.lora.get(name) or LoraSettings()
+            return LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=list(s.targets),
+                              bias="none")
+
+        peft_model = get_peft_model(lm, config(names[0]), adapter_name=names[0])
         for name in names[1:]:
-            peft_model.add_adapter(name, config)
+            peft_model.add_adapter(name, config(name))
         for pname, param in peft_model.named_parameters():  # every task's adapter is trainable
             param.requires_grad_("lora_" in pname)
         return peft_model
@@ -117,8 +121,8 @@ class MultiTaskModel(nn.Module):
         return out.last_hidden_state
 
     def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor | None = None, pair_input_ids: torch.Tensor | None = None,
-                pair_attention_mask: torch.Tensor | None = None) -> TaskOutput:
+                labels: torch.Tensor | None = None, positive_ids: torch.Tensor | None = None,
+                positive_mask: torch.Tensor | None = None) -> TaskOutput:
         """One single-task batch -> loss (and logits for evaluation)."""
         self.use_task(task)
         spec = self.tasks[task]
@@ -134,11 +138,11 @@ class MultiTaskModel(nn.Module):
             # the token at t predicts t+1; labels mark response tokens only (prompt = IGNORE_INDEX)
             loss = None if labels is None else _ce(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
             return TaskOutput(loss, logits)
-        if pair_input_ids is None:
-            raise ValueError(f"embed task {task!r}: a batch needs pair_input_ids (the positives)")
-        pair_hidden = self.hidden_states(pair_input_ids, pair_attention_mask)
+        if positive_ids is None:
+            raise ValueError(f"embed task {task!r}: a batch needs positive_ids (the positives)")
+        positive_hidden = self.hidden_states(positive_ids, positive_mask)
         anchors = self.heads[task](pool_padded(hidden, attention_mask, spec.pooling))  # [B, D]
-        positives = self.heads[task](pool_padded(pair_hidden, pair_attention_mask, spec.pooling))  # [B, D]
+        positives = self.heads[task](pool_padded(positive_hidden, positive_mask, spec.pooling))  # [B, D]
         return TaskOutput(contrastive_loss(anchors, positives, spec.temperature), None,
                           torch.cat([anchors, positives]))
 

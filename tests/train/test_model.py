@@ -82,5 +82,5 @@ def test_bad_mode_and_embed_without_pairs_are_errors(tiny_folder):
         MultiTaskModel(tiny_folder, TASKS, mode="everything")
     model = MultiTaskModel(tiny_folder, TASKS, mode="heads")
     ids, mask = _batch([4])
-    with pytest.raises(ValueError, match="pair_input_ids"):
+    with pytest.raises(ValueError, match="positive_ids"):
         model("similar", ids, mask)
