@@ -55,10 +55,9 @@ def evaluate_task(model: MultiTaskModel, name: str, examples, pad_token_id: int,
             batch = collate([examples[i] for i in range(start, min(start + batch_size, len(examples)))],
                             pad_token_id, task=name)
             with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                out = model(name, batch.input_ids, batch.attention_mask, batch.labels,
-                            batch.positive_ids, batch.positive_mask)
+                out = model([batch])[0]
+            losses.append(out.loss.item() * batch.size)
             if spec.kind == "classify":
-                losses.append(out.loss.item() * batch.size)
                 probs.append(out.logits.float().softmax(-1))
                 preds += out.logits.argmax(-1).tolist()
                 golds += batch.labels.tolist()
@@ -81,19 +80,22 @@ def evaluate_task(model: MultiTaskModel, name: str, examples, pad_token_id: int,
 
 
 def _finish(spec, count, losses, preds, golds, probs, anchors, positives, nll, num_tokens) -> TaskEval:
+    loss = sum(losses) / count  # mean of per-batch losses weighted by batch size (generate: per token)
     if spec.kind == "classify":
         metrics = {"accuracy": accuracy(preds, golds), "macro_f1": macro_f1(preds, golds, len(spec.labels)),
-                   "loss": sum(losses) / count}
+                   "loss": loss}
         return TaskEval(spec.name, spec.kind, count, metrics, preds, torch.cat(probs))
     if spec.kind == "tag":
         metrics = span_prf(preds, golds)
         flat = [(p, g) for ps, gs in zip(preds, golds) for p, g in zip(ps, gs)]
         metrics["token_accuracy"] = sum(p == g for p, g in flat) / max(len(flat), 1)
+        metrics["loss"] = loss
         return TaskEval(spec.name, spec.kind, count, metrics, preds)
     if spec.kind == "generate":
         return TaskEval(spec.name, spec.kind, count, perplexity(nll, int(num_tokens)))
-    return TaskEval(spec.name, spec.kind, count,
-                    {"retrieval_acc": retrieval_accuracy(torch.cat(anchors), torch.cat(positives))})
+    # in-batch contrastive loss depends on the batch; retrieval is over the whole split
+    metrics = {"retrieval_acc": retrieval_accuracy(torch.cat(anchors), torch.cat(positives)), "loss": loss}
+    return TaskEval(spec.name, spec.kind, count, metrics)
 
 
 def evaluate(model: MultiTaskModel, datasets: dict, pad_token_id: int, batch_size: int = 32,

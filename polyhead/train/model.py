@@ -85,6 +85,7 @@ class MultiTaskModel(nn.Module):
         self.lm = lm  # a transformers causal LM, or a PeftModel around one
         # fixed now: PEFT later turns requires_grad off for inactive adapters, which stay trainable
         self._trainable = {name for name, param in self.named_parameters() if param.requires_grad}
+        self._lora_params = [p for n, p in self.named_parameters() if "lora_" in n]
 
     def _add_adapters(self, lm, names: list[str]):
         from peft import LoraConfig, get_peft_model
@@ -112,6 +113,10 @@ class MultiTaskModel(nn.Module):
             raise ValueError(f"unknown task {task!r}; tasks: {sorted(self.tasks)}")
         if self.mode == "lora" and self.lm.active_adapter != task:
             self.lm.set_adapter(task)
+            # PEFT froze the other adapters; keep them trainable, so one step can hold several tasks'
+            # forwards before its backward (they simply get no gradient from this batch)
+            for param in self._lora_params:
+                param.requires_grad_(True)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # input_ids, attention_mask: [B, T] right-padded -> [B, T, H] final-normed states
@@ -120,9 +125,15 @@ class MultiTaskModel(nn.Module):
             out = self.causal_lm.model(input_ids=input_ids, attention_mask=attention_mask)
         return out.last_hidden_state
 
-    def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor | None = None, positive_ids: torch.Tensor | None = None,
-                positive_mask: torch.Tensor | None = None) -> TaskOutput:
+    def forward(self, batches: list) -> list[TaskOutput]:
+        """Single-task batches (polyhead.train.data.Batch) -> an output each. A step's batches go
+        through one call, so DDP sees one forward per backward however many tasks the step mixes."""
+        return [self.forward_task(b.task, b.input_ids, b.attention_mask, b.labels, b.positive_ids,
+                                  b.positive_mask) for b in batches]
+
+    def forward_task(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     labels: torch.Tensor | None = None, positive_ids: torch.Tensor | None = None,
+                     positive_mask: torch.Tensor | None = None) -> TaskOutput:
         """One single-task batch -> loss (and logits for evaluation)."""
         self.use_task(task)
         spec = self.tasks[task]

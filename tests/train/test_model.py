@@ -29,7 +29,7 @@ def test_hidden_states_and_heads_equal_the_engine_backbone(tiny_folder):
     ids, mask = _batch([7, 12, 3])
     with torch.no_grad():
         hidden = model.hidden_states(ids, mask)
-        logits = model("sentiment", ids, mask).logits  # [3, 2]
+        logits = model.forward_task("sentiment", ids, mask).logits  # [3, 2]
     for row, n in enumerate([7, 12, 3]):
         expected = engine_hidden(served, ids[row, :n].tolist())  # [n, H]
         torch.testing.assert_close(hidden[row, :n], expected, atol=1e-5, rtol=1e-5)
@@ -83,4 +83,4 @@ def test_bad_mode_and_embed_without_pairs_are_errors(tiny_folder):
     model = MultiTaskModel(tiny_folder, TASKS, mode="heads")
     ids, mask = _batch([4])
     with pytest.raises(ValueError, match="positive_ids"):
-        model("similar", ids, mask)
+        model.forward_task("similar", ids, mask)
