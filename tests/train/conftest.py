@@ -1,12 +1,14 @@
-"""Tiny random backbones saved as Hugging Face folders, and the engine's own forward over one
-sequence, for comparing the trainer's model with what polyhead serves."""
+"""Training-test fixtures: tokenizers (the byte-level tiny one, the default model's), tiny random
+backbones saved as Hugging Face folders, and the engine's own forward over one sequence, for
+comparing the trainer's model with what polyhead serves."""
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from polyhead.models.attention import AttentionMetadata, PrefillChunk
 from polyhead.train.model import TaskHeadConfig
-from tests.conftest import make_tiny_model
+from tests.conftest import make_tiny_model, tiny_tokenizer
 
 TASKS = [
     TaskHeadConfig("sentiment", "classify", ["neg", "pos"]),
@@ -14,6 +16,21 @@ TASKS = [
     TaskHeadConfig("reply", "generate", []),
     TaskHeadConfig("similar", "embed", [], pooling="mean"),
 ]
+
+
+@pytest.fixture(scope="session")
+def byte_tokenizer():
+    """One token per byte, so every word of n letters is n subwords; has a chat template and eos."""
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    """The default model's tokenizer (SmolLM2: byte-level BPE with a chat template)."""
+    from polyhead.models.loader import gguf_to_hf_folder
+    from polyhead.models.registry import resolve_model_path
+
+    return AutoTokenizer.from_pretrained(gguf_to_hf_folder(resolve_model_path(None)))
 
 
 @pytest.fixture(scope="session")
