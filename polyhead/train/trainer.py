@@ -62,6 +62,7 @@ class Trainer:
         self.teacher = self._build_teacher()
         self.step, self.history, self.best = 0, [], None  # best: (score, step)
         self._stop_signal = None
+        self.stop_at_step = None
 
     def _build_teacher(self):
         distill = self.config.distill
@@ -74,8 +75,11 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------------
 
-    def train(self) -> dict:
-        """Run to the configured number of steps; returns the final results ({split: {task: metrics}})."""
+    def train(self, stop_at_step: int | None = None) -> dict:
+        """Run to the configured number of steps; returns the final results ({split: {task: metrics}}).
+        stop_at_step: save a checkpoint there and raise TrainingInterrupted, as Ctrl-C would (a
+        time-boxed run continues later with --resume)."""
+        self.stop_at_step = stop_at_step
         if self.ctx.is_main:
             save_run_config(self.config, self.run_dir)
         if self.resume:
@@ -111,7 +115,7 @@ class Trainer:
                 bar.update(1)
                 if settings.eval_every and self.step % settings.eval_every == 0 and self.step < self.total_steps:
                     self._evaluate_and_keep_best()
-                if any_rank(self.ctx, self._stop_signal is not None):
+                if any_rank(self.ctx, self._stop_signal is not None or self.step == self.stop_at_step):
                     self.save()
                     raise TrainingInterrupted(f"stopped at step {self.step}; checkpoint saved, continue with "
                                               "--resume")
@@ -213,15 +217,14 @@ class Trainer:
             (self.run_dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in self.history))
 
     def _finish(self, wall_s: float, counts: dict) -> dict:
-        if self.best is None or self.config.train.eval_every == 0:
-            self._evaluate_and_keep_best()  # a run that never evaluated judges its final weights
+        if self.best is None or self.best[1] != self.step:
+            self._evaluate_and_keep_best()  # the last step is judged too
+        self.save()  # the last step's state, before the best weights replace it in memory
         best_path = self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.BEST
-        barrier(self.ctx)
         if best_path.is_file():  # export and report the best checkpoint, not merely the last step
             self.model.load_trainable_state_dict(ckpt.load_checkpoint(best_path)["model"])
         results = {split: self.evaluate(split) for split in ("validation", "test")}
         if self.ctx.is_main:
-            self.save()
             for split, res in results.items():
                 if res:
                     print(format_table(res, f"{split} (step {self.best[1] if self.best else self.step})"))

@@ -18,6 +18,15 @@ TASKS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and do not fight the machine's other work for cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def byte_tokenizer():
     """One token per byte, so every word of n letters is n subwords; has a chat template and eos."""
