@@ -157,6 +157,13 @@ class MultiTaskModel(nn.Module):
         return TaskOutput(contrastive_loss(anchors, positives, spec.temperature), None,
                           torch.cat([anchors, positives]))
 
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        """The last decoder layer's trainable weights (GradNorm measures task gradients there)."""
+        layer = self.causal_lm.model.layers[-1]
+        names = self.trainable_names()
+        prefix = {id(p): n for n, p in self.named_parameters()}
+        return [p for p in layer.parameters() if prefix.get(id(p)) in names]
+
     def parameter_counts(self) -> dict[str, int]:
         """Total and trainable parameters (tied weights counted once)."""
         total = sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once

@@ -6,11 +6,16 @@ import math
 import torch
 
 
-def build_optimizer(params: list[torch.nn.Parameter], settings) -> torch.optim.AdamW:
-    """settings: the config's train.optimizer (lr, weight_decay, betas)."""
+def build_optimizer(params: list[torch.nn.Parameter], settings,
+                    no_decay: list[torch.nn.Parameter] = ()) -> torch.optim.AdamW:
+    """settings: the config's train.optimizer (lr, weight_decay, betas); `no_decay` (learned loss
+    weights) get no weight decay."""
     if not params:
         raise ValueError("nothing to train: no trainable parameters (train.mode heads with only generate tasks?)")
-    return torch.optim.AdamW(params, lr=settings.lr, betas=tuple(settings.betas),
+    groups = [{"params": list(params)}]
+    if no_decay:
+        groups.append({"params": list(no_decay), "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.betas),
                              weight_decay=settings.weight_decay)
 
 

@@ -37,11 +37,23 @@ class TaskStreams:
         return self.batches.next_step()
 
     def combine(self, losses: dict[str, torch.Tensor], model) -> torch.Tensor:
+        """{task: loss} -> the loss to backpropagate; GradNorm first steps its task weights on the
+        gradient norms at the last backbone layer's trainable weights (shared in mode full; in mode
+        lora, each task's adapter there)."""
+        if self.config.weighting.strategy == "gradnorm":
+            self.weighting.update(losses, model.last_layer_parameters())
         return self.weighting.combine(losses)
 
     def weighting_parameters(self) -> list[torch.nn.Parameter]:
-        params = getattr(self.weighting, "parameters", None)
-        return list(params()) if callable(params) else []
+        """Learned loss weights the trainer's optimizer steps (uncertainty's log-variances)."""
+        return list(self.weighting.trainable_parameters())
+
+    def end_epoch(self) -> None:
+        """DWA's epoch boundary: the trainer calls it at every evaluation (an epoch in which the
+        sampler has not yet drawn every task goes on until it has)."""
+        counts = getattr(self.weighting, "counts", None)
+        if counts is None or all(counts.get(t) for t in self.trainable):
+            self.weighting.end_epoch()
 
     def loss_weights(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.weighting.weights().items()}
@@ -68,6 +80,11 @@ class TaskStreams:
 
 
 def _make_weighting(config, tasks: list[str]):
+    """The configured weighting over the tasks that train (mode heads leaves generate tasks out)."""
+    import copy
+
     from polyhead.train.weighting import build_weighting
 
-    return build_weighting(config, tasks)
+    trained = copy.copy(config)
+    trained.tasks = [t for t in config.tasks if t.name in tasks]
+    return build_weighting(trained)

@@ -55,8 +55,8 @@ class Trainer:
             self.pad_token_id = self.tokenizer.eos_token_id or 0
         self.streams = TaskStreams(config, self.tokenizer, self.ctx, trainable_tasks(self.model))
         self.total_steps = self.streams.total_steps
-        self.optimizer = build_optimizer(self.model.trainable_parameters() + self.streams.weighting_parameters(),
-                                         settings.optimizer)
+        self.optimizer = build_optimizer(self.model.trainable_parameters(), settings.optimizer,
+                                         self.streams.weighting_parameters())
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, settings.schedule)
         self.net = (DDP(self.model, find_unused_parameters=True) if self.ctx.is_distributed else self.model)
         self.teacher = self._build_teacher()
@@ -167,6 +167,7 @@ class Trainer:
         if not results:
             return None
         self.streams.update_sampler({task: r.metrics["loss"] for task, r in results.items()})
+        self.streams.end_epoch()
         score = selection_score(results, self.config.train.best_metric)
         self._log({"type": "eval", "step": self.step, "split": "validation", "tasks": results_to_dict(results),
                    "score": score, "loss_weights": self.streams.loss_weights()})

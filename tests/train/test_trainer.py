@@ -81,3 +81,18 @@ def test_sigint_saves_a_checkpoint_and_exits(tiny_folder, tmp_path):
     assert "checkpoint saved" in err
     state = load_checkpoint(latest_checkpoint(tmp_path / "run"))
     assert 3 <= state["step"] < 100_000 and state["optimizer"]["state"]
+
+
+@pytest.mark.parametrize(("strategy", "mode", "mixed"), [("uncertainty", "heads", False), ("dwa", "heads", False),
+                                                         ("gradnorm", "lora", True)])
+def test_loss_weighting_strategies_train_and_log_their_weights(tiny_folder, tmp_path, strategy, mode, mixed):
+    path = write_run_config(tmp_path, tiny_folder, ["sentiment", "topic"], mode=mode, steps=6, eval_every=2,
+                            sampling={"strategy": "round_robin", "mixed": mixed})
+    config = TrainConfig.from_yaml(path)
+    config.weighting.strategy = strategy
+    config.validate()
+    trainer = Trainer(config, show_progress=False)
+    trainer.train()
+    weights = [r["loss_weights"] for r in trainer.history if r["type"] == "eval"]
+    assert len(weights) == 3 and set(weights[-1]) == {"sentiment", "topic"}
+    assert weights[-1] != {"sentiment": 1.0, "topic": 1.0}  # the weights moved away from their start
