@@ -10,6 +10,7 @@ from polyhead.engine.detokenizer import IncrementalDetokenizer
 from polyhead.engine.kv_cache import KVCacheManager
 from polyhead.engine.outputs import RequestOutput
 from polyhead.engine.params import SamplingParams
+from polyhead.engine.policy import make_policy
 from polyhead.engine.request import Request, RequestStatus
 from polyhead.engine.runner import ModelRunner
 from polyhead.engine.sampler import TokenLogprobs, make_generator
@@ -55,7 +56,9 @@ class LLMEngine:
 
         self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens,
-                                   self.max_model_len)
+                                   self.max_model_len, make_policy(config.policy, config.tenant_weights,
+                                                                   config.task_weights),
+                                   config.pooling_token_budget)
         self.runner = ModelRunner(self.model, num_blocks, config.block_size, dtype)
         self._states: dict[str, TrackedRequest] = {}
         self._pending: list[RequestOutput] = []  # outputs of requests ended between steps
@@ -124,8 +127,10 @@ class LLMEngine:
         return bool(self._states)
 
     def step(self) -> list[RequestOutput]:
-        outputs = self._take_pending()
         sched = self.scheduler.schedule()
+        for request in sched.timed_out:  # finished by the scheduler: only their final outputs are due
+            self._end(request.req_id, RequestStatus.FINISHED_TIMEOUT)
+        outputs = self._take_pending()
         self.last_step_num_tokens = sched.num_batched_tokens
         if sched.is_empty:
             return outputs
