@@ -133,7 +133,9 @@ class Scheduler:
 
     def update(self, output: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
         """Advance computed counts, append sampled tokens and finish requests that are done.
-        `sampled` maps req_id -> the token sampled for it this step (only rows that sampled)."""
+        `sampled` maps req_id -> the token sampled for it this step (only rows that sampled).
+        A pooling request finishes ("stop") in the step that computes its last prompt token; its
+        full blocks stay in the prefix cache for the requests that share its prompt."""
         finished = []
         for request, num_new in output.scheduled:
             if request.is_finished:  # aborted while the step ran
@@ -141,7 +143,10 @@ class Scheduler:
             request.num_computed_tokens += num_new
             self.kv_cache.register_full_blocks(request)
             token = sampled.get(request.req_id)
-            if token is None:
+            if token is None:  # a prompt chunk, or a pooling request (never a decode row)
+                if request.is_pooling and request.num_computed_tokens == request.num_tokens:
+                    self.finish(request.req_id, RequestStatus.FINISHED_STOPPED)
+                    finished.append(request)
                 continue
             request.all_token_ids.append(token)
             status = self._check_stop(request, token)
