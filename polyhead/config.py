@@ -30,12 +30,14 @@ class EngineConfig:
     tenant_weights: dict[str, float] = field(default_factory=dict)  # fair: tenant -> share (absent: 1)
     task_weights: dict[str, float] = field(default_factory=dict)  # fair: task -> share within a tenant
     pooling_token_budget: int = 64  # tokens of each step kept for waiting pooling requests; 0: none
+    max_loras: int = 4  # LoRA adapters resident at once (least recently used evicted); more may be registered
+    max_lora_rank: int = 64  # largest LoRA rank r an adapter may have
 
     def __post_init__(self):
         if self.dtype not in ("auto", *_DTYPES):
             raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {self.dtype!r}")
         self.kv_cache_memory = parse_size(self.kv_cache_memory, "kv_cache_memory")
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_loras", "max_lora_rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_model_len is not None and self.max_model_len < 2:

@@ -47,9 +47,9 @@ class Scheduler:
         # prefill always moves.
         self.pooling_token_budget = min(pooling_token_budget, max_num_batched_tokens // 2)
         self.clock = clock  # time.monotonic, or a simulated clock in tests; deadlines are on it
-        # Whether a waiting request can run now (e.g. its LoRA adapter is resident); one that
-        # cannot is skipped without holding up those behind it. None: all can.
-        self.is_ready: Callable[[Request], bool] | None = None
+        # adapter name (None: base) -> can a request using it run now? (LoRAManager.is_ready); a
+        # waiting request that cannot is skipped without holding up those behind it
+        self.is_adapter_ready: Callable[[str | None], bool] = lambda adapter: True
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
@@ -108,7 +108,7 @@ class Scheduler:
             for request in self.policy.waiting_order(self.waiting):
                 if budget <= 0 or len(self.running) >= self.max_num_seqs:
                     break
-                if self.is_ready is not None and not self.is_ready(request):
+                if not self.is_adapter_ready(request.adapter):
                     continue
                 limit = budget if request.is_pooling else budget - reserve
                 if limit <= 0:
@@ -201,12 +201,14 @@ class Scheduler:
         return expired
 
     def _pooling_reserve(self) -> int:
-        """Tokens to keep this step for pooling requests that wait (and can run): up to the reserve."""
+        """Tokens to keep this step for waiting pooling requests, up to the reserve. Their adapters'
+        readiness is not asked here (asking may start a load or evict): while one loads, the
+        reserve it holds is at most pooling_token_budget tokens a step."""
         if self.pooling_token_budget <= 0:
             return 0
         needed = 0
         for request in self.waiting:
-            if request.is_pooling and (self.is_ready is None or self.is_ready(request)):
+            if request.is_pooling:
                 needed += request.num_tokens - request.num_computed_tokens
                 if needed >= self.pooling_token_budget:
                     return self.pooling_token_budget

@@ -26,7 +26,7 @@ no dataclass knows are errors too, so a typo never silently falls back to a defa
       schedule: {name: cosine, warmup_steps: 20}                           # constant | linear | cosine
       batch_size: 16
       grad_accumulation: 1
-      steps: 300                   # or epochs: N (passes over the largest task's train split)
+      steps: 300                   # or epochs: N (passes over the largest task's train split; default 1)
       dtype: float32               # float32 | bfloat16
       seed: 0
       eval_every: 100
@@ -204,7 +204,7 @@ class TrainSettings:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     batch_size: int = 16  # examples per step per rank (mixed: across all tasks of the step)
     grad_accumulation: int = 1  # steps summed before an optimizer step
-    steps: int | None = None  # optimizer steps; exactly one of steps / epochs
+    steps: int | None = None  # optimizer steps; at most one of steps / epochs (neither: epochs 1)
     epochs: float | None = None  # passes over the largest task's train split (converted to steps)
     dtype: str = "float32"  # float32 | bfloat16 (backbone compute; heads and loss stay float32)
     seed: int = 0
@@ -225,8 +225,10 @@ class TrainSettings:
         for name in ("eval_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise path_error(f"{where}.{name}", f"must be >= 0, got {getattr(self, name)}")
-        if (self.steps is None) == (self.epochs is None):
-            raise path_error(f"{where}.steps", "set exactly one of steps or epochs")
+        if self.steps is not None and self.epochs is not None:
+            raise path_error(f"{where}.steps", "set one of steps or epochs, not both")
+        if self.steps is None and self.epochs is None:
+            self.epochs = 1.0
         if self.steps is not None and self.steps < 1:
             raise path_error(f"{where}.steps", f"must be >= 1, got {self.steps}")
         if self.epochs is not None and self.epochs <= 0:

@@ -149,7 +149,7 @@ def test_a_request_that_is_not_ready_does_not_block_those_behind_it():
     add(sched, "a", 4, adapter="loading")
     add(sched, "b", 4)
     resident = {None}
-    sched.is_ready = lambda r: r.adapter in resident
+    sched.is_adapter_ready = lambda adapter: adapter in resident
     assert step(sched) == {"b": 4}
     assert [r.req_id for r in sched.waiting] == ["a"]
     resident.add("loading")

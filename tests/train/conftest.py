@@ -19,3 +19,14 @@ def smol_tokenizer():
     from polyhead.models.registry import resolve_model_path
 
     return AutoTokenizer.from_pretrained(gguf_to_hf_folder(resolve_model_path(None)))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tests run many tiny tensor ops: one thread avoids OpenMP start/spin costs on a busy CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
