@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_args(p)
     p.set_defaults(func=serve)
 
+    from polyhead.train.entry import add_parsers as add_train_parsers
+
+    add_train_parsers(commands)
+
     from polyhead.bench.offline import add_offline_parser
     from polyhead.bench.serve import add_serve_parser
 
