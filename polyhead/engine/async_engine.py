@@ -14,6 +14,7 @@ import time
 from polyhead.config import EngineConfig
 from polyhead.engine.engine import LLMEngine, TrackedRequest
 from polyhead.engine.engine_client import EngineClient, EngineDeadError
+from polyhead.engine.factory import build_engine
 from polyhead.engine.outputs import EngineStats
 from polyhead.engine.params import SamplingParams
 
@@ -46,7 +47,7 @@ class AsyncEngine(EngineClient):
 
         def build_then_run():
             try:
-                made["engine"] = engine = cls(LLMEngine(config))
+                made["engine"] = engine = cls(build_engine(config))  # an LLMEngine or an EncoderEngine
             except BaseException as err:  # noqa: BLE001 - re-raised on the caller's thread
                 made["error"] = err
                 ready.set()

@@ -53,3 +53,37 @@ class SamplingParams:
 def _check(ok: bool, name: str, message: str) -> None:
     if not ok:
         raise ValueError(f"{name} {message}")
+
+
+POOLING_KINDS = ("classify", "tag", "embed", "score")
+
+
+@dataclass(slots=True)
+class PoolingParams:
+    """A prefill-only request: its prompt's hidden states go to a head instead of the sampler.
+    It finishes in the step that computes its last prompt token."""
+
+    kind: str  # classify | tag | embed | score (log-prob of the prompt's last tokens, for zero-shot labels)
+    task: str | None = None  # the task whose head applies (registered on the engine); None: no head
+    # classify/embed: last | mean | cls token state; None: the task head's, else the backbone's own
+    # (a decoder: last; an encoder: its sentence-transformers pooling, e.g. mean for all-MiniLM-L6-v2)
+    pooling: str | None = None
+    normalize: bool | None = None  # embed: L2-normalize; None: the task's, else the backbone's own
+    num_scored_tokens: int = 0  # score: how many of the prompt's last tokens to score (>= 1)
+    truncate: bool = False  # a prompt over the backbone's limit is cut to it instead of rejected (encoders)
+
+    def __post_init__(self):
+        _check(self.kind in POOLING_KINDS, "kind", f"must be one of {', '.join(POOLING_KINDS)}, got {self.kind!r}")
+        _check(self.pooling in (None, "last", "mean", "cls"), "pooling",
+               f"must be last, mean or cls (or None for the default), got {self.pooling!r}")
+        _check(self.kind != "score" or self.num_scored_tokens >= 1, "num_scored_tokens",
+               f"must be >= 1 for a score request, got {self.num_scored_tokens}")
+
+    def first_needed_position(self, num_prompt_tokens: int) -> int:
+        """The first prompt position whose hidden state this request's result reads: a prefix-cache
+        hit may cover the tokens before it, never it (cached tokens are not recomputed)."""
+        if self.kind == "score":  # token t is scored from the state at t - 1
+            return num_prompt_tokens - self.num_scored_tokens - 1
+        if self.kind == "tag" or self.pooling in ("mean", "cls"):
+            return 0
+        return num_prompt_tokens - 1

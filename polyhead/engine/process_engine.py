@@ -202,7 +202,7 @@ class ProcessEngine(EngineClient):
                 text=assembly.text, token_ids=list(assembly.token_ids), new_text=delta.new_text,
                 new_token_ids=delta.new_token_ids, finished=delta.finished, finish_reason=delta.finish_reason,
                 stop_reason=delta.stop_reason, num_cached_tokens=delta.num_cached_tokens, error=delta.error,
-                logprobs=None if assembly.logprobs is None else list(assembly.logprobs)))
+                logprobs=None if assembly.logprobs is None else list(assembly.logprobs), pooled=delta.pooled))
         if report.stepped and self.on_step is not None:
             self.on_step(report.stats.last_step_num_tokens)
         self._deliver(outputs)

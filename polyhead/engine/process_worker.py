@@ -26,6 +26,7 @@ class OutputDelta:
     num_cached_tokens: int
     error: str | None
     text: str | None  # the whole text, on the last output only (a stop string may have cut it)
+    pooled: list[float] | list[list[float]] | float | None  # a pooling request's result
 
 
 @dataclass(slots=True)
@@ -85,7 +86,7 @@ def _delta(out: RequestOutput) -> OutputDelta:
     new_logprobs = [] if out.logprobs is None else out.logprobs[len(out.token_ids) - num_new:]
     return OutputDelta(out.req_id, out.new_token_ids, out.new_text, out.finished, out.finish_reason,
                        out.stop_reason, new_logprobs, out.num_cached_tokens, out.error,
-                       out.text if out.finished else None)
+                       out.text if out.finished else None, out.pooled)
 
 
 def _picklable(err: BaseException) -> BaseException:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from polyhead.engine.params import SamplingParams
+from polyhead.engine.params import PoolingParams, SamplingParams
 
 
 class RequestStatus(enum.IntEnum):
@@ -19,6 +19,7 @@ class RequestStatus(enum.IntEnum):
     FINISHED_LENGTH = 4  # max_tokens or the context limit
     FINISHED_ABORTED = 5  # the caller cancelled it
     FINISHED_ERROR = 6  # a step failed while it was in the batch
+    FINISHED_TIMEOUT = 7  # its deadline passed before it finished (waiting or running)
 
     @property
     def is_finished(self) -> bool:
@@ -30,15 +31,21 @@ class RequestStatus(enum.IntEnum):
 
 
 _FINISH_REASONS = {RequestStatus.FINISHED_STOPPED: "stop", RequestStatus.FINISHED_LENGTH: "length",
-                   RequestStatus.FINISHED_ABORTED: "abort", RequestStatus.FINISHED_ERROR: "error"}
+                   RequestStatus.FINISHED_ABORTED: "abort", RequestStatus.FINISHED_ERROR: "error",
+                   RequestStatus.FINISHED_TIMEOUT: "timeout"}
 
 
 @dataclass(eq=False)
 class Request:
     req_id: str
     prompt_token_ids: list[int]
-    params: SamplingParams
+    params: SamplingParams | PoolingParams  # pooling: prefill-only, its hidden states go to a head
     eos_token_ids: frozenset[int]  # empty when params.ignore_eos
+    task: str = ""  # the task it belongs to (metrics, fair share)
+    adapter: str | None = None  # the LoRA adapter its rows use; None: the base weights
+    priority: int = 0  # lower runs first under the priority policy (vLLM's convention)
+    tenant: str = ""  # who sent it (API key or `user`), for fair share
+    deadline: float | None = None  # time.monotonic() after which it is aborted as timed out
     arrival_time: float = field(default_factory=time.monotonic)
     status: RequestStatus = RequestStatus.WAITING
     all_token_ids: list[int] = field(default_factory=list)  # prompt then output, grows each step
@@ -51,6 +58,8 @@ class Request:
 
     def __post_init__(self):
         self.all_token_ids = list(self.prompt_token_ids)
+        # a plain attribute, not a property: the runner reads it for every row of every step
+        self.is_pooling = isinstance(self.params, PoolingParams)
 
     @property
     def num_tokens(self) -> int:
@@ -71,3 +80,11 @@ class Request:
     @property
     def is_finished(self) -> bool:
         return self.status.is_finished
+
+    @property
+    def max_prefix_hit_tokens(self) -> int:
+        """How many leading tokens a prefix-cache hit may skip. Generation always computes its last
+        token (its logits give the first sample); a pooling request also every token its head reads."""
+        if self.is_pooling:
+            return self.params.first_needed_position(self.num_tokens)
+        return self.num_tokens - 1
