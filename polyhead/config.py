@@ -1,7 +1,7 @@
 """Engine settings. The dataclass validates itself; each error names the field and its limit."""
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -26,6 +26,7 @@ class EngineConfig:
     seed: int = 0  # for requests without their own seed
     max_loras: int = 4  # LoRA adapters resident at once (least recently used evicted); more may be registered
     max_lora_rank: int = 64  # largest LoRA rank r an adapter may have
+    adapters: dict[str, str] = field(default_factory=dict)  # LoRA name -> PEFT folder, registered at start
 
     def __post_init__(self):
         if self.dtype not in ("auto", *_DTYPES):

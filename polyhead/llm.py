@@ -33,8 +33,9 @@ class LLM:
 
     def generate(self, prompts: Prompt | Sequence[Prompt],
                  params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 use_tqdm: bool = False) -> list[RequestOutput]:
-        """Generate for every prompt (text or token ids); outputs come back in prompt order."""
+                 use_tqdm: bool = False, adapter: str | None = None) -> list[RequestOutput]:
+        """Generate for every prompt (text or token ids); outputs come back in prompt order.
+        `adapter`: a registered LoRA adapter for all of them (None: the base weights)."""
         prompts = [prompts] if _is_single_prompt(prompts) else list(prompts)
         params_list = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
         if len(params_list) != len(prompts):
@@ -42,7 +43,7 @@ class LLM:
         req_ids = []
         try:  # all or nothing: a bad prompt leaves no sibling queued
             for prompt, p in zip(prompts, params_list):
-                req_ids.append(self.engine.add_request(prompt, p))
+                req_ids.append(self.engine.add_request(prompt, p, adapter=adapter))
         except ValueError:
             for req_id in req_ids:
                 self.engine.abort_request(req_id)
@@ -63,9 +64,10 @@ class LLM:
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         return self.generate([self.apply_chat_template(c) for c in conversations], params, use_tqdm)
 
-    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[RequestOutput]:
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None,
+               adapter: str | None = None) -> Iterator[RequestOutput]:
         """Yield one output per step for a single prompt, with `new_text` holding the fresh text."""
-        req_id = self.engine.add_request(prompt, params)
+        req_id = self.engine.add_request(prompt, params, adapter=adapter)
         try:
             while True:
                 for out in self.engine.step():

@@ -1,0 +1,129 @@
+"""What per-row LoRA costs a decode step: N sequences decoding together with 0, 1, 2, 4 distinct
+adapters (rows split evenly), against the same rows on a model without LoRA, and against running
+each adapter's rows as a forward of its own (what serving k adapters as k models would do):
+
+    python -m polyhead.bench.lora --sequences 32 --ranks 8 16
+
+Adapters are random, in PEFT's format, on all of q/k/v/o/gate/up/down. A step is timed by
+running the same scheduled decode step again and again (the KV writes are idempotent), so every
+configuration sees the same rows, positions and context lengths.
+"""
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from polyhead.engine.scheduler import SchedulerOutput
+
+PEFT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def write_random_adapter(folder: Path, model_config, rank: int, seed: int, targets=PEFT_TARGETS) -> Path:
+    """A PEFT-format LoRA adapter with random A and B for the given backbone shape."""
+    c = model_config
+    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    shapes = {"q_proj": (c.hidden_size, q), "k_proj": (c.hidden_size, kv), "v_proj": (c.hidden_size, kv),
+              "o_proj": (q, c.hidden_size), "gate_proj": (c.hidden_size, c.intermediate_size),
+              "up_proj": (c.hidden_size, c.intermediate_size), "down_proj": (c.intermediate_size, c.hidden_size)}
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(c.num_layers):
+        for target in targets:
+            part = "mlp" if target in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+            prefix = f"base_model.model.model.layers.{layer}.{part}.{target}"
+            fan_in, fan_out = shapes[target]
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, fan_in, generator=gen) / fan_in ** 0.5
+            tensors[f"{prefix}.lora_B.weight"] = torch.randn(fan_out, rank, generator=gen) * 0.01
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, folder / "adapter_model.safetensors")
+    config = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": list(targets),
+              "bias": "none", "use_rslora": False, "task_type": "CAUSAL_LM"}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def time_step(runner, sched: SchedulerOutput, repeats: int) -> float:
+    """Median milliseconds of runner.execute(sched) over `repeats` runs (after one warm-up)."""
+    runner.execute(sched)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        runner.execute(sched)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def assign(engine, sched: SchedulerOutput, names: list[str], grouped: bool) -> None:
+    """Give the scheduled rows adapters: round-robin (interleaved rows) or in blocks (grouped rows)."""
+    n = len(sched.scheduled)
+    for i, (request, _) in enumerate(sched.scheduled):
+        request.adapter = (names[i * len(names) // n] if grouped else names[i % len(names)]) if names else None
+    for name in names:
+        while not engine.lora.is_ready(name):
+            engine.lora.wait_loaded(name)
+
+
+def run(sequences: int, context: int, ranks: list[int], repeats: int, dtype: str) -> list[dict]:
+    from polyhead.bench.offline import make_prompts
+    from polyhead.engine.params import SamplingParams
+    from polyhead.llm import LLM
+
+    llm = LLM(dtype=dtype, kv_cache_memory="1GiB", max_num_seqs=sequences, max_loras=4, max_num_batched_tokens=4096)
+    engine = llm.engine
+    params = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
+    for prompt in make_prompts(llm.tokenizer, sequences, context, seed=0):
+        engine.add_request(prompt, params)
+    while any(r.num_computed_tokens < r.num_tokens - 1 for r in engine.scheduler.requests.values()) or \
+            any(r.num_computed_tokens == 0 for r in engine.scheduler.requests.values()):
+        engine.step()
+    sched = engine.scheduler.schedule()  # one decode row per sequence, timed again and again below
+    assert len(sched.scheduled) == sequences and all(n == 1 for _, n in sched.scheduled)
+    rows = [{"rank": "-", "adapters": 0, "rows": "no LoRA layers", "ms": time_step(engine.runner, sched, repeats)}]
+    with tempfile.TemporaryDirectory() as tmp:
+        for rank in ranks:
+            names = [f"r{rank}-{i}" for i in range(4)]
+            for i, name in enumerate(names):
+                engine.register_adapter(name, str(write_random_adapter(Path(tmp) / name, engine.model_config, rank, i)))
+            for k in (0, 1, 2, 4):
+                for grouped in ((False, True) if k > 1 else (False,)):
+                    assign(engine, sched, names[:k], grouped)
+                    ms = time_step(engine.runner, sched, repeats)
+                    separate = sum(time_step(engine.runner, SchedulerOutput(
+                        [(r, n) for r, n in sched.scheduled if r.adapter == name], sequences // k), repeats)
+                        for name in names[:k]) if k else ms
+                    rows.append({"rank": rank, "adapters": k, "rows": "grouped" if grouped else "interleaved",
+                                 "ms": ms, "separate_ms": separate})
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m polyhead.bench.lora", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sequences", type=int, default=32)
+    parser.add_argument("--context", type=int, default=128, help="prompt tokens per sequence")
+    parser.add_argument("--ranks", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    rows = run(args.sequences, args.context, args.ranks, args.repeats, args.dtype)
+    base = rows[0]["ms"]
+    print(f"decode step, {args.sequences} rows, context {args.context}, dtype {args.dtype}, "
+          f"{torch.get_num_threads()} threads (median of {args.repeats})")
+    print("| rank | distinct adapters | rows | ms/step | vs no LoRA | each adapter as its own forward (ms) |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        separate = f"{row['separate_ms']:.1f}" if "separate_ms" in row else "-"
+        print(f"| {row['rank']} | {row['adapters']} | {row['rows']} | {row['ms']:.1f} | "
+              f"{row['ms'] / base:.2f}x | {separate} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
