@@ -12,6 +12,7 @@ configuration sees the same rows, positions and context lengths.
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,22 +49,22 @@ def write_random_adapter(folder: Path, model_config, rank: int, seed: int, targe
     return folder
 
 
-def time_step(runner, sched: SchedulerOutput, repeats: int) -> float:
-    """Median milliseconds of runner.execute(sched) over `repeats` runs (after one warm-up)."""
-    runner.execute(sched)
+def time_step(runner, sched: SchedulerOutput, repeats: int) -> tuple[float, float]:
+    """(median, best) milliseconds of runner.execute(sched) over `repeats` runs, after warm-up."""
+    for _ in range(3):
+        runner.execute(sched)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         runner.execute(sched)
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+    return statistics.median(times) * 1000, min(times) * 1000
 
 
-def assign(engine, sched: SchedulerOutput, names: list[str], grouped: bool) -> None:
-    """Give the scheduled rows adapters: round-robin (interleaved rows) or in blocks (grouped rows)."""
-    n = len(sched.scheduled)
+def assign(engine, sched: SchedulerOutput, names: list[str]) -> None:
+    """Give the scheduled rows adapters round-robin (row i gets adapter i mod k), resident."""
     for i, (request, _) in enumerate(sched.scheduled):
-        request.adapter = (names[i * len(names) // n] if grouped else names[i % len(names)]) if names else None
+        request.adapter = names[i % len(names)] if names else None
     for name in names:
         while not engine.lora.is_ready(name):
             engine.lora.wait_loaded(name)
@@ -79,26 +80,35 @@ def run(sequences: int, context: int, ranks: list[int], repeats: int, dtype: str
     params = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
     for prompt in make_prompts(llm.tokenizer, sequences, context, seed=0):
         engine.add_request(prompt, params)
-    while any(r.num_computed_tokens < r.num_tokens - 1 for r in engine.scheduler.requests.values()) or \
-            any(r.num_computed_tokens == 0 for r in engine.scheduler.requests.values()):
+    while any(r.num_computed_tokens != r.num_tokens - 1 for r in engine.scheduler.requests.values()):
         engine.step()
     sched = engine.scheduler.schedule()  # one decode row per sequence, timed again and again below
     assert len(sched.scheduled) == sequences and all(n == 1 for _, n in sched.scheduled)
-    rows = [{"rank": "-", "adapters": 0, "rows": "no LoRA layers", "ms": time_step(engine.runner, sched, repeats)}]
+    rows = [{"rank": "-", "adapters": 0, "rows": "model without LoRA layers",
+             "ms": time_step(engine.runner, sched, repeats)}]
+    order_rows = engine.lora.order_rows
     with tempfile.TemporaryDirectory() as tmp:
         for rank in ranks:
             names = [f"r{rank}-{i}" for i in range(4)]
             for i, name in enumerate(names):
                 engine.register_adapter(name, str(write_random_adapter(Path(tmp) / name, engine.model_config, rank, i)))
             for k in (0, 1, 2, 4):
-                for grouped in ((False, True) if k > 1 else (False,)):
-                    assign(engine, sched, names[:k], grouped)
+                for grouped in ((True, False) if k > 1 else (True,)):
+                    assign(engine, sched, names[:k])
+                    # the runner groups rows by adapter; turned off, each adapter's rows are scattered
+                    engine.lora.order_rows = order_rows if grouped else (lambda scheduled: None)
                     ms = time_step(engine.runner, sched, repeats)
-                    separate = sum(time_step(engine.runner, SchedulerOutput(
+                    engine.lora.order_rows = order_rows
+                    separate = [time_step(engine.runner, SchedulerOutput(
                         [(r, n) for r, n in sched.scheduled if r.adapter == name], sequences // k), repeats)
-                        for name in names[:k]) if k else ms
-                    rows.append({"rank": rank, "adapters": k, "rows": "grouped" if grouped else "interleaved",
-                                 "ms": ms, "separate_ms": separate})
+                        for name in names[:k]]
+                    rows.append({"rank": rank, "adapters": k, "ms": ms,
+                                 "rows": "grouped by the runner" if grouped else "scattered (gather/scatter)",
+                                 "separate_ms": (sum(m for m, _ in separate), sum(b for _, b in separate))
+                                 if k else None})
+    assign(engine, sched, [])
+    rows.append({"rank": "-", "adapters": 0, "rows": "base rows, LoRA layers attached (again, at the end)",
+                 "ms": time_step(engine.runner, sched, repeats)})
     return rows
 
 
@@ -113,15 +123,17 @@ def main() -> int:
     args = parser.parse_args()
     torch.manual_seed(0)
     rows = run(args.sequences, args.context, args.ranks, args.repeats, args.dtype)
-    base = rows[0]["ms"]
+    base = rows[0]["ms"][0]
     print(f"decode step, {args.sequences} rows, context {args.context}, dtype {args.dtype}, "
-          f"{torch.get_num_threads()} threads (median of {args.repeats})")
-    print("| rank | distinct adapters | rows | ms/step | vs no LoRA | each adapter as its own forward (ms) |")
+          f"{torch.get_num_threads()} threads; ms per step, median (best) of {args.repeats}")
+    print("| rank | distinct adapters | rows | ms/step | vs no LoRA | each adapter's rows as its own forward, summed |")
     print("|---|---|---|---|---|---|")
     for row in rows:
-        separate = f"{row['separate_ms']:.1f}" if "separate_ms" in row else "-"
-        print(f"| {row['rank']} | {row['adapters']} | {row['rows']} | {row['ms']:.1f} | "
-              f"{row['ms'] / base:.2f}x | {separate} |")
+        (median, best), separate = row["ms"], row.get("separate_ms")
+        separate = f"{separate[0]:.1f} ({separate[1]:.1f})" if separate else "-"
+        print(f"| {row['rank']} | {row['adapters']} | {row['rows']} | {median:.1f} ({best:.1f}) | "
+              f"{median / base:.2f}x | {separate} |")
+    print("command: python -m polyhead.bench.lora " + " ".join(sys.argv[1:]))
     return 0
 
 
