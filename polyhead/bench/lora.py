@@ -49,15 +49,19 @@ def write_random_adapter(folder: Path, model_config, rank: int, seed: int, targe
     return folder
 
 
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+clock = time.perf_counter
+
+
 def time_step(runner, sched: SchedulerOutput, repeats: int) -> tuple[float, float]:
     """(median, best) milliseconds of runner.execute(sched) over `repeats` runs, after warm-up."""
     for _ in range(3):
         runner.execute(sched)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         runner.execute(sched)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times) * 1000, min(times) * 1000
 
 
@@ -101,11 +105,11 @@ def run(sequences: int, context: int, ranks: list[int], repeats: int, dtype: str
                     engine.lora.order_rows = order_rows
                     separate = [time_step(engine.runner, SchedulerOutput(
                         [(r, n) for r, n in sched.scheduled if r.adapter == name], sequences // k), repeats)
-                        for name in names[:k]]
+                        for name in names[:k]] if grouped else []
                     rows.append({"rank": rank, "adapters": k, "ms": ms,
                                  "rows": "grouped by the runner" if grouped else "scattered (gather/scatter)",
                                  "separate_ms": (sum(m for m, _ in separate), sum(b for _, b in separate))
-                                 if k else None})
+                                 if separate else None})
     assign(engine, sched, [])
     rows.append({"rank": "-", "adapters": 0, "rows": "base rows, LoRA layers attached (again, at the end)",
                  "ms": time_step(engine.runner, sched, repeats)})
@@ -120,12 +124,22 @@ def main() -> int:
     parser.add_argument("--ranks", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--clock", default="wall", choices=list(CLOCKS),
+                        help="wall: elapsed time; thread: CPU time of this thread (needs --threads 1), which "
+                        "other processes competing for the CPU do not inflate")
     args = parser.parse_args()
+    if args.clock == "thread" and args.threads != 1:
+        parser.error("--clock thread measures one thread: add --threads 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    global clock
+    clock = CLOCKS[args.clock]
     torch.manual_seed(0)
     rows = run(args.sequences, args.context, args.ranks, args.repeats, args.dtype)
     base = rows[0]["ms"][0]
     print(f"decode step, {args.sequences} rows, context {args.context}, dtype {args.dtype}, "
-          f"{torch.get_num_threads()} threads; ms per step, median (best) of {args.repeats}")
+          f"{torch.get_num_threads()} threads, {args.clock} clock; ms per step, median (best) of {args.repeats}")
     print("| rank | distinct adapters | rows | ms/step | vs no LoRA | each adapter's rows as its own forward, summed |")
     print("|---|---|---|---|---|---|")
     for row in rows:
