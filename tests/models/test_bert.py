@@ -1,0 +1,83 @@
+"""Our BERT-family encoder against transformers' on tiny random models: every token's final state
+for several sequences of different lengths in one flat ragged batch; the sentence-transformers
+pipeline read from the folder."""
+
+import json
+
+import pytest
+import torch
+
+from polyhead.models.bert import length_groups
+from polyhead.models.encoder_loader import load_encoder
+from tests.conftest import TINY_ENCODERS, make_tiny_encoder
+
+# lengths in batch order: equal neighbours share one attention call, the lone 1-token one too
+LENGTHS = [9, 9, 9, 5, 17, 1, 5]
+
+
+@pytest.mark.parametrize("arch", list(TINY_ENCODERS))
+@pytest.mark.parametrize("with_token_types", [False, True])
+def test_token_states_match_transformers_on_a_ragged_batch(tmp_path, arch, with_token_types):
+    hf = make_tiny_encoder(tmp_path, arch)
+    ours = load_encoder(str(tmp_path), torch.float32)
+    assert ours.config.position_offset == (0 if arch == "bert" else 2)
+    torch.manual_seed(1)
+    seqs = [torch.randint(5, ours.config.vocab_size, (n,)) for n in LENGTHS]  # no pad ids (RoBERTa positions)
+    types = [torch.randint(0, 2, (n,)) if with_token_types else torch.zeros(n, dtype=torch.long) for n in LENGTHS]
+    with torch.inference_mode():
+        expected = torch.cat([hf(s[None], token_type_ids=t[None]).last_hidden_state[0] for s, t in zip(seqs, types)])
+        got = ours.model(torch.cat(seqs), torch.cat([torch.arange(n) for n in LENGTHS]), LENGTHS,
+                         torch.cat(types) if with_token_types else None)
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_bfloat16_stays_close_to_float32(tmp_path):
+    make_tiny_encoder(tmp_path)
+    fp32, bf16 = load_encoder(str(tmp_path), torch.float32), load_encoder(str(tmp_path), torch.bfloat16)
+    ids = torch.randint(5, fp32.config.vocab_size, (30,), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a = fp32.model(ids, torch.cat([torch.arange(20), torch.arange(10)]), [20, 10])
+        b = bf16.model(ids, torch.cat([torch.arange(20), torch.arange(10)]), [20, 10])
+    assert b.dtype == torch.bfloat16
+    assert torch.nn.functional.cosine_similarity(a, b.float(), dim=-1).min() > 0.99
+
+
+def test_length_groups_are_runs_of_equal_neighbours():
+    assert length_groups([3, 3, 2, 3]) == [(0, 2, 3), (6, 1, 2), (8, 1, 3)]
+    with pytest.raises(ValueError, match="at least 1"):
+        length_groups([3, 0])
+
+
+def test_sentence_transformers_pipeline_is_read(tmp_path):
+    make_tiny_encoder(tmp_path, sentence={"pooling_key": "cls_token", "normalize": True, "max_seq_length": 20})
+    sentence = load_encoder(str(tmp_path), torch.float32).sentence
+    assert (sentence.pooling, sentence.normalize, sentence.max_seq_length) == ("cls", True, 20)
+
+
+def test_plain_folder_gets_sentence_transformers_defaults(tmp_path):
+    make_tiny_encoder(tmp_path, max_position_embeddings=48)
+    sentence = load_encoder(str(tmp_path), torch.float32).sentence
+    assert (sentence.pooling, sentence.normalize, sentence.max_seq_length) == ("mean", False, 48)
+
+
+def test_new_style_pooling_config_and_unsupported_modes(tmp_path):
+    make_tiny_encoder(tmp_path, sentence={"pooling_key": "mean_tokens"})
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "lasttoken"}))
+    assert load_encoder(str(tmp_path), torch.float32).sentence.pooling == "last"
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
+    with pytest.raises(ValueError, match=r"pooling mode \['max'\] .* not supported"):
+        load_encoder(str(tmp_path), torch.float32)
+
+
+def test_unsupported_sentence_module_is_named(tmp_path):
+    make_tiny_encoder(tmp_path, sentence={})
+    modules = json.loads((tmp_path / "modules.json").read_text())
+    modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ValueError, match="sentence_transformers.models.Dense' .* not supported"):
+        load_encoder(str(tmp_path), torch.float32)
+
+
+def test_decoder_folder_is_not_an_encoder(tiny_llama):
+    with pytest.raises(ValueError, match="encoder architecture 'llama' is not supported"):
+        load_encoder(str(tiny_llama[0]), torch.float32)
