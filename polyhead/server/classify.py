@@ -36,7 +36,7 @@ async def classify(body: ClassifyRequest, request: Request):
             jobs += _jobs(task, text, group=(index, task.backbone.name))
             spans.append((index, task, first, len(jobs)))
     response_id = new_id("classify")
-    routing = state.routing(request, body, "")
+    routing = state.routing(request, body)
     finals = await run_jobs(state, jobs, routing, state.timeout_for(body.timeout), response_id)
     data = [_answer(index, task, finals[start:end]) for index, task, start, end in spans]
     num_tokens = sum(len(out.prompt_token_ids) for out in finals)

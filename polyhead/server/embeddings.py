@@ -35,7 +35,7 @@ async def create_embeddings(body: EmbeddingRequest, request: Request):
     jobs = [PoolingJob(backbone, render(text) if render and isinstance(text, str) else text, params,
                        task_name or body.model, adapter, group=i) for i, text in enumerate(inputs)]
     response_id = new_id("embd")
-    finals = await run_jobs(state, jobs, state.routing(request, body, task_name), state.timeout_for(body.timeout),
+    finals = await run_jobs(state, jobs, state.routing(request, body), state.timeout_for(body.timeout),
                             response_id)
     data = [Embedding(index=i, embedding=_encode(out.pooled, body.encoding_format)).model_dump()
             for i, out in enumerate(finals)]

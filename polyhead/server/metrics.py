@@ -69,10 +69,7 @@ class Metrics:
 def step_rows(engine) -> dict[str, int]:
     """The last step's rows by kind, from the engine's own per-step figures."""
     stats = getattr(engine.engine, "last_step_stats", None)
-    if stats is None:
-        return {}
-    rows = getattr(stats, "num_rows_by_kind", None)
-    return dict(rows) if rows is not None else {}
+    return dict(stats.rows) if stats is not None else {}
 
 
 class _EngineCollector:
@@ -96,9 +93,10 @@ class _EngineCollector:
         for name, backbone in self.tasks.backbones.items():
             loop, engine = backbone.engine, backbone.engine.engine
             families["queue"].add_metric([name], loop.num_queued)
-            families["running"].add_metric([name], len(engine.scheduler.running))
+            scheduler = getattr(engine, "scheduler", None)  # an encoder has neither scheduler nor KV cache
             kv = getattr(engine, "kv_cache", None)
+            families["running"].add_metric([name], len(scheduler.running) if scheduler is not None else 0)
             families["kv"].add_metric([name], kv.usage if kv is not None else 0.0)
             families["hits"].add_metric([name], kv.num_prefix_hit_tokens if kv is not None else 0)
-            families["preempted"].add_metric([name], engine.scheduler.num_preemptions)
+            families["preempted"].add_metric([name], scheduler.num_preemptions if scheduler is not None else 0)
         yield from families.values()

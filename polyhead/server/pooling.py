@@ -2,9 +2,9 @@
 backbones' engines, under one deadline.
 
 The rule it keeps: jobs in the same share group (same input, same backbone) start with the same
-tokens, so only the group's first job (its leader) is queued at once; the rest follow as soon as
-the leader is done, when the prompt's full blocks sit in the prefix cache and only their own
-tail is computed. One prefill serves every task and every label of an input.
+tokens, so the group's first job leads and the rest are queued `after` it: the engine starts them
+once the leader's prompt is computed, when its full blocks sit in the prefix cache and only their
+own tails are left. One prefill serves every task and every label of an input.
 """
 
 import asyncio
@@ -24,30 +24,26 @@ class PoolingJob:
     params: PoolingParams
     task: str  # for the engine's routing and the metrics
     adapter: str | None  # the task's LoRA adapter on that backbone, if any
-    group: object  # jobs with equal groups share their prompt's prefix (one leader, the rest follow)
+    group: object  # jobs with equal groups (on one backbone) share their prompt's prefix: one leads
 
 
 async def run_jobs(state, jobs: list[PoolingJob], routing: dict, timeout: float, request_id: str,
                    param: str = "input") -> list[RequestOutput]:
     """Every job's final output, in job order; 400 for a bad input, 408 past the deadline, 429 when full."""
-    prepared = []
+    prepared, leaders = [], {}  # leaders: share group -> its first job's req_id
     for i, job in enumerate(jobs):
+        req_id = f"{request_id}-{i}"
+        leader = leaders.setdefault((job.backbone.name, job.group), req_id)
+        after = {"after": leader} if leader != req_id and job.backbone.has_prefix_cache else {}
         try:
-            prepared.append(job.backbone.engine.prepare(job.prompt, job.params, f"{request_id}-{i}",
-                                                        **{**routing, "task": job.task, "adapter": job.adapter}))
+            prepared.append(job.backbone.engine.prepare(job.prompt, job.params, req_id, **routing, task=job.task,
+                                                        adapter=job.adapter, **after))
         except ValueError as err:
             raise APIError(400, f"{param}: {err}", param) from err
     state.admit_total(len(prepared), sum(p.request.num_prompt_tokens for p in prepared))
-    leaders: dict[object, asyncio.Event] = {}
-    runs = []
-    for job, item in zip(jobs, prepared):
-        if job.group in leaders:
-            runs.append(_follow(job.backbone.engine, item, leaders[job.group]))
-        else:
-            leaders[job.group] = done = asyncio.Event()
-            runs.append(_lead(job.backbone.engine, item, done))
     start = time.monotonic()
-    tasks = [asyncio.ensure_future(run) for run in runs]
+    # queued in job order, so every leader reaches its engine before the jobs that follow it
+    tasks = [asyncio.ensure_future(_last(job.backbone.engine.stream(item))) for job, item in zip(jobs, prepared)]
     try:
         async with asyncio.timeout(timeout):
             finals = await asyncio.gather(*tasks)
@@ -65,18 +61,6 @@ async def run_jobs(state, jobs: list[PoolingJob], routing: dict, timeout: float,
         raise APIError(500, failed.error or "the engine failed on this request")
     _record(state, jobs, "ok", time.monotonic() - start)
     return finals
-
-
-async def _lead(engine, item, done: asyncio.Event) -> RequestOutput:
-    try:
-        return await _last(engine.stream(item))
-    finally:
-        done.set()  # a failed or aborted leader must not hold the others back
-
-
-async def _follow(engine, item, leader_done: asyncio.Event) -> RequestOutput:
-    await leader_done.wait()
-    return await _last(engine.stream(item))
 
 
 async def _last(stream) -> RequestOutput:

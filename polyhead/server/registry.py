@@ -26,6 +26,7 @@ class Backbone:
     is_generative: bool  # a causal LM (generate, zero-shot scoring) or an encoder (pooling only)
     hidden_size: int  # width of the final hidden states the heads read
     add_special_tokens: bool  # encoders wrap inputs in their [CLS] ... [SEP]; causal LMs add nothing
+    has_prefix_cache: bool  # requests sharing a prefix can reuse its KV blocks (encoders keep none)
     tasks: list[str] = field(default_factory=list)  # names of the tasks it serves
 
     @property
@@ -113,9 +114,10 @@ class TaskRegistry:
 
 def _describe(name: str, engine) -> Backbone:
     inner = engine.engine
-    is_generative = not getattr(inner, "is_encoder", False)
-    config = inner.model_config
-    return Backbone(name, engine, is_generative, config.hidden_size, add_special_tokens=not is_generative)
+    is_generative = hasattr(inner, "kv_cache")  # a causal LM keeps a KV cache; an encoder computes prompts whole
+    prefix_cache = is_generative and inner.kv_cache.enable_prefix_caching
+    return Backbone(name, engine, is_generative, inner.model_config.hidden_size,
+                    add_special_tokens=not is_generative, has_prefix_cache=prefix_cache)
 
 
 def _bind(spec: TaskSpec, backbone: Backbone) -> ServedTask:

@@ -32,7 +32,7 @@ async def tag(body: TagRequest, request: Request):
     jobs = [PoolingJob(task.backbone, enc["input_ids"], params, task.name, task.adapter, group=i)
             for i, enc in enumerate(encodings)]
     response_id = new_id("tag")
-    finals = await run_jobs(state, jobs, state.routing(request, body, task.name),
+    finals = await run_jobs(state, jobs, state.routing(request, body),
                             state.timeout_for(body.timeout), response_id)
     data = [TagResult(index=i, entities=entity_spans(text, enc, out.pooled, task.spec.labels))
             for i, (text, enc, out) in enumerate(zip(inputs, encodings, finals))]

@@ -100,9 +100,10 @@ class TaskRouting:
                 raise APIError(400, f"{param}[{i}] is empty", param, "empty_input")
         return inputs
 
-    def routing(self, request: Request, body, task: str, adapter: str | None = None) -> dict:
-        """Keyword arguments for the engine: task, adapter, priority, tenant and deadline."""
-        return {"task": task, "adapter": adapter, "priority": body.priority, "tenant": self.tenant(request, body),
+    def routing(self, request: Request, body) -> dict:
+        """Keyword arguments for the engine: priority, tenant and deadline (the task and adapter come
+        with each job)."""
+        return {"priority": body.priority, "tenant": self.tenant(request, body),
                 "deadline": time.monotonic() + self.timeout_for(body.timeout)}
 
     def tenant(self, request: Request, body) -> str:
