@@ -24,12 +24,14 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     num_threads: int | None = None  # torch intra-op threads; None: leave torch's default
     seed: int = 0  # for requests without their own seed
+    max_loras: int = 4  # LoRA adapters resident at once (least recently used evicted); more may be registered
+    max_lora_rank: int = 64  # largest LoRA rank r an adapter may have
 
     def __post_init__(self):
         if self.dtype not in ("auto", *_DTYPES):
             raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {self.dtype!r}")
         self.kv_cache_memory = parse_size(self.kv_cache_memory, "kv_cache_memory")
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_loras", "max_lora_rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_model_len is not None and self.max_model_len < 2:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from polyhead.config import EngineConfig
 from polyhead.engine.engine import LLMEngine, TrackedRequest
+from polyhead.engine.factory import build_engine
 from polyhead.engine.outputs import RequestOutput
 from polyhead.engine.params import SamplingParams
 
@@ -64,7 +65,7 @@ class AsyncEngine:
 
         def build_then_run():
             try:
-                made["engine"] = engine = cls(LLMEngine(config))
+                made["engine"] = engine = cls(build_engine(config))  # an LLMEngine or an EncoderEngine
             except BaseException as err:  # noqa: BLE001 - re-raised on the caller's thread
                 made["error"] = err
                 ready.set()

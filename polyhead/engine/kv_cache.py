@@ -42,13 +42,15 @@ class KVCacheManager:
         return -(-num_tokens // self.block_size)
 
     def find_cached_prefix(self, request: Request) -> list[int]:
-        """Blocks already holding a prefix of the request's tokens. The last token is always left
-        to compute, since the step that computes it produces the logits to sample from."""
+        """Blocks already holding a prefix of the request's tokens, up to its max_prefix_hit_tokens:
+        the last token is always left to compute (its logits give the first sample), and a pooling
+        request computes every token whose hidden state its head reads."""
         if not self.enable_prefix_caching:
             return []
-        self._hash_full_blocks(request, (request.num_tokens - 1) // self.block_size)
+        num_blocks = max(request.max_prefix_hit_tokens, 0) // self.block_size
+        self._hash_full_blocks(request, num_blocks)
         hits = []
-        for block_hash in request.block_hashes[: (request.num_tokens - 1) // self.block_size]:
+        for block_hash in request.block_hashes[:num_blocks]:
             block_id = self.cached.get(block_hash)
             if block_id is None:
                 break

@@ -1,8 +1,12 @@
 """What the engine hands back for a request after a step."""
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from polyhead.engine.sampler import TokenLogprobs
+
+if TYPE_CHECKING:
+    from polyhead.engine.scheduler import SchedulerOutput
 
 
 @dataclass(slots=True)
@@ -23,3 +27,22 @@ class RequestOutput:
     # pooling requests: classify -> label probabilities [labels]; tag -> per-token probabilities
     # [prompt tokens][labels]; embed -> the vector [dim]; score -> summed log-prob of the scored tokens
     pooled: list[float] | list[list[float]] | float | None = None
+
+
+@dataclass(slots=True)
+class StepStats:
+    """What one engine step computed, for metrics (polyhead_batch_rows{kind}, mixed steps)."""
+
+    num_tokens: int  # tokens through the backbone
+    rows: dict[str, int]  # kind (generate | classify | tag | embed | score) -> rows in the step
+
+    @property
+    def is_mixed(self) -> bool:
+        """Generate rows and pooling rows shared the step's one forward."""
+        return self.rows.get("generate", 0) > 0 and len(self.rows) > 1
+
+    @classmethod
+    def of(cls, sched: "SchedulerOutput", pooling_rows: dict[str, int]) -> "StepStats":
+        num_generate = len(sched.scheduled) - sum(pooling_rows.values()) if pooling_rows else len(sched.scheduled)
+        rows = {"generate": num_generate, **pooling_rows} if num_generate else dict(pooling_rows)
+        return cls(sched.num_batched_tokens, rows)

@@ -78,3 +78,12 @@ class PoolingParams:
                f"must be last, mean or cls (or None for the default), got {self.pooling!r}")
         _check(self.kind != "score" or self.num_scored_tokens >= 1, "num_scored_tokens",
                f"must be >= 1 for a score request, got {self.num_scored_tokens}")
+
+    def first_needed_position(self, num_prompt_tokens: int) -> int:
+        """The first prompt position whose hidden state this request's result reads: a prefix-cache
+        hit may cover the tokens before it, never it (cached tokens are not recomputed)."""
+        if self.kind == "score":  # token t is scored from the state at t - 1
+            return num_prompt_tokens - self.num_scored_tokens - 1
+        if self.kind == "tag" or self.pooling in ("mean", "cls"):
+            return 0
+        return num_prompt_tokens - 1

@@ -56,6 +56,8 @@ class Request:
 
     def __post_init__(self):
         self.all_token_ids = list(self.prompt_token_ids)
+        # a plain attribute, not a property: the runner reads it for every row of every step
+        self.is_pooling = isinstance(self.params, PoolingParams)
 
     @property
     def num_tokens(self) -> int:
@@ -78,5 +80,9 @@ class Request:
         return self.status.is_finished
 
     @property
-    def is_pooling(self) -> bool:
-        return isinstance(self.params, PoolingParams)
+    def max_prefix_hit_tokens(self) -> int:
+        """How many leading tokens a prefix-cache hit may skip. Generation always computes its last
+        token (its logits give the first sample); a pooling request also every token its head reads."""
+        if self.is_pooling:
+            return self.params.first_needed_position(self.num_tokens)
+        return self.num_tokens - 1

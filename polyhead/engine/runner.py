@@ -1,13 +1,17 @@
-"""Turns a SchedulerOutput into tensors, runs the backbone once, samples the rows that need it."""
+"""Turns a SchedulerOutput into tensors, runs the backbone once, samples the rows that need it and
+hands pooling rows' hidden states to their heads (engine/pooler.py)."""
 
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import torch
 
+from polyhead.engine.pooler import Pooled, Pooler, PoolingRow
 from polyhead.engine.request import Request
 from polyhead.engine.sampler import Sampler, SamplingRow, TokenLogprobs
 from polyhead.engine.scheduler import SchedulerOutput
 from polyhead.kernels import decode_attention_kernel
+from polyhead.lora.manager import LoRAManager
 from polyhead.models.attention import AttentionMetadata, PrefillChunk, build_decode_bias, build_prefill_mask
 from polyhead.models.inference import prepare_for_inference
 from polyhead.models.llama import LlamaForCausalLM
@@ -17,6 +21,8 @@ from polyhead.models.llama import LlamaForCausalLM
 class RunnerOutput:
     sampled_token_ids: dict[str, int]  # req_id -> new token, for rows whose tokens are all computed
     logprobs: dict[str, TokenLogprobs]  # req_id -> logprobs of that token, where asked for
+    pooled: dict[str, Pooled] = field(default_factory=dict)  # req_id -> result, pooling requests that finished
+    pooling_rows: dict[str, int] = field(default_factory=dict)  # kind -> pooling rows in this step
 
 
 @dataclass(slots=True)
@@ -26,6 +32,7 @@ class BatchInputs:
     meta: AttentionMetadata
     sample_rows: list[int]  # rows of the flat batch whose logits are sampled
     sample_requests: list[Request]  # the request each of those rows belongs to
+    pooling_rows: list[PoolingRow]  # prefill-only rows whose states go to a head (empty: none)
 
 
 class ModelRunner:
@@ -41,6 +48,8 @@ class ModelRunner:
         self.kv_caches = list(self.kv_cache.unbind(0))
         self.native_decode = decode_attention_kernel(dtype)
         self.sampler = Sampler()
+        self.pooler = Pooler(config.hidden_size)
+        self.lora: LoRAManager | None = None  # set by the engine; None: base weights only
 
     @staticmethod
     def cache_bytes_per_block(model: LlamaForCausalLM, block_size: int, dtype: torch.dtype) -> int:
@@ -50,22 +59,46 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
         batch = self.prepare(sched)
-        hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta)
+        adapters = self.lora.applied([(n, r.adapter) for r, n in sched.scheduled]) if self.lora else nullcontext()
+        with adapters:  # per-row LoRA, grouped by adapter (rows are laid out in scheduled order)
+            hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta)
+        if batch.pooling_rows:
+            return self._execute_with_pooling(hidden, batch)
         if not batch.sample_rows:
             return RunnerOutput({}, {})
         logits = self.model.compute_logits(hidden[batch.sample_rows])  # only rows that sample
-        rows = [SamplingRow(r.params, r.prompt_token_ids, r.output_token_ids, r.generator)
-                for r in batch.sample_requests]
+        return self._sample(logits, batch.sample_requests)
+
+    def _sample(self, logits: torch.Tensor, requests: list[Request]) -> RunnerOutput:
+        # logits: [len(requests), vocab] float32
+        rows = [SamplingRow(r.params, r.prompt_token_ids, r.output_token_ids, r.generator) for r in requests]
         out = self.sampler(logits, rows)
-        ids = [r.req_id for r in batch.sample_requests]
+        ids = [r.req_id for r in requests]
         logprobs = {i: lp for i, lp in zip(ids, out.logprobs) if lp is not None}
         return RunnerOutput(dict(zip(ids, out.token_ids)), logprobs)
+
+    def _execute_with_pooling(self, hidden: torch.Tensor, batch: BatchInputs) -> RunnerOutput:
+        """Sampling rows and score rows share one LM-head call; the other pooling rows use their heads."""
+        score_rows, score_targets, score_counts = self.pooler.score_inputs(batch.pooling_rows)
+        num_sample = len(batch.sample_rows)
+        lm_rows = batch.sample_rows + score_rows
+        logits = self.model.compute_logits(hidden[lm_rows]) if lm_rows else None  # [S + N, vocab]
+        output = self._sample(logits[:num_sample], batch.sample_requests) if num_sample else RunnerOutput({}, {})
+        score_logprobs = None
+        if score_rows:
+            log_probs = torch.log_softmax(logits[num_sample:], dim=-1)  # [N, vocab]
+            score_logprobs = log_probs.gather(1, torch.tensor(score_targets).unsqueeze(1)).squeeze(1)  # [N]
+        output.pooled = self.pooler(hidden, batch.pooling_rows, score_logprobs, score_counts)
+        for item in batch.pooling_rows:
+            kind = item.request.params.kind
+            output.pooling_rows[kind] = output.pooling_rows.get(kind, 0) + 1
+        return output
 
     def prepare(self, sched: SchedulerOutput) -> BatchInputs:
         size = self.block_size
         input_ids, positions, slot_mapping = [], [], []
         decode_tables, decode_lens, prefills = [], [], []
-        sample_rows, sample_requests = [], []
+        sample_rows, sample_requests, pooling_rows = [], [], []
         for request, num_new in sched.scheduled:
             start, end = request.num_computed_tokens, request.num_computed_tokens + num_new
             row = len(input_ids)
@@ -81,7 +114,9 @@ class ModelRunner:
                 blocks = None if start == 0 else torch.tensor(table[: -(-end // size)])
                 mask = build_prefill_mask(start, num_new, self.sliding_window)
                 prefills.append(PrefillChunk(row, num_new, end, blocks, mask))
-            if end == request.num_tokens:  # all its known tokens are computed: sample the next
+            if request.is_pooling:  # prefill-only: its states go to a head, never to the sampler
+                pooling_rows.append(PoolingRow(request, row, start, num_new))
+            elif end == request.num_tokens:  # all its known tokens are computed: sample the next
                 sample_rows.append(row + num_new - 1)
                 sample_requests.append(request)
 
@@ -95,4 +130,5 @@ class ModelRunner:
         meta = AttentionMetadata(torch.tensor(slot_mapping), size, len(decode_tables), decode_table,
                                  decode_context_lens, decode_bias, prefills, self.sliding_window,
                                  self.native_decode, torch.get_num_threads())
-        return BatchInputs(torch.tensor(input_ids), torch.tensor(positions), meta, sample_rows, sample_requests)
+        return BatchInputs(torch.tensor(input_ids), torch.tensor(positions), meta, sample_rows, sample_requests,
+                           pooling_rows)

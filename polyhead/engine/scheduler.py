@@ -9,6 +9,7 @@ running request is preempted: its blocks are freed and it is recomputed later.
 """
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from polyhead.engine.kv_cache import KVCacheManager
@@ -37,6 +38,8 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0  # running total, for metrics
+        # adapter name (None: base) -> can a request using it run now? (LoRAManager.is_ready)
+        self.is_adapter_ready: Callable[[str | None], bool] = lambda adapter: True
 
     def add(self, request: Request) -> None:
         self.requests[request.req_id] = request
@@ -68,14 +71,19 @@ class Scheduler:
                 i += 1
 
         # Waiting requests, in arrival order, only if nobody had to give blocks back this step.
-        while self.waiting and budget > 0 and not preempted and len(self.running) < self.max_num_seqs:
-            request = self.waiting[0]
+        # Those whose adapter is still loading keep their place and are skipped.
+        skipped = 0
+        while len(self.waiting) > skipped and budget > 0 and not preempted and len(self.running) < self.max_num_seqs:
+            request = self.waiting[skipped]
+            if not self.is_adapter_ready(request.adapter):
+                skipped += 1
+                continue
             cached_blocks = self.kv_cache.find_cached_prefix(request) if request.num_computed_tokens == 0 else []
             num_cached = len(cached_blocks) * self.kv_cache.block_size
             num_new = min(request.num_tokens - request.num_computed_tokens - num_cached, budget)
             if not self.kv_cache.allocate(request, num_new, cached_blocks):
                 break
-            self.waiting.popleft()
+            del self.waiting[skipped]
             request.status = RequestStatus.RUNNING
             self.running.append(request)
             scheduled.append((request, num_new))
@@ -87,7 +95,9 @@ class Scheduler:
 
     def update(self, output: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
         """Advance computed counts, append sampled tokens and finish requests that are done.
-        `sampled` maps req_id -> the token sampled for it this step (only rows that sampled)."""
+        `sampled` maps req_id -> the token sampled for it this step (only rows that sampled).
+        A pooling request finishes ("stop") in the step that computes its last prompt token; its
+        full blocks stay in the prefix cache for the requests that share its prompt."""
         finished = []
         for request, num_new in output.scheduled:
             if request.is_finished:  # aborted while the step ran
@@ -95,7 +105,10 @@ class Scheduler:
             request.num_computed_tokens += num_new
             self.kv_cache.register_full_blocks(request)
             token = sampled.get(request.req_id)
-            if token is None:
+            if token is None:  # a prompt chunk, or a pooling request (never a decode row)
+                if request.is_pooling and request.num_computed_tokens == request.num_tokens:
+                    self.finish(request.req_id, RequestStatus.FINISHED_STOPPED)
+                    finished.append(request)
                 continue
             request.all_token_ids.append(token)
             status = self._check_stop(request, token)

@@ -1,0 +1,192 @@
+"""Per-row heads for pooling requests, applied to the hidden states of the one backbone forward.
+
+The rule it keeps: a pooling request's result depends only on its own tokens' hidden states,
+however its prompt was cut into chunks and whatever shares the batch. Each request keeps an
+accumulator across chunks (mean: a running float32 sum; cls: the first token's state; tag: each
+chunk's probabilities; score: each chunk's log-probs) and gets its result in the step that
+computes its last prompt token. A chunk that does not start where the accumulator expects means
+the request was preempted and recomputed: its accumulator starts over.
+"""
+
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polyhead.engine.params import PoolingParams
+from polyhead.engine.request import Request
+from polyhead.models.heads import ClassifyHead, EmbedPooler, TagHead, pool
+
+Pooled = list[float] | list[list[float]] | float
+
+
+@dataclass(slots=True)
+class PoolingRow:
+    """One pooling request's tokens in this step's flat batch."""
+
+    request: Request
+    row: int  # index of its first token in the flat batch
+    start: int  # position of that token in the request's prompt
+    num_new: int  # tokens computed this step
+
+    @property
+    def end(self) -> int:
+        return self.start + self.num_new
+
+    @property
+    def is_last_chunk(self) -> bool:
+        return self.end == self.request.num_tokens
+
+
+@dataclass(slots=True)
+class _Accumulator:
+    next_position: int  # where the next chunk must start; any other start is a restart
+    total: torch.Tensor | None = None  # mean: float32 sum of states [H]; cls: the first state [H]
+    parts: list = field(default_factory=list)  # tag: probabilities [n, labels] per chunk; score: 0-d log-prob sums
+
+
+class Pooler:
+    """Holds the registered heads and the accumulators of pooling requests in flight."""
+
+    def __init__(self, hidden_size: int):
+        self.hidden_size = hidden_size
+        self.heads: dict[str, nn.Module] = {}  # task -> ClassifyHead | TagHead | EmbedPooler
+        self._accumulators: dict[str, _Accumulator] = {}  # req_id -> state across chunks
+
+    def register(self, task: str, head: nn.Module) -> None:
+        if not isinstance(head, (ClassifyHead, TagHead, EmbedPooler)):
+            raise TypeError(f"head for task {task!r} must be a ClassifyHead, TagHead or EmbedPooler, "
+                             f"got {type(head).__name__}")
+        if isinstance(head, EmbedPooler):
+            width = None if head.projection is None else head.projection.shape[1]
+        else:
+            width = head.linear.in_features
+        if width is not None and width != self.hidden_size:
+            raise ValueError(f"head for task {task!r} reads hidden size {width}, but the backbone's "
+                             f"hidden size is {self.hidden_size}")
+        self.heads[task] = head.eval().requires_grad_(False)
+
+    def release(self, req_id: str) -> None:
+        """Forget a request's accumulator (it finished, was aborted or was preempted)."""
+        self._accumulators.pop(req_id, None)
+
+    def score_inputs(self, rows: list[PoolingRow]) -> tuple[list[int], list[int], list[int]]:
+        """For score rows: the flat-batch rows whose LM-head log-probs are needed, the token each
+        one predicts, and how many of them belong to each score row (in `rows` order)."""
+        hidden_rows, targets, counts = [], [], []
+        for item in rows:
+            request = item.request
+            if request.params.kind != "score":
+                continue
+            first = request.params.first_needed_position(request.num_tokens)
+            lo, hi = max(item.start, first), min(item.end, request.num_tokens - 1)
+            positions = range(lo, hi)  # states at these positions predict tokens lo+1 .. hi
+            hidden_rows.extend(item.row + p - item.start for p in positions)
+            targets.extend(request.all_token_ids[p + 1] for p in positions)
+            counts.append(len(positions))
+        return hidden_rows, targets, counts
+
+    def __call__(self, hidden: torch.Tensor, rows: list[PoolingRow],
+                 score_logprobs: torch.Tensor | None, score_counts: list[int]) -> dict[str, Pooled]:
+        """hidden: [T, H] the step's final-normed states; score_logprobs: [S] float32, the log-prob of
+        each scored token (score_inputs' order). Returns req_id -> result for requests that finished."""
+        results: dict[str, Pooled] = {}
+        pooled_groups: dict[tuple[str, str | None], list[tuple[Request, torch.Tensor]]] = {}
+        score_offset, score_index = 0, 0
+        for item in rows:
+            request, params = item.request, item.request.params
+            acc = self._accumulator(item)
+            acc.next_position = item.end
+            states = hidden[item.row:item.row + item.num_new]  # [n, H]
+            if params.kind == "score":
+                count = score_counts[score_index]
+                score_index += 1
+                if count:
+                    acc.parts.append(score_logprobs[score_offset:score_offset + count].sum())
+                score_offset += count
+            elif params.kind == "tag":
+                acc.parts.append(torch.softmax(self.heads[params.task](states), dim=-1))
+            elif params.pooling == "mean":
+                chunk_sum = states.float().sum(0)
+                acc.total = chunk_sum if acc.total is None else acc.total + chunk_sum
+            elif params.pooling == "cls" and item.start == 0:
+                acc.total = states[0].float()
+            if not item.is_last_chunk:
+                continue
+            del self._accumulators[request.req_id]
+            if params.kind == "score":
+                results[request.req_id] = float(sum(acc.parts)) if acc.parts else 0.0
+            elif params.kind == "tag":
+                results[request.req_id] = torch.cat(acc.parts).tolist()
+            else:
+                vector = _finish_pool(params, acc, states, request.num_tokens)
+                pooled_groups.setdefault((params.kind, params.task), []).append((request, vector))
+        for (kind, task), items in pooled_groups.items():  # one head call per task
+            requests, vectors = zip(*items)
+            out = self._apply(kind, task, torch.stack(vectors))  # [N, labels | dim]
+            for request, vector in zip(requests, out):
+                if request.params.normalize:
+                    vector = F.normalize(vector, dim=-1)
+                results[request.req_id] = vector.tolist()
+        return results
+
+    def _accumulator(self, item: PoolingRow) -> _Accumulator:
+        req_id = item.request.req_id
+        acc = self._accumulators.get(req_id)
+        if acc is None or acc.next_position != item.start:  # new, or restarted after preemption
+            acc = self._accumulators[req_id] = _Accumulator(item.start)
+        return acc
+
+    def _apply(self, kind: str, task: str | None, pooled: torch.Tensor) -> torch.Tensor:
+        # pooled: [N, H] float32 -> classify: probabilities [N, labels]; embed: vectors [N, D]
+        head = self.heads.get(task) if task is not None else None
+        if kind == "classify":
+            return torch.softmax(head(pooled), dim=-1)
+        if head is not None and head.projection is not None:  # the request's normalize, resolved, applies after
+            return pooled @ head.projection.float().t()  # [N, D]
+        return pooled
+
+
+def _finish_pool(params: PoolingParams, acc: _Accumulator, states: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """The request's pooled vector [H] float32, once its last chunk is computed."""
+    if params.pooling == "mean":
+        return acc.total / num_tokens
+    if params.pooling == "cls":
+        return acc.total
+    return pool(states, "last").float()
+
+
+def resolve_pooling_params(params: PoolingParams, task: str, heads: dict[str, nn.Module],
+                           num_prompt_tokens: int) -> PoolingParams:
+    """Check a pooling request against the registered heads and fill in what it left open: the head's
+    task (params.task, else the request's routing task when a head is registered under it) and the
+    pooling and normalize (the classify/embed head's own, else last and no normalizing: a decoder's
+    defaults). Raises ValueError naming the field."""
+    name = params.task
+    if name is not None and name not in heads:
+        known = ", ".join(sorted(heads)) or "none registered"
+        raise ValueError(f"task {name!r} has no head registered on this engine (known: {known})")
+    if name is None and task in heads:
+        name = task
+    head = heads.get(name) if name is not None else None
+    wanted = {"classify": ClassifyHead, "tag": TagHead, "embed": EmbedPooler}.get(params.kind)
+    if params.kind in ("classify", "tag") and head is None:
+        raise ValueError(f"a {params.kind} request needs a task with a registered {wanted.__name__} "
+                         f"(task); for zero-shot classification score the label verbalizers "
+                         f"(polyhead.tasks.zero_shot)")
+    if head is not None and params.kind != "score" and not isinstance(head, wanted):
+        raise ValueError(f"task {name!r} has a {type(head).__name__}, but a {params.kind} request needs "
+                         f"a {wanted.__name__}")
+    if params.kind == "score":
+        name = None  # the LM head scores; `task` is only the request's label for metrics
+        if params.num_scored_tokens > num_prompt_tokens - 1:
+            raise ValueError(f"num_scored_tokens ({params.num_scored_tokens}) must be at most the prompt's "
+                             f"length - 1 ({num_prompt_tokens - 1}): a scored token needs a token before it")
+    head_pooling = getattr(head, "pooling", None)
+    pooling = params.pooling or head_pooling or "last"
+    if params.pooling is not None and head_pooling is not None and params.pooling != head_pooling:
+        raise ValueError(f"pooling {params.pooling!r} differs from task {name!r}'s head, trained on "
+                         f"{head_pooling!r} pooling")
+    normalize = params.normalize if params.normalize is not None else bool(getattr(head, "normalize", False))
+    return replace(params, task=name, pooling=pooling, normalize=normalize)

@@ -1,0 +1,1 @@
+"""Multi-task training: config, data, task sampling, loss weighting, trainer, export."""
