@@ -88,7 +88,10 @@ def build_task_registry(args, default_name: str):
 
     def make_engine(model: str | None):
         name = default_name if model is None else model
-        config = replace(base, model=base.model if model is None else model,
+        if model is None:
+            return AsyncEngine.from_config(replace(base, kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory)))
+        # another backbone: its own context length (an encoder's is its max_seq_length)
+        config = replace(base, model=model, max_model_len=None,
                          kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory))
         return AsyncEngine.from_config(config)
 
