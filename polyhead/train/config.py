@@ -297,7 +297,7 @@ class DistillConfig:
 class TrainConfig:
     tasks: list[TaskConfig]  # at least one
     backbone: str | None = None  # model path or registry name; None = the default generative backbone
-    output_dir: str = "runs/polyhead"  # checkpoints, exported packs, logs, the tokenized-data cache
+    output_dir: str = "runs/polyhead"  # checkpoints, packs, logs, data cache; relative to the working dir
     train: TrainSettings = field(default_factory=TrainSettings)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
@@ -352,8 +352,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Any, base_dir: str | Path | None = None) -> "TrainConfig":
-        """Build and validate; relative data paths, output_dir and a relative backbone/teacher path that
-        exists resolve against base_dir (the YAML file's folder)."""
+        """Build and validate. Relative data paths, and a relative backbone/teacher path that exists there,
+        resolve against base_dir (the YAML file's folder); output_dir stays relative to the working
+        directory (where `polyhead train` runs)."""
         config = from_dict(cls, data, "")
         if base_dir is not None:
             _resolve_paths(config, Path(base_dir))
@@ -384,7 +385,6 @@ def _resolve_paths(config: TrainConfig, base: Path):
             value = getattr(task.data, split)
             if value is not None:
                 setattr(task.data, split, resolve(value))
-    config.output_dir = resolve(config.output_dir)
     if config.backbone is not None and (base / config.backbone).exists():
         config.backbone = resolve(config.backbone)
     if config.distill is not None and (base / config.distill.teacher).exists():
