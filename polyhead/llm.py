@@ -1,13 +1,16 @@
-"""The offline entry point: `LLM().generate(prompts, params)` runs a batch to completion."""
+"""The offline entry point: `LLM().generate(prompts, params)` runs a batch to completion;
+`LLM(model="all-MiniLM-L6-v2").embed(texts)` gives sentence embeddings from an encoder."""
 
 from collections.abc import Iterator, Sequence
 
 from tqdm import tqdm
 
 from polyhead.config import EngineConfig
+from polyhead.engine.encoder_engine import EncoderEngine
 from polyhead.engine.engine import LLMEngine
+from polyhead.engine.factory import build_engine
 from polyhead.engine.outputs import RequestOutput
-from polyhead.engine.params import SamplingParams
+from polyhead.engine.params import PoolingParams, SamplingParams
 
 Prompt = str | list[int]
 Messages = list[dict[str, str]]
@@ -15,19 +18,20 @@ Messages = list[dict[str, str]]
 
 class LLM:
     def __init__(self, model: str | None = None, dtype: str = "auto", **engine_options):
-        self._use(LLMEngine(EngineConfig(model=model, dtype=dtype, **engine_options)))
+        """A decoder model gets the LLMEngine, a BERT-family encoder the EncoderEngine (embed only)."""
+        self._use(build_engine(EngineConfig(model=model, dtype=dtype, **engine_options)))
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "LLM":
-        return cls.from_engine(LLMEngine(config))
+        return cls.from_engine(build_engine(config))
 
     @classmethod
-    def from_engine(cls, engine: LLMEngine) -> "LLM":
+    def from_engine(cls, engine: LLMEngine | EncoderEngine) -> "LLM":
         llm = cls.__new__(cls)
         llm._use(engine)
         return llm
 
-    def _use(self, engine: LLMEngine) -> None:
+    def _use(self, engine: LLMEngine | EncoderEngine) -> None:
         self.engine = engine
         self.tokenizer = engine.tokenizer
 
@@ -36,6 +40,15 @@ class LLM:
                  use_tqdm: bool = False, adapter: str | None = None) -> list[RequestOutput]:
         """Generate for every prompt (text or token ids); outputs come back in prompt order.
         `adapter`: a registered LoRA adapter for all of them (None: the base weights)."""
+        return self._run(prompts, params, use_tqdm, "generating", adapter=adapter)
+
+    def embed(self, prompts: Prompt | Sequence[Prompt], params: PoolingParams | None = None,
+              use_tqdm: bool = False, task: str = "") -> list[RequestOutput]:
+        """One embedding per prompt in `RequestOutput.pooled`, in prompt order. On an encoder the
+        default is the model's own sentence embedding (all-MiniLM-L6-v2: mean-pooled, normalized)."""
+        return self._run(prompts, params or PoolingParams(kind="embed"), use_tqdm, "embedding", task=task)
+
+    def _run(self, prompts, params, use_tqdm: bool, desc: str, **routing) -> list[RequestOutput]:
         prompts = [prompts] if _is_single_prompt(prompts) else list(prompts)
         params_list = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
         if len(params_list) != len(prompts):
@@ -43,14 +56,14 @@ class LLM:
         req_ids = []
         try:  # all or nothing: a bad prompt leaves no sibling queued
             for prompt, p in zip(prompts, params_list):
-                req_ids.append(self.engine.add_request(prompt, p, adapter=adapter))
+                req_ids.append(self.engine.add_request(prompt, p, **routing))
         except ValueError:
             for req_id in req_ids:
                 self.engine.abort_request(req_id)
             self.engine.step()  # collect the aborted outputs so they do not leak into a later call
             raise
         wanted, finished = set(req_ids), {}  # type: set[str], dict[str, RequestOutput]
-        with tqdm(total=len(req_ids), desc="generating", unit="req", disable=not use_tqdm) as bar:
+        with tqdm(total=len(req_ids), desc=desc, unit="req", disable=not use_tqdm) as bar:
             while len(finished) < len(req_ids):
                 for out in self.engine.step():
                     if out.finished and out.req_id in wanted:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from polyhead.config import EngineConfig
 from polyhead.engine.engine import LLMEngine, TrackedRequest
+from polyhead.engine.factory import build_engine
 from polyhead.engine.outputs import RequestOutput
 from polyhead.engine.params import SamplingParams
 
@@ -64,7 +65,7 @@ class AsyncEngine:
 
         def build_then_run():
             try:
-                made["engine"] = engine = cls(LLMEngine(config))
+                made["engine"] = engine = cls(build_engine(config))  # an LLMEngine or an EncoderEngine
             except BaseException as err:  # noqa: BLE001 - re-raised on the caller's thread
                 made["error"] = err
                 ready.set()
@@ -108,11 +109,13 @@ class AsyncEngine:
         Bad input raises ValueError here, before anything is queued."""
         return self.stream(self.prepare(prompt, params, req_id))
 
-    def prepare(self, prompt: str | list[int], params: SamplingParams, req_id: str | None = None) -> TrackedRequest:
-        """Tokenize and validate (ValueError names the limit); nothing is queued yet."""
+    def prepare(self, prompt: str | list[int], params: SamplingParams, req_id: str | None = None,
+                **routing) -> TrackedRequest:
+        """Tokenize and validate (ValueError names the limit); nothing is queued yet.
+        `routing`: task, adapter, priority, tenant, deadline (see Request)."""
         if not self.is_running:
             raise EngineDeadError(self.dead_reason or "the engine loop is not running")
-        return self.engine.new_request(prompt, params, req_id or uuid.uuid4().hex)
+        return self.engine.new_request(prompt, params, req_id or uuid.uuid4().hex, **routing)
 
     def stream(self, tracked: TrackedRequest) -> AsyncIterator[RequestOutput]:
         """Queue a prepared request; leaving the iteration early (client gone, timeout,
