@@ -27,6 +27,9 @@ class AsyncEngine(EngineClient):
         super().__init__()
         self.engine = engine
         self.tokenizer = engine.tokenizer
+        self.is_generative = hasattr(engine, "kv_cache")  # an encoder computes prompts whole, keeping no cache
+        self.hidden_size = engine.model_config.hidden_size
+        self.has_prefix_cache = self.is_generative and engine.kv_cache.enable_prefix_caching
         self.idle_wait_s = idle_wait_s  # the loop wakes at least this often, so health stays fresh
         self._commands: queue.SimpleQueue = queue.SimpleQueue()  # ("add", TrackedRequest) | ("abort", req_id)
         self._wake = threading.Event()
@@ -84,8 +87,9 @@ class AsyncEngine(EngineClient):
         return self.engine.stats()
 
     # --- requests (event loop thread) ------------------------------------------------------------
-    def _new_request(self, prompt: str | list[int], params: SamplingParams, req_id: str) -> TrackedRequest:
-        return self.engine.new_request(prompt, params, req_id)
+    def _new_request(self, prompt: str | list[int], params: SamplingParams, req_id: str,
+                     **routing) -> TrackedRequest:
+        return self.engine.new_request(prompt, params, req_id, **routing)
 
     def _send_add(self, tracked: TrackedRequest) -> None:
         self._commands.put(("add", tracked))

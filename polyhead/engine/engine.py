@@ -79,6 +79,8 @@ class LLMEngine:
         self.lora.in_use = lambda: {r.adapter for r in self.scheduler.running if r.adapter is not None}
         self.scheduler.is_adapter_ready = self.lora.is_ready
         self.runner.lora = self.lora
+        for name, folder in config.adapters.items():
+            self.register_adapter(name, folder)
         self._states: dict[str, TrackedRequest] = {}
         self._pending: list[RequestOutput] = []  # outputs of requests ended between steps
         self._parked: dict[str, list[TrackedRequest]] = {}  # leader req_id -> requests waiting for its prompt
@@ -177,7 +179,8 @@ class LLMEngine:
     def stats(self) -> EngineStats:
         kv, scheduler = self.kv_cache, self.scheduler
         return EngineStats(len(self._states), len(scheduler.running), kv.num_free_blocks, kv.num_blocks,
-                           kv.num_prefix_hit_tokens, scheduler.num_preemptions, self.last_step_num_tokens)
+                           kv.num_prefix_hit_tokens, scheduler.num_preemptions, self.last_step_num_tokens,
+                           dict(self.last_step_stats.rows))
 
     def step(self) -> list[RequestOutput]:
         if self.lora.failed:

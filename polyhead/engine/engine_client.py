@@ -31,6 +31,9 @@ class EngineClient:
     _new_request / _send_add / _send_abort. A prepared request has `req_id` and `num_prompt_tokens`."""
 
     tokenizer = None  # the model's tokenizer (the server applies chat templates with it)
+    is_generative = True  # a causal LM (generate, zero-shot scoring) or an encoder (pooling only)
+    hidden_size = 0  # width of the backbone's final hidden states (task heads read them)
+    has_prefix_cache = False  # requests sharing a prompt prefix reuse its KV blocks
 
     def __init__(self):
         self._streams: dict[str, _Stream] = {}
@@ -66,11 +69,12 @@ class EngineClient:
         Bad input raises ValueError here, before anything is queued."""
         return self.stream(self.prepare(prompt, params, req_id))
 
-    def prepare(self, prompt: str | list[int], params: SamplingParams, req_id: str | None = None):
-        """Tokenize and validate (ValueError names the limit); nothing is queued yet."""
+    def prepare(self, prompt: str | list[int], params: SamplingParams, req_id: str | None = None, **routing):
+        """Tokenize and validate (ValueError names the limit); nothing is queued yet.
+        `routing`: task, adapter, priority, tenant, deadline (see Request)."""
         if not self.is_running:
             raise EngineDeadError(self.dead_reason or "the engine loop is not running")
-        return self._new_request(prompt, params, req_id or uuid.uuid4().hex)
+        return self._new_request(prompt, params, req_id or uuid.uuid4().hex, **routing)
 
     def stream(self, prepared) -> AsyncIterator[RequestOutput]:
         """Queue a prepared request; leaving the iteration early (client gone, timeout,
@@ -114,7 +118,7 @@ class EngineClient:
     def abort(self, req_id: str) -> None:
         self._send_abort(req_id)
 
-    def _new_request(self, prompt, params: SamplingParams, req_id: str):
+    def _new_request(self, prompt, params: SamplingParams, req_id: str, **routing):
         raise NotImplementedError
 
     def _send_add(self, prepared) -> None:

@@ -59,6 +59,7 @@ class EngineStats:
     num_prefix_hit_tokens: int  # running total of prompt tokens served from the prefix cache
     num_preemptions: int  # running total of sequences preempted for lack of KV blocks
     last_step_num_tokens: int  # tokens the last step computed
+    last_step_rows: dict[str, int]  # the last step's rows by kind (generate | classify | tag | embed | score)
 
     @property
     def kv_usage(self) -> float:

@@ -14,7 +14,7 @@ happens: prefill chunks, decode tokens and pooling rows alike.
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 
 from polyhead.engine.request import Request
 
@@ -44,10 +44,16 @@ class SchedulingPolicy:
     def order_running(self, running: list[Request]) -> None:
         """Sort, in place, the order in which running requests get this step's budget and blocks."""
 
-    def waiting_order(self, waiting: Iterable[Request]) -> Iterator[Request]:
+    def waiting_order(self, waiting: Sequence[Request]) -> Iterator[Request]:
         """The order in which to try waiting requests this step. A generator may look at state that
-        `on_scheduled` changes between the requests it yields."""
-        return iter(list(waiting))
+        `on_scheduled` changes between the requests it yields; the scheduler removes a request it
+        admits from `waiting` before asking for the next."""
+        i = 0  # arrival order, without copying the queue: the head is admitted, or stays and is skipped
+        while i < len(waiting):
+            request = waiting[i]
+            yield request
+            if i < len(waiting) and waiting[i] is request:
+                i += 1
 
     def choose_victim(self, candidates: list[Request]) -> Request:
         """The request to preempt when blocks run short. `candidates` are the running requests not
@@ -61,7 +67,7 @@ class PriorityPolicy(SchedulingPolicy):
     def order_running(self, running: list[Request]) -> None:
         running.sort(key=urgency)
 
-    def waiting_order(self, waiting: Iterable[Request]) -> Iterator[Request]:
+    def waiting_order(self, waiting: Sequence[Request]) -> Iterator[Request]:
         return iter(sorted(waiting, key=urgency))
 
     def choose_victim(self, candidates: list[Request]) -> Request:
@@ -149,7 +155,7 @@ class FairPolicy(SchedulingPolicy):
     def choose_victim(self, candidates: list[Request]) -> Request:
         return max(candidates, key=self.rank)
 
-    def waiting_order(self, waiting: Iterable[Request]) -> Iterator[Request]:
+    def waiting_order(self, waiting: Sequence[Request]) -> Iterator[Request]:
         queues: dict[str, dict[str, list[Request]]] = defaultdict(lambda: defaultdict(list))
         for request in waiting:
             queues[request.tenant][request.task].append(request)

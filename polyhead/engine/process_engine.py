@@ -33,13 +33,14 @@ class PreparedRequest:
     prompt: str | None  # the prompt text, when it was given as text (stays in this process)
     token_ids: list[int]
     params: SamplingParams
+    routing: dict  # task, adapter, priority, tenant, deadline (see Request); checked in the child
 
     @property
     def num_prompt_tokens(self) -> int:
         return len(self.token_ids)
 
     def to_wire(self) -> tuple:
-        return self.req_id, self.token_ids, self.params
+        return self.req_id, self.token_ids, self.params, self.routing
 
 
 @dataclass(slots=True)
@@ -91,7 +92,7 @@ class ProcessEngine(EngineClient):
         if message[0] == "failed":
             self._process.join(5)
             raise message[1]
-        _, self.limits, folder, self._stats = message
+        _, self.limits, folder, self._stats, self.hidden_size, self.has_prefix_cache = message
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self._stopping, self.dead_reason = False, None
         self.last_step_at = time.monotonic()
@@ -128,11 +129,12 @@ class ProcessEngine(EngineClient):
         return self._stats  # as of the child's last report
 
     # --- requests (event loop thread) ------------------------------------------------------------
-    def _new_request(self, prompt: str | list[int], params: SamplingParams, req_id: str) -> PreparedRequest:
+    def _new_request(self, prompt: str | list[int], params: SamplingParams, req_id: str,
+                     **routing) -> PreparedRequest:
         text = prompt if isinstance(prompt, str) else None
         token_ids = self.tokenizer.encode(prompt, add_special_tokens=False) if text is not None else list(prompt)
         self.limits.validate_prompt(token_ids)
-        return PreparedRequest(req_id, text, token_ids, params)
+        return PreparedRequest(req_id, text, token_ids, params, routing)
 
     def _send_add(self, prepared: PreparedRequest) -> None:
         self._assemblies[prepared.req_id] = _Assembly(prepared, logprobs=None if prepared.params.logprobs is None

@@ -46,7 +46,8 @@ def run_engine_process(config: EngineConfig, commands, reports, idle_wait_s: flo
     except BaseException as err:  # noqa: BLE001 - re-raised in the parent
         reports.send(("failed", _picklable(err)))
         return
-    reports.send(("ready", engine.limits, str(engine.model_folder), engine.stats()))
+    reports.send(("ready", engine.limits, str(engine.model_folder), engine.stats(),
+                  engine.model_config.hidden_size, engine.kv_cache.enable_prefix_caching))
     try:
         _serve(engine, commands, reports, idle_wait_s)
     except (EOFError, BrokenPipeError):
@@ -66,9 +67,9 @@ def _serve(engine: LLMEngine, commands, reports, idle_wait_s: float) -> None:
             if command[0] == "stop":
                 return
             if command[0] == "add":
-                req_id, token_ids, params = command[1]
+                req_id, token_ids, params, routing = command[1]
                 try:
-                    engine.admit(engine.new_request(token_ids, params, req_id))
+                    engine.admit(engine.new_request(token_ids, params, req_id, **routing))
                 except ValueError as err:  # e.g. a duplicate req_id
                     rejected.append((req_id, str(err)))
             else:

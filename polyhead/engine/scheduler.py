@@ -57,11 +57,11 @@ class Scheduler:
         self._num_added = 0
         self.num_preemptions = 0  # running total, for metrics
         self.num_timeouts = 0  # running total, for metrics
+        self._num_waiting_pooling = 0  # pooling requests in `waiting`: the reserve is skipped at 0
 
     def add(self, request: Request) -> None:
         self.requests[request.req_id] = request
-        self.waiting.append(request)
-        self.policy.on_enqueue(request)
+        self._enqueue(request)
         if request.deadline is not None:
             self._num_added += 1
             heapq.heappush(self._deadlines, (request.deadline, self._num_added, request))
@@ -118,8 +118,7 @@ class Scheduler:
                 num_new = min(request.num_tokens - request.num_computed_tokens - num_cached, limit)
                 if not self.kv_cache.allocate(request, num_new, cached_blocks):
                     break
-                self.waiting.remove(request)
-                self.policy.on_dequeue(request, scheduled=True)
+                self._dequeue(request, scheduled=True)
                 request.status = RequestStatus.RUNNING
                 self.running.append(request)
                 scheduled.append((request, num_new))
@@ -163,8 +162,7 @@ class Scheduler:
         if request.status == RequestStatus.RUNNING:
             self.running.remove(request)
         else:
-            self.waiting.remove(request)
-            self.policy.on_dequeue(request, scheduled=False)
+            self._dequeue(request, scheduled=False)
         request.status = status
         self.kv_cache.free(request)
         return request
@@ -183,8 +181,20 @@ class Scheduler:
         self.kv_cache.free(request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
-        self.waiting.appendleft(request)
+        self._enqueue(request, front=True)
+
+    def _enqueue(self, request: Request, front: bool = False) -> None:
+        if front:
+            self.waiting.appendleft(request)
+        else:
+            self.waiting.append(request)
+        self._num_waiting_pooling += request.is_pooling
         self.policy.on_enqueue(request)
+
+    def _dequeue(self, request: Request, scheduled: bool) -> None:
+        self.waiting.remove(request)
+        self._num_waiting_pooling -= request.is_pooling
+        self.policy.on_dequeue(request, scheduled)
 
     def _expire(self) -> list[Request]:
         """Finish every request whose deadline has passed, waiting or running, freeing its blocks."""
@@ -204,7 +214,7 @@ class Scheduler:
         """Tokens to keep this step for waiting pooling requests, up to the reserve. Their adapters'
         readiness is not asked here (asking may start a load or evict): while one loads, the
         reserve it holds is at most pooling_token_budget tokens a step."""
-        if self.pooling_token_budget <= 0:
+        if self.pooling_token_budget <= 0 or self._num_waiting_pooling == 0:
             return 0
         needed = 0
         for request in self.waiting:

@@ -352,3 +352,19 @@ def test_engine_wires_the_policy_and_times_out_requests(tiny_llama):
 
     fair = make_engine(folder, policy="fair", tenant_weights={"a": 2.0}, task_weights={"chat": 3.0})
     assert fair.scheduler.policy.tenants.weights == {"a": 2.0} and fair.scheduler.policy.task_weights == {"chat": 3.0}
+
+
+def test_encoder_engine_orders_by_the_policy_and_times_out_waiting_requests(tiny_encoder):
+    from tests.conftest import make_encoder_engine
+
+    engine = make_encoder_engine(tiny_encoder[0], max_num_batched_tokens=24, max_num_seqs=1, policy="priority")
+    clock = FakeClock()
+    engine.clock = clock
+    for req_id, priority in [("low", 2), ("mid", 1), ("high", 0)]:
+        engine.add_request("hello world", req_id=req_id, priority=priority)
+    engine.add_request("cats", req_id="late", deadline=1.0, priority=3)
+    assert [o.req_id for o in engine.step()] == ["high"]
+    clock.now = 1.0
+    outs = engine.step()
+    assert [(o.req_id, o.finish_reason) for o in outs] == [("late", "timeout"), ("mid", "stop")]
+    assert [o.req_id for o in engine.step()] == ["low"] and not engine.has_unfinished_requests()

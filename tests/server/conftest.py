@@ -20,8 +20,8 @@ __all__ = ["MODEL", "MODES", "free_port", "running_server", "wait_until_idle"]
 @contextmanager
 def running_server(model_folder, mode: str = "thread", **settings):
     if mode == "process":
-        engine = ProcessEngine(EngineConfig(model=str(model_folder), dtype="float32", kv_cache_memory="16MiB",
-                                            max_model_len=128))
+        engine = ProcessEngine.from_config(EngineConfig(model=str(model_folder), dtype="float32",
+                                                        kv_cache_memory="16MiB", max_model_len=128))
     else:
         engine = AsyncEngine(make_engine(model_folder, max_model_len=128))
     settings.setdefault("default_max_tokens", 8)

@@ -76,7 +76,8 @@ def test_classify_examples(tmp_path, byte_tokenizer):
 
 @pytest.mark.parametrize("content, message", [
     ('{"text": "fine", "label": "neutral"}\n{"text": "ok", "label": "neutral"\n', "d.jsonl:2: bad JSON"),
-    ('{"text": "fine", "label": "neutral"}\n\n["a list"]\n', "d.jsonl:3: a row must be a JSON object"),
+    ('{"text": "fine", "label": "neutral"}\n\n"a string"\n', "d.jsonl:3: a row must be a JSON object"),
+    ('[{"text": "fine", "label": "neutral"}]\n', "d.jsonl:1: a JSON array; polyhead reads JSON Lines"),
     ('{"text": "fine", "label": "neutral"}\n{"txt": "x", "label": "neutral"}\n', "d.jsonl:2: missing column 'text'"),
     ('{"text": 5, "label": "neutral"}\n', "d.jsonl:1: column 'text' must be a string"),
     ('{"text": "  ", "label": "neutral"}\n', "d.jsonl:1: column 'text' is empty"),
@@ -91,6 +92,14 @@ def test_malformed_jsonl_rows_name_file_and_line(tmp_path, byte_tokenizer, conte
         TaskDataset.load(classify_task(path), "train", byte_tokenizer, tmp_path / "cache")
     assert message in str(err.value)
     assert not list((tmp_path / "cache").glob("*.pt")) if (tmp_path / "cache").exists() else True
+
+
+def test_byte_order_mark_is_not_data(tmp_path, byte_tokenizer):
+    (tmp_path / "d.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(CLASSIFY_ROWS[0]).encode() + b"\n")
+    (tmp_path / "d.csv").write_bytes(b"\xef\xbb\xbftext,label\nI loved it,positive\n")
+    for name in ("d.jsonl", "d.csv"):
+        ds = TaskDataset.load(classify_task(tmp_path / name), "train", byte_tokenizer, tmp_path / "cache")
+        assert ds[0].labels == 2
 
 
 def test_malformed_csv_rows_name_the_physical_line(tmp_path, byte_tokenizer):
