@@ -107,8 +107,8 @@ class ProcessEngine(EngineClient):
         self._stopping = True
         self._send(("stop",))
         self._process.join(timeout)
-        if self._process.is_alive():
-            self._process.terminate()
+        if self._process.is_alive():  # stuck in a step: it ignores SIGTERM (see process_worker)
+            self._process.kill()
             self._process.join(timeout)
         if self._reader is not None:
             self._reader.join(timeout)

@@ -4,6 +4,7 @@ dataclasses, never tensors.
 """
 
 import pickle
+import signal
 import time
 from dataclasses import dataclass
 
@@ -41,6 +42,9 @@ class StepReport:
 
 
 def run_engine_process(config: EngineConfig, commands, reports, idle_wait_s: float) -> None:
+    # Ctrl-C reaches the whole process group: the parent drains and then stops us, or we see its pipe close.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         engine = LLMEngine(config)
     except BaseException as err:  # noqa: BLE001 - re-raised in the parent
