@@ -2,12 +2,12 @@
 
 The batch is several whole sequences concatenated without padding. Attention is
 bidirectional within a sequence and never crosses into a neighbour: the batch is laid out
-so that sequences of equal length sit next to each other, and each such run is one
-`scaled_dot_product_attention` call over a [sequences, heads, length, head_dim] view of the
-flat tensor, with no mask and no padding. For batches of short sentences this beats both a
-call per sequence (per-call overhead times hundreds of sequences) and one padded call with a
-key mask (padding work, a mask tensor, and a slower masked kernel); BENCHMARKS.md has the
-numbers. Post-LN layers as in the original BERT: x = LN(x + attn(x)), x = LN(x + mlp(x)).
+so that sequences of equal length sit next to each other, and each such run is one batched
+attention over a [sequences, heads, length, head_dim] view of the flat tensor, with no mask
+and no padding. For batches of short sentences this does the least work: a call per sequence
+pays per-call overhead hundreds of times, one padded call with a key mask computes the
+padding, and a block-diagonal mask over the whole batch computes every pair of tokens
+(BENCHMARKS.md has the numbers). Post-LN layers as in the original BERT: x = LN(x + attn(x)), x = LN(x + mlp(x)).
 """
 
 from dataclasses import dataclass
@@ -17,6 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 ENCODER_ARCHITECTURES = ("bert", "roberta", "xlm-roberta")
+# Up to this length, attention is q @ kᵀ, softmax, @ v in plain batched matmuls: for short rows the
+# CPU flash kernel's blocking costs more than it saves (1.5x slower here), and the score tensor
+# [sequences, heads, length, length] stays small. Longer sequences take the flash kernel.
+MATMUL_ATTENTION_MAX_LEN = 64
 _ACTIVATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}  # F.gelu's `approximate`
 
 
@@ -113,6 +117,7 @@ class SelfAttention(nn.Module):
         self.num_heads, self.head_dim = config.num_heads, config.head_dim
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.scale = self.head_dim ** -0.5
 
     def forward(self, x: torch.Tensor, groups: list[tuple[int, int, int]]) -> torch.Tensor:
         # x: [T, hidden] -> [T, hidden]
@@ -122,8 +127,12 @@ class SelfAttention(nn.Module):
             rows = slice(start, start + count * length)
             # [count, length, 3, heads, D] -> 3 x [count, heads, length, D], views of qkv
             q, k, v = qkv[rows].view(count, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            o = F.scaled_dot_product_attention(q, k, v)  # [count, heads, length, D]
-            out[rows] = o.transpose(1, 2).reshape(count * length, -1)
+            if length <= MATMUL_ATTENTION_MAX_LEN:  # plain matmuls beat the flash kernel on short rows
+                weights = (q @ k.transpose(-1, -2)).mul_(self.scale).softmax(-1)  # [count, heads, length, length]
+                o = weights @ v
+            else:
+                o = F.scaled_dot_product_attention(q, k, v)  # [count, heads, length, D]
+            out[rows].view(count, length, self.num_heads, self.head_dim).copy_(o.transpose(1, 2))
         return self.o_proj(out)
 
 
@@ -136,12 +145,15 @@ class EncoderLayer(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size)
         self.output_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.approximate = _ACTIVATIONS[config.hidden_act]
+        self.is_activation_fused = False  # up_proj applies the GELU itself (set for inference)
 
     def forward(self, x: torch.Tensor, groups: list[tuple[int, int, int]]) -> torch.Tensor:
         # x: [T, hidden] -> [T, hidden]
         x = self.attention_norm(x + self.attention(x, groups))
-        mlp = self.down_proj(F.gelu(self.up_proj(x), approximate=self.approximate))
-        return self.output_norm(x + mlp)
+        up = self.up_proj(x)  # [T, intermediate]
+        if not self.is_activation_fused:
+            up = F.gelu(up, approximate=self.approximate)
+        return self.output_norm(x + self.down_proj(up))
 
 
 class EncoderModel(nn.Module):

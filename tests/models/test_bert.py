@@ -7,19 +7,21 @@ import json
 import pytest
 import torch
 
-from polyhead.models.bert import length_groups
+from polyhead.models.bert import MATMUL_ATTENTION_MAX_LEN, length_groups
 from polyhead.models.encoder_loader import load_encoder
 from tests.conftest import TINY_ENCODERS, make_tiny_encoder
 
-# lengths in batch order: equal neighbours share one attention call, the lone 1-token one too
-LENGTHS = [9, 9, 9, 5, 17, 1, 5]
+# lengths in batch order: equal neighbours share one attention call, the lone 1-token one too;
+# 70 and 66 take the flash kernel (longer than MATMUL_ATTENTION_MAX_LEN)
+LENGTHS = [9, 9, 9, 5, 70, 17, 1, 5, 66, 66]
 
 
 @pytest.mark.parametrize("arch", list(TINY_ENCODERS))
 @pytest.mark.parametrize("with_token_types", [False, True])
 def test_token_states_match_transformers_on_a_ragged_batch(tmp_path, arch, with_token_types):
-    hf = make_tiny_encoder(tmp_path, arch)
+    hf = make_tiny_encoder(tmp_path, arch, max_position_embeddings=96)
     ours = load_encoder(str(tmp_path), torch.float32)
+    assert max(LENGTHS) > MATMUL_ATTENTION_MAX_LEN >= 17
     assert ours.config.position_offset == (0 if arch == "bert" else 2)
     torch.manual_seed(1)
     seqs = [torch.randint(5, ours.config.vocab_size, (n,)) for n in LENGTHS]  # no pad ids (RoBERTa positions)
