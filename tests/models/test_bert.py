@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from polyhead.models.bert import MATMUL_ATTENTION_MAX_LEN, length_groups
+from polyhead.models.bert import attention_buckets
 from polyhead.models.encoder_loader import load_encoder
 from tests.conftest import TINY_ENCODERS, make_tiny_encoder
 
-# lengths in batch order: equal neighbours share one attention call, the lone 1-token one too;
-# 70 and 66 take the flash kernel (longer than MATMUL_ATTENTION_MAX_LEN)
-LENGTHS = [9, 9, 9, 5, 70, 17, 1, 5, 66, 66]
+# lengths in batch order: buckets [9, 9, 9] (no padding), [5], [70, 66, 66] (padded), [17, 14],
+# [1], [5, 5] — any order is correct, longest first only packs buckets better
+LENGTHS = [9, 9, 9, 5, 70, 66, 66, 17, 14, 1, 5, 5]
 
 
 @pytest.mark.parametrize("arch", list(TINY_ENCODERS))
@@ -21,7 +21,6 @@ LENGTHS = [9, 9, 9, 5, 70, 17, 1, 5, 66, 66]
 def test_token_states_match_transformers_on_a_ragged_batch(tmp_path, arch, with_token_types):
     hf = make_tiny_encoder(tmp_path, arch, max_position_embeddings=96)
     ours = load_encoder(str(tmp_path), torch.float32)
-    assert max(LENGTHS) > MATMUL_ATTENTION_MAX_LEN >= 17
     assert ours.config.position_offset == (0 if arch == "bert" else 2)
     torch.manual_seed(1)
     seqs = [torch.randint(5, ours.config.vocab_size, (n,)) for n in LENGTHS]  # no pad ids (RoBERTa positions)
@@ -44,10 +43,15 @@ def test_bfloat16_stays_close_to_float32(tmp_path):
     assert torch.nn.functional.cosine_similarity(a, b.float(), dim=-1).min() > 0.99
 
 
-def test_length_groups_are_runs_of_equal_neighbours():
-    assert length_groups([3, 3, 2, 3]) == [(0, 2, 3), (6, 1, 2), (8, 1, 3)]
+def test_attention_buckets_pad_only_similar_lengths():
+    buckets = attention_buckets([8, 8, 7, 6, 5, 5, 2])
+    assert [(b.first_row, b.num_rows, b.num_seqs, b.length) for b in buckets] == [
+        (0, 29, 4, 8), (29, 10, 2, 5), (39, 2, 1, 2)]
+    assert buckets[0].slots.tolist() == [*range(8), *range(8, 16), *range(16, 23), *range(24, 30)]
+    assert buckets[0].key_mask[:, 0, 0].sum(1).tolist() == [8, 8, 7, 6]
+    assert buckets[1].slots is None and buckets[1].key_mask is None  # equal lengths: a plain view
     with pytest.raises(ValueError, match="at least 1"):
-        length_groups([3, 0])
+        attention_buckets([3, 0])
 
 
 def test_sentence_transformers_pipeline_is_read(tmp_path):
