@@ -22,8 +22,11 @@ from torch import nn
 
 ENCODER_ARCHITECTURES = ("bert", "roberta", "xlm-roberta")
 # A bucket takes sequences down to this fraction of its longest: attention on a padded sequence
-# then costs at most (1 / 0.75)^2 = 1.8x its own, and only attention sees the padding.
+# then costs at most (1 / 0.75)^2 = 1.8x its own, and only attention sees the padding...
 BUCKET_MIN_FILL = 0.75
+# ...except that sequences up to this long share one bucket whatever their lengths: their
+# attention is < 3% of a token's work in MiniLM even padded, and every extra call costs more.
+SHORT_BUCKET_LEN = 64
 _ACTIVATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}  # F.gelu's `approximate`
 
 
@@ -92,13 +95,14 @@ class AttentionBucket:
 
 def attention_buckets(seq_lens: list[int]) -> list[AttentionBucket]:
     """Cut the batch (sequences in batch order) into buckets of neighbours whose lengths lie
-    within BUCKET_MIN_FILL of the bucket's longest. Longest-first order makes them as full as
-    they can be; any order is correct."""
+    within BUCKET_MIN_FILL of the bucket's longest (all lengths, when that is at most
+    SHORT_BUCKET_LEN). Longest-first order makes them as full as they can be; any order is correct."""
     runs: list[list[int]] = []
     for length in seq_lens:
         if length < 1:
             raise ValueError(f"a sequence in the batch has {length} tokens; each needs at least 1")
-        if runs and BUCKET_MIN_FILL * max(runs[-1]) <= length <= max(runs[-1]):
+        longest = max(runs[-1]) if runs else 0
+        if length <= longest and (longest <= SHORT_BUCKET_LEN or length >= BUCKET_MIN_FILL * longest):
             runs[-1].append(length)
         else:
             runs.append([length])
@@ -148,7 +152,9 @@ class SelfAttention(nn.Module):
 
 def ragged_attention(qkv: torch.Tensor, buckets: list[AttentionBucket], num_heads: int, head_dim: int) -> torch.Tensor:
     """Bidirectional attention of each sequence over itself. qkv: [T, 3 * heads * D] (q|k|v) -> [T, heads * D]."""
-    out = qkv.new_empty(qkv.shape[0], num_heads * head_dim)
+    # Few calls per bucket on purpose: on 2 busy cores each multi-threaded call can wait for its
+    # second thread, so a copy saved is worth more than its bytes.
+    out = qkv.new_empty(qkv.shape[0], num_heads * head_dim) if len(buckets) > 1 else None
     for b in buckets:
         rows = slice(b.first_row, b.first_row + b.num_rows)
         qkv_b = qkv[rows]  # [num_rows, 3 * heads * D]
@@ -157,8 +163,13 @@ def ragged_attention(qkv: torch.Tensor, buckets: list[AttentionBucket], num_head
         # [num_seqs, length, 3, heads, D] -> 3 x [num_seqs, heads, length, D], views
         q, k, v = qkv_b.view(b.num_seqs, b.length, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=b.key_mask)  # [num_seqs, heads, length, D]
-        o = o.transpose(1, 2).reshape(b.num_seqs * b.length, -1)
-        out[rows] = o if b.slots is None else o.index_select(0, b.slots)
+        o = o.transpose(1, 2).reshape(b.num_seqs * b.length, -1)  # a view: the CPU kernel writes [.., length, heads, D]
+        if out is None:  # one bucket: its result is the whole output
+            return o if b.slots is None else o.index_select(0, b.slots)
+        if b.slots is None:
+            out[rows] = o
+        else:
+            torch.index_select(o, 0, b.slots, out=out[rows])
     return out
 
 

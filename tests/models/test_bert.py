@@ -11,9 +11,9 @@ from polyhead.models.bert import attention_buckets
 from polyhead.models.encoder_loader import load_encoder
 from tests.conftest import TINY_ENCODERS, make_tiny_encoder
 
-# lengths in batch order: buckets [9, 9, 9] (no padding), [5], [70, 66, 66] (padded), [17, 14],
-# [1], [5, 5] — any order is correct, longest first only packs buckets better
-LENGTHS = [9, 9, 9, 5, 70, 66, 66, 17, 14, 1, 5, 5]
+# lengths in batch order -> buckets [9, 9, 9, 5] (short: padded), [90, 70] (padded), [66, 66]
+# (no padding), [17, 14, 1, 5, 5]: any order is correct, longest first packs buckets better
+LENGTHS = [9, 9, 9, 5, 90, 70, 66, 66, 17, 14, 1, 5, 5]
 
 
 @pytest.mark.parametrize("arch", list(TINY_ENCODERS))
@@ -44,12 +44,15 @@ def test_bfloat16_stays_close_to_float32(tmp_path):
 
 
 def test_attention_buckets_pad_only_similar_lengths():
-    buckets = attention_buckets([8, 8, 7, 6, 5, 5, 2])
+    buckets = attention_buckets([100, 100, 90, 80, 70, 70, 20, 3, 40])
     assert [(b.first_row, b.num_rows, b.num_seqs, b.length) for b in buckets] == [
-        (0, 29, 4, 8), (29, 10, 2, 5), (39, 2, 1, 2)]
-    assert buckets[0].slots.tolist() == [*range(8), *range(8, 16), *range(16, 23), *range(24, 30)]
-    assert buckets[0].key_mask[:, 0, 0].sum(1).tolist() == [8, 8, 7, 6]
+        (0, 370, 4, 100), (370, 140, 2, 70), (510, 23, 2, 20), (533, 40, 1, 40)]
+    assert buckets[0].slots.tolist() == [*range(290), *range(300, 380)]
+    assert buckets[0].key_mask[:, 0, 0].sum(1).tolist() == [100, 100, 90, 80]
     assert buckets[1].slots is None and buckets[1].key_mask is None  # equal lengths: a plain view
+    assert buckets[2].key_mask[:, 0, 0].sum(1).tolist() == [20, 3]  # short ones share a bucket anyway
+    (short,) = attention_buckets([18, 15, 12, 12, 7, 2])
+    assert short.num_seqs == 6 and short.length == 18
     with pytest.raises(ValueError, match="at least 1"):
         attention_buckets([3, 0])
 
