@@ -6,8 +6,9 @@
     batch = collate([ds[i] for i in idx], pad_token_id, task=task.name)
 
 Rows are read lazily (readers.py) and tokenized once (encode.py); the examples are cached in
-`<cache_dir>/<task>-<split>-<key>.pt`, key = sha256 of (the file's content hash, the tokenizer's
-fingerprint, the task settings that change tokenization, the format version). A second load with
+`<cache_dir>/<task>-<split>-<key>.pt` (flat tensors, example_store.py), key = sha256 of (the file's
+content hash, the tokenizer's fingerprint, the task settings that change tokenization, whether the
+tokenizer's specials wrap texts, the format version). A second load with
 the same key reads the cache (`ds.num_tokenized == 0`); editing the file, the tokenizer or those
 settings changes the key. Writes are atomic (temp file + rename), so DDP ranks that build the same
 cache at once cannot corrupt it.
@@ -28,15 +29,16 @@ from torch.utils.data import Dataset
 
 from polyhead.train.config import TaskConfig, TrainConfig
 from polyhead.train.encode import IGNORE_INDEX, Example, encode_row
+from polyhead.train.example_store import pack_examples, unpack_examples
 from polyhead.train.readers import DataError, content_hash, read_rows
 
 logger = logging.getLogger(__name__)
-CACHE_VERSION = 1  # bump when encode.py's output changes for the same inputs
+CACHE_VERSION = 3  # bump when encode.py's output changes for the same inputs
 _ENCODE_FIELDS = ("kind", "text_column", "label_column", "tokens_column", "tags_column", "prompt_column",
                   "response_column", "positive_column", "labels", "max_length", "chat_template", "prompt_template")
 
 __all__ = ["IGNORE_INDEX", "Batch", "DataError", "Example", "TaskDataset", "collate", "default_cache_dir",
-           "load_datasets"]
+           "load_datasets", "uses_special_tokens"]
 
 
 @dataclass
@@ -91,15 +93,28 @@ def tokenizer_fingerprint(tokenizer) -> str:
     digest = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        state = json.loads(backend.to_str())
-        state.pop("truncation", None)  # set by the last call with truncation=True; not the vocabulary
-        state.pop("padding", None)
-        digest.update(json.dumps(state, sort_keys=True).encode())
+        # truncation / padding are whatever the last call set, not the vocabulary: serialize without them
+        truncation, padding = backend.truncation, backend.padding
+        backend.no_truncation()
+        backend.no_padding()
+        try:
+            digest.update(backend.to_str().encode())
+        finally:
+            if truncation is not None:
+                backend.enable_truncation(**truncation)
+            if padding is not None:
+                backend.enable_padding(**padding)
     else:
         digest.update(repr(sorted(tokenizer.get_vocab().items())).encode())
     digest.update(repr((tokenizer.chat_template, tokenizer.eos_token_id, tokenizer.bos_token_id,
                         tokenizer.all_special_tokens)).encode())
     return digest.hexdigest()
+
+
+def uses_special_tokens(tokenizer) -> bool:
+    """Encoder tokenizers (a [CLS] token) wrap texts in their specials, as the encoder engine does;
+    decoder tokenizers do not, as polyhead's LLM engine does not."""
+    return getattr(tokenizer, "cls_token", None) is not None
 
 
 def default_cache_dir() -> Path:
@@ -133,7 +148,8 @@ class TaskDataset(Dataset):
         if not Path(path).exists():
             raise DataError(f"{path!r}: no such data file (task {task.name!r}, {split} split)")
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        settings = {name: getattr(task, name) for name in _ENCODE_FIELDS}
+        specials = uses_special_tokens(tokenizer)
+        settings = {name: getattr(task, name) for name in _ENCODE_FIELDS} | {"specials": specials}
         key = hashlib.sha256(json.dumps([CACHE_VERSION, split, content_hash(path),
                                          fingerprint or tokenizer_fingerprint(tokenizer), settings],
                                         sort_keys=True).encode()).hexdigest()[:24]
@@ -141,15 +157,15 @@ class TaskDataset(Dataset):
         if cache_file.is_file():
             try:
                 stored = torch.load(cache_file, weights_only=True)
-                return cls(task, split, [Example(**e) for e in stored["examples"]], num_tokenized=0)
+                return cls(task, split, unpack_examples(stored), num_tokenized=0)
             except Exception as err:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
                 logger.warning("rebuilding the damaged data cache %s: %s", cache_file, err)
-        examples = [encode_row(task, tokenizer, row, where) for where, row in read_rows(path, split)]
+        examples = [encode_row(task, tokenizer, row, where, specials) for where, row in read_rows(path, split)]
         if not examples:
             raise DataError(f"{path!r}: no rows (task {task.name!r}, {split} split)")
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
-        torch.save({"examples": [vars(e) for e in examples]}, tmp)
+        torch.save(pack_examples(examples), tmp)
         tmp.replace(cache_file)
         return cls(task, split, examples, num_tokenized=len(examples))
 
