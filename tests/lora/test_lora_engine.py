@@ -257,3 +257,48 @@ def test_bfloat16_adapter_rows_on_the_packed_and_gemv_paths(lora_base, adapters,
                 position = len(prompts[i]) - 1 + step
                 assert abs(logprobs[step] - float(ref[position, token])) < 0.1
                 assert (ref[position] - base[position]).abs().max() > 0.5  # the adapter matters at this tolerance
+
+
+def test_loaded_adapters_waiting_for_a_slot_are_bounded(lora_base, adapters):
+    """With every slot serving a running request, adapters asked for are loaded ahead, but at
+    most max_loras of them are held; each request still finishes with its own adapter."""
+    engine = lora_engine(lora_base, adapters, ["qv", "all", "mlp", "ko"], preload=True, max_loras=1)
+    (prompt,) = prompts_of([7], seed=8)
+    alone = {name: run_alone(engine, prompt, name) for name in ("qv", "all", "mlp", "ko")}
+    long = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True)
+    engine.add_request(prompt, long, req_id="runner", adapter="ko")  # holds the one slot
+    engine.step()
+    for name in ("qv", "all", "mlp"):
+        engine.add_request(prompt, GREEDY, req_id=name, adapter=name)
+    peak = 0
+    results = {}
+    while engine.has_unfinished_requests():
+        results.update({o.req_id: (o.token_ids, [lp.logprob for lp in o.logprobs or []])
+                        for o in engine.step() if o.finished})
+        peak = max(peak, len(engine.lora.loading) + len(engine.lora.resident))
+    assert peak == 2  # one resident, one loaded ahead
+    for name in ("qv", "all", "mlp"):
+        assert_same(results[name], alone[name])
+
+
+def test_a_loaded_adapter_nobody_waits_for_gives_way(lora_base, adapters):
+    engine = lora_engine(lora_base, adapters, ["qv", "all", "ko"], preload=True, max_loras=1)
+    (prompt,) = prompts_of([7], seed=9)
+    expected = run_alone(engine, prompt, "all")
+    while not engine.lora.is_ready("ko"):
+        engine.lora.wait_loaded("ko")
+    engine.add_request(prompt, SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True), req_id="runner",
+                       adapter="ko")  # holds the one slot
+    engine.add_request(prompt, GREEDY, req_id="q", adapter="qv")
+    engine.step()
+    engine.lora.wait_loaded("qv", timeout=30)
+    engine.abort_request("q")  # qv is loaded, waits for a slot, and nobody wants it any more
+    engine.add_request(prompt, GREEDY, req_id="a", adapter="all")
+    for _ in range(3):
+        engine.step()
+    assert "qv" not in engine.lora.loading and "all" in engine.lora.loading
+    results = {}
+    while engine.has_unfinished_requests():
+        results.update({o.req_id: (o.token_ids, [lp.logprob for lp in o.logprobs or []])
+                        for o in engine.step() if o.finished})
+    assert_same(results["a"], expected)
