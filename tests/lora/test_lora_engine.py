@@ -265,7 +265,7 @@ def test_loaded_adapters_waiting_for_a_slot_are_bounded(lora_base, adapters):
     engine = lora_engine(lora_base, adapters, ["qv", "all", "mlp", "ko"], preload=True, max_loras=1)
     (prompt,) = prompts_of([7], seed=8)
     alone = {name: run_alone(engine, prompt, name) for name in ("qv", "all", "mlp", "ko")}
-    long = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True)
+    long = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     engine.add_request(prompt, long, req_id="runner", adapter="ko")  # holds the one slot
     engine.step()
     for name in ("qv", "all", "mlp"):
