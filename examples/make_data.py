@@ -7,8 +7,10 @@ for sentiment (negative / neutral / positive, with negation, hedges and "X, but 
 labelled by the clause after "but"), news lines for topic (world, sports, business, science,
 entertainment, health; some vocabulary crosses topics, and a quarter of the lines put a short
 topic story in a frame all topics share), and news sentences with PER / ORG / LOC /
-MISC entities in BIO tags (some names are both a person and a place). Every text is unique and the
-splits share no text.
+MISC entities in BIO tags (some names are both a person and a place); paraphrase pairs for embed
+(two phrasings of one news line with the same names and numbers); and extraction instructions for
+generate ("List the people mentioned in this sentence: ..." -> "Ada Lovelace, John Smith" or "None.").
+Every text is unique and the splits share no text.
 """
 
 import csv
@@ -21,21 +23,26 @@ sys.path.insert(0, str(Path(__file__).parent))
 import vocab as V
 
 OUT = Path(__file__).parent / "data"
-SIZES = {"sentiment": (720, 120, 120), "topic": (720, 120, 120), "ner": (480, 80, 80)}  # train, val, test
+SIZES = {"sentiment": (720, 120, 120), "topic": (720, 120, 120), "ner": (480, 80, 80),  # train, val, test
+         "paraphrase": (400, 60, 60), "extract": (360, 60, 60)}
 
 
-def fill(rng: random.Random, template: str, slots: dict[str, list[str]]) -> str:
+def fill(rng: random.Random, template: str, slots: dict[str, list[str]], chosen: dict | None = None) -> str:
     """Replace each {slot} with a random choice; a slot used twice ({aspect} {aspect2}) draws a different
-    value each time while it can. Filled values may hold slots themselves ({fact} -> "... on {day}.")."""
+    value each time while it can. Filled values may hold slots themselves ({fact} -> "... on {day}.").
+    `chosen` (slot -> value) is reused and extended, so two templates can share their values."""
     out, used = template, {}
+    chosen = {} if chosen is None else chosen
     while "{" in out:
         start = out.index("{")
         end = out.index("}", start)
-        base = out[start + 1: end].rstrip("0123456789")
-        fresh = [v for v in slots[base] if v not in used.get(base, ())] or slots[base]
-        value = rng.choice(fresh)
-        used.setdefault(base, set()).add(value)
-        out = out[:start] + value + out[end + 1:]
+        name = out[start + 1: end]
+        base = name.rstrip("0123456789")
+        if name not in chosen:
+            fresh = [v for v in slots[base] if v not in used.get(base, ())] or slots[base]
+            chosen[name] = rng.choice(fresh)
+        used.setdefault(base, set()).add(chosen[name])
+        out = out[:start] + chosen[name] + out[end + 1:]
     return out
 
 
@@ -110,6 +117,39 @@ def ner_example(rng: random.Random, label: None) -> dict:
     return {"tokens": tokens, "tags": tags}
 
 
+def paraphrase_example(rng: random.Random, label: None) -> dict:
+    first, second = rng.choice(V.PARAPHRASES)
+    if rng.random() < 0.5:
+        first, second = second, first
+    chosen = {}
+    text = sentence_case(fill(rng, first, V.TOPIC_WORDS, chosen))
+    return {"text": text, "positive": sentence_case(fill(rng, second, V.TOPIC_WORDS, chosen))}
+
+
+def detokenize(tokens: list[str]) -> str:
+    text = " ".join(tokens)
+    for mark in (" ,", " .", " '"):
+        text = text.replace(mark, mark.strip())
+    return text.replace(" - ", "-")
+
+
+def extract_example(rng: random.Random, label: str) -> dict:
+    """An instruction to list one entity type of a NER sentence; the response lists them in order."""
+    row = ner_example(rng, None)
+    names, current = [], None
+    for token, tag in zip(row["tokens"], row["tags"]):
+        if tag == f"B-{label}":
+            current = [token]
+            names.append(current)
+        elif tag == f"I-{label}" and current is not None:
+            current.append(token)
+        else:
+            current = None
+    found = list(dict.fromkeys(" ".join(n) for n in names))
+    prompt = rng.choice(V.EXTRACT_PROMPTS[label]).replace("{text}", detokenize(row["tokens"]))
+    return {"prompt": prompt, "response": ", ".join(found) if found else "None."}
+
+
 def generate(make, labels: list, total: int, rng: random.Random, key) -> list[dict]:
     """`total` unique rows, labels in turn (balanced classes), shuffled."""
     seen, rows = set(), []
@@ -140,7 +180,9 @@ def main(out: Path = OUT):
     rng = random.Random(20261125)
     makers = {"sentiment": (sentiment_example, SENTIMENT_LABELS, lambda r: r["text"].lower()),
               "topic": (topic_example, list(V.TOPIC_TEMPLATES), lambda r: r["text"].lower()),
-              "ner": (ner_example, [None], lambda r: " ".join(r["tokens"]).lower())}
+              "ner": (ner_example, [None], lambda r: " ".join(r["tokens"]).lower()),
+              "paraphrase": (paraphrase_example, [None], lambda r: r["text"].lower()),
+              "extract": (extract_example, list(V.EXTRACT_PROMPTS), lambda r: r["prompt"].lower())}
     for name, (make, labels, key) in makers.items():
         sizes = SIZES[name]
         rows = generate(make, labels, sum(sizes), rng, key)
@@ -153,9 +195,12 @@ def main(out: Path = OUT):
             write_jsonl(folder / f"{split}.jsonl", part)
             if name == "sentiment":
                 write_csv(folder / f"{split}.csv", part)
-            labels = [r.get("label") for r in part] if name != "ner" else [t for r in part for t in r["tags"]]
-            counts = {label: labels.count(label) for label in sorted(set(labels))}
-            print(f"{name}/{split}: {len(part)} rows {counts}")
+            if name in ("sentiment", "topic", "ner"):
+                labels = [r.get("label") for r in part] if name != "ner" else [t for r in part for t in r["tags"]]
+                counts = {label: labels.count(label) for label in sorted(set(labels))}
+                print(f"{name}/{split}: {len(part)} rows {counts}")
+            else:
+                print(f"{name}/{split}: {len(part)} rows")
 
 
 if __name__ == "__main__":

@@ -319,3 +319,44 @@ NER_TEMPLATES = [
     "{PER} said the {LANG} edition of the book sold well in {LOC} .",
     "{TEAM} confirmed that {PER} will leave the club in {month} .",
 ]
+
+# ---- paraphrase pairs (embed) ------------------------------------------------------------------------
+# Each pair says the same thing twice; both sides are filled with the same slot values.
+
+PARAPHRASES = [
+    ("{company} agreed to buy {company2} for {money}.", "{company2} will be taken over by {company} in a {money} deal."),
+    ("{team} beat {team2} {score} on {day}.", "On {day}, {team2} lost {score} to {team}."),
+    ("{leader} of {country} arrived in {city} for talks on {issue}.",
+     "Talks on {issue} brought the leader of {country} to {city}."),
+    ("Shares of {company} fell {pct} percent after {badbiz}.",
+     "{company} stock dropped {pct} percent following {badbiz}."),
+    ("Researchers at {university} have discovered {discovery}.", "{discovery} was found by a team at {university}."),
+    ("A new study links {habit} to a higher risk of {condition}.",
+     "According to new research, {habit} makes {condition} more likely."),
+    ("{actor} will star in {title}.", "{title} will feature {actor} in the lead role."),
+    ("The band {band} announced a world tour starting in {city}.",
+     "{band} will begin their world tour with a show in {city}."),
+    ("Rescue teams in {country} are searching for survivors after {disaster}.",
+     "After {disaster}, rescuers in {country} are looking for people who survived."),
+    ("{athlete} set a new national record in the {race}.", "In the {race}, {athlete} broke the national record."),
+    ("{company} will cut {number} jobs as demand slows.",
+     "Slowing demand means {number} people will lose their jobs at {company}."),
+    ("Doctors recommend {advice} to lower the risk of {condition}.",
+     "To reduce the chance of {condition}, doctors advise {advice}."),
+    ("A spacecraft launched on {day} is headed for {astro}.", "The probe that lifted off on {day} is on its way to {astro}."),
+    ("Health officials in {country} reported a rise in {disease} cases.",
+     "{disease} cases are increasing in {country}, officials say."),
+    ("{title} topped the box office for a third straight weekend.",
+     "For the third weekend running, {title} was the most watched film in cinemas."),
+    ("The coach of {team} said {athlete} will miss the next match with a knee injury.",
+     "A knee injury will keep {athlete} out of the next {team} game, the coach said."),
+]
+
+# ---- extraction (generate) -----------------------------------------------------------------------------
+
+EXTRACT_PROMPTS = {  # entity type -> how the instruction names it
+    "PER": ["List the people mentioned in this sentence: {text}", "Who is named in the following sentence? {text}"],
+    "ORG": ["List the organisations mentioned in this sentence: {text}",
+            "Which companies or organisations appear here? {text}"],
+    "LOC": ["List the places mentioned in this sentence: {text}", "Which locations does this sentence name? {text}"],
+}

@@ -18,6 +18,15 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                        help="tokens per step at most; longer prompts are prefilled in chunks (default: 512)")
     group.add_argument("--no-prefix-caching", action="store_true", help="turn off automatic prefix caching")
     group.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    group.add_argument("--policy", default="fcfs", choices=["fcfs", "priority", "fair"],
+                       help="who runs next: arrival order, request priority, or fair share across tenants "
+                       "and tasks (VTC); see docs/scheduling.md (default: fcfs)")
+    group.add_argument("--tenant-weight", action="append", default=[], metavar="NAME=W",
+                       help="fair policy: tenant NAME gets W shares (default 1); repeatable")
+    group.add_argument("--task-weight", action="append", default=[], metavar="NAME=W",
+                       help="fair policy: task NAME gets W shares within its tenant (default 1); repeatable")
+    group.add_argument("--pooling-token-budget", type=int, default=64,
+                       help="tokens per step kept for waiting classify/tag/embed requests; 0 disables (default: 64)")
 
 
 def engine_config(args):
@@ -26,7 +35,24 @@ def engine_config(args):
     return EngineConfig(model=args.model, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory,
                         max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                         max_num_batched_tokens=args.max_num_batched_tokens,
-                        enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads)
+                        enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
+                        policy=args.policy, tenant_weights=parse_weights(args.tenant_weight, "--tenant-weight"),
+                        task_weights=parse_weights(args.task_weight, "--task-weight"),
+                        pooling_token_budget=args.pooling_token_budget)
+
+
+def parse_weights(items: list[str], flag: str) -> dict[str, float]:
+    """["alice=2", "bob=0.5"] -> {"alice": 2.0, "bob": 0.5}; a malformed item is a ValueError naming the flag."""
+    weights = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"{flag} takes NAME=WEIGHT (e.g. {flag} alice=2), got {item!r}")
+    return weights
 
 
 def run(args) -> int:

@@ -9,6 +9,7 @@ step takes waiting requests in scheduling order while they fit `max_num_batched_
 """
 
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, replace
 
@@ -18,6 +19,7 @@ from polyhead.config import EngineConfig
 from polyhead.engine.encoder_runner import EncoderRunner
 from polyhead.engine.outputs import RequestOutput, StepStats
 from polyhead.engine.params import PoolingParams
+from polyhead.engine.policy import make_policy
 from polyhead.engine.pooler import resolve_pooling_params
 from polyhead.engine.request import Request, RequestStatus
 from polyhead.models.encoder_loader import LoadedEncoder, load_encoder
@@ -58,6 +60,8 @@ class EncoderEngine:
         self.runner = EncoderRunner(loaded.model)
         self.heads: dict[str, ClassifyHead | TagHead | EmbedPooler] = {}
         self.waiting: deque[Request] = deque()
+        self.policy = make_policy(config.policy, config.tenant_weights, config.task_weights)
+        self.clock = time.monotonic  # deadlines are on it (a simulated clock in tests)
         self._states: dict[str, EncoderRequestState] = {}
         self._pending: list[RequestOutput] = []  # outputs of requests ended between steps
         self._next_id = 0
@@ -152,6 +156,7 @@ class EncoderEngine:
             raise ValueError(f"req_id {req_id!r} is already in use")
         self._states[req_id] = state
         self.waiting.append(state.request)
+        self.policy.on_enqueue(state.request)
         return req_id
 
     def abort_request(self, req_id: str) -> bool:
@@ -163,6 +168,9 @@ class EncoderEngine:
 
     # --- steps ------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        now = self.clock()
+        for request in [r for r in self.waiting if r.deadline is not None and r.deadline <= now]:
+            self._end(request.req_id, RequestStatus.FINISHED_TIMEOUT)
         outputs, self._pending = self._pending, []
         batch = self._take_batch()
         self.last_step_num_tokens = sum(r.num_prompt_tokens for r in batch)
@@ -188,20 +196,17 @@ class EncoderEngine:
             outputs.append(self._make_output(state))
         return outputs
 
-    def schedule_order(self) -> list[Request]:
-        """Waiting requests in the order they are offered to a step: arrival order (the one place a
-        scheduling policy plugs in)."""
-        return list(self.waiting)
-
     def _take_batch(self) -> list[Request]:
-        """Requests in scheduling order while they fit both budgets; the first that does not fit
-        ends the batch, so a later, shorter one never overtakes it."""
+        """Requests in the policy's order (engine/policy.py) while they fit both budgets; the first
+        that does not fit ends the batch, so a later, shorter one never overtakes it."""
         batch, budget = [], self.config.max_num_batched_tokens
-        for request in self.schedule_order():
+        for request in self.policy.waiting_order(self.waiting):
             if len(batch) == self.config.max_num_seqs or request.num_prompt_tokens > budget:
                 break
             batch.append(request)
             budget -= request.num_prompt_tokens
+            self.policy.on_dequeue(request, scheduled=True)
+            self.policy.on_scheduled(request, request.num_prompt_tokens)
         taken = set(map(id, batch))
         self.waiting = deque(r for r in self.waiting if id(r) not in taken)
         for request in batch:
@@ -214,6 +219,7 @@ class EncoderEngine:
             return False
         if state.request.status == RequestStatus.WAITING:
             self.waiting.remove(state.request)
+            self.policy.on_dequeue(state.request, scheduled=False)
         state.request.status = status
         state.error = error
         self._pending.append(self._make_output(state))

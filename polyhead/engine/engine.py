@@ -10,6 +10,7 @@ from polyhead.engine.detokenizer import IncrementalDetokenizer
 from polyhead.engine.kv_cache import KVCacheManager
 from polyhead.engine.outputs import RequestOutput, StepStats
 from polyhead.engine.params import PoolingParams, SamplingParams
+from polyhead.engine.policy import make_policy
 from polyhead.engine.pooler import Pooled, resolve_pooling_params
 from polyhead.engine.request import Request, RequestStatus
 from polyhead.engine.runner import ModelRunner
@@ -59,7 +60,9 @@ class LLMEngine:
 
         self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens,
-                                   self.max_model_len)
+                                   self.max_model_len, make_policy(config.policy, config.tenant_weights,
+                                                                   config.task_weights),
+                                   config.pooling_token_budget)
         self.runner = ModelRunner(self.model, num_blocks, config.block_size, dtype)
         self.lora = LoRAManager(self.model, self.model_config, dtype, config.max_loras, config.max_lora_rank)
         self.lora.in_use = lambda: {r.adapter for r in self.scheduler.running if r.adapter is not None}
@@ -178,10 +181,12 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         if self.lora.failed:
             self._fail_unloadable_adapters()
-        outputs = self._take_pending()
         if self._parked:
             self._start_parked()
         sched = self.scheduler.schedule()
+        for request in sched.timed_out:  # finished by the scheduler: only their final outputs are due
+            self._end(request.req_id, RequestStatus.FINISHED_TIMEOUT)
+        outputs = self._take_pending()
         self.last_step_num_tokens = sched.num_batched_tokens
         for request in sched.preempted:  # a preempted pooling request restarts from scratch
             self.runner.pooler.release(request.req_id)

