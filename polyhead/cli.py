@@ -18,6 +18,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                        help="tokens per step at most; longer prompts are prefilled in chunks (default: 512)")
     group.add_argument("--no-prefix-caching", action="store_true", help="turn off automatic prefix caching")
     group.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    group.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=FOLDER",
+                       help="PEFT LoRA adapters requests may name, e.g. --lora-modules sql=./sql-lora")
+    group.add_argument("--max-loras", type=int, default=4,
+                       help="adapters resident at once; the least recently used idle one is evicted (default: 4)")
+    group.add_argument("--max-lora-rank", type=int, default=64, help="largest adapter rank accepted (default: 64)")
     group.add_argument("--policy", default="fcfs", choices=["fcfs", "priority", "fair"],
                        help="who runs next: arrival order, request priority, or fair share across tenants "
                        "and tasks (VTC); see docs/scheduling.md (default: fcfs)")
@@ -36,6 +41,8 @@ def engine_config(args):
                         max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                         max_num_batched_tokens=args.max_num_batched_tokens,
                         enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
+                        max_loras=args.max_loras, max_lora_rank=args.max_lora_rank,
+                        adapters=parse_lora_modules(args.lora_modules),
                         policy=args.policy, tenant_weights=parse_weights(args.tenant_weight, "--tenant-weight"),
                         task_weights=parse_weights(args.task_weight, "--task-weight"),
                         pooling_token_budget=args.pooling_token_budget)
@@ -55,6 +62,16 @@ def parse_weights(items: list[str], flag: str) -> dict[str, float]:
     return weights
 
 
+def parse_lora_modules(items: list[str]) -> dict[str, str]:
+    adapters = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"--lora-modules takes NAME=FOLDER, got {item!r}")
+        adapters[name] = folder
+    return adapters
+
+
 def run(args) -> int:
     """Answer one prompt, streaming the reply to the terminal."""
     from polyhead.engine.params import SamplingParams
@@ -67,7 +84,7 @@ def run(args) -> int:
     if not args.raw:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
         prompt = llm.apply_chat_template(messages + [{"role": "user", "content": args.prompt}])
-    for out in llm.stream(prompt, params):
+    for out in llm.stream(prompt, params, adapter=args.adapter):
         sys.stdout.write(out.new_text)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -78,19 +95,52 @@ def serve(args) -> int:
     """Serve the OpenAI-compatible HTTP API until interrupted (SIGTERM drains, then stops)."""
     import os
 
-    from polyhead.engine.async_engine import AsyncEngine
     from polyhead.models.registry import DEFAULT_MODEL
     from polyhead.server.app import ServerSettings
     from polyhead.server.run import serve as run_server
 
-    engine = AsyncEngine.from_config(engine_config(args))
     settings = ServerSettings(
         model_names=[args.served_model_name or args.model or DEFAULT_MODEL],
         api_key=args.api_key or os.environ.get("POLYHEAD_API_KEY"), default_max_tokens=args.default_max_tokens,
         max_queued_requests=args.max_queued_requests, max_queued_tokens=args.max_queued_tokens,
-        request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes)
-    run_server(engine, settings, args.host, args.port, args.shutdown_grace)
+        request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes,
+        max_inputs_per_request=args.max_inputs_per_request)
+    registry = build_task_registry(args, settings.model_names[0])
+    run_server(registry.backbones[registry.default_backbone].engine, settings, args.host, args.port,
+               args.shutdown_grace, registry)
     return 0
+
+
+def build_task_registry(args, default_name: str):
+    """One engine per backbone the manifest names (the default model's alone without --tasks)."""
+    from dataclasses import replace
+
+    from polyhead.config import parse_size
+    from polyhead.engine.async_engine import AsyncEngine
+    from polyhead.server.registry import TaskRegistry
+    from polyhead.tasks.default import resolve_manifest
+    from polyhead.tasks.manifest import load_manifest
+
+    base = engine_config(args)
+    kv_budgets = {}
+    for item in args.backbone_kv_cache_memory or []:
+        name, sep, size = item.rpartition("=")
+        if not sep or not name:
+            raise ValueError(f"--backbone-kv-cache-memory takes NAME=SIZE (e.g. all-MiniLM-L6-v2=64MiB), got {item!r}")
+        kv_budgets[name] = parse_size(size, f"--backbone-kv-cache-memory {name}")
+
+    def make_engine(model: str | None):
+        name = default_name if model is None else model
+        if model is None:
+            return AsyncEngine.from_config(replace(base, kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory)))
+        # another backbone: its own context length (an encoder's is its max_seq_length)
+        config = replace(base, model=model, max_model_len=None,
+                         kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory))
+        return AsyncEngine.from_config(config)
+
+    if not args.tasks:
+        return TaskRegistry.single(make_engine(None), default_name)
+    return TaskRegistry.from_specs(load_manifest(resolve_manifest(args.tasks)), make_engine, default_name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,16 +158,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    p.add_argument("--adapter", default=None, help="answer with this LoRA adapter (one of --lora-modules)")
     add_engine_args(p)
     p.set_defaults(func=run)
 
     p = commands.add_parser("serve", help="serve the OpenAI-compatible HTTP API",
-                            description="Serve /v1/completions, /v1/chat/completions, /v1/models and /health.")
+                            description="Serve /v1/completions, /v1/chat/completions, /v1/models and /health; "
+                            "with --tasks also /v1/classify, /v1/tag, /v1/embeddings and /v1/tasks.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--api-key", default=None, help="require this bearer key on /v1 (or set POLYHEAD_API_KEY)")
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the model's)")
     p.add_argument("--default-max-tokens", type=int, default=256, help="when a request sets none (default: 256)")
+    p.add_argument("--tasks", default=None, metavar="MANIFEST",
+                   help="serve the tasks of a tasks.yaml manifest, or `default` for the shipped set (chat, "
+                   "summarize, translate, sentiment, topic, embed); each backbone gets its own engine")
+    p.add_argument("--backbone-kv-cache-memory", action="append", metavar="NAME=SIZE",
+                   help="KV cache for one backbone of the manifest (repeatable; others get --kv-cache-memory)")
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-queued-requests", type=int, default=256,
                         help="requests waiting for their first token before new ones get 429 (default: 256)")
@@ -127,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds a request may take before it is aborted with 408 (default: 600)")
     limits.add_argument("--max-request-bytes", type=int, default=1 << 20,
                         help="request bodies larger than this get 413 (default: 1048576)")
+    limits.add_argument("--max-inputs-per-request", type=int, default=64,
+                        help="inputs in one classify/tag/embeddings request before 413 (default: 64)")
     limits.add_argument("--shutdown-grace", type=float, default=30.0,
                         help="seconds in-flight requests may finish after SIGTERM (default: 30)")
     add_engine_args(p)

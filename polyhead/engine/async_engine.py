@@ -109,11 +109,13 @@ class AsyncEngine:
         Bad input raises ValueError here, before anything is queued."""
         return self.stream(self.prepare(prompt, params, req_id))
 
-    def prepare(self, prompt: str | list[int], params: SamplingParams, req_id: str | None = None) -> TrackedRequest:
-        """Tokenize and validate (ValueError names the limit); nothing is queued yet."""
+    def prepare(self, prompt: str | list[int], params: SamplingParams, req_id: str | None = None,
+                **routing) -> TrackedRequest:
+        """Tokenize and validate (ValueError names the limit); nothing is queued yet.
+        `routing`: task, adapter, priority, tenant, deadline (see Request)."""
         if not self.is_running:
             raise EngineDeadError(self.dead_reason or "the engine loop is not running")
-        return self.engine.new_request(prompt, params, req_id or uuid.uuid4().hex)
+        return self.engine.new_request(prompt, params, req_id or uuid.uuid4().hex, **routing)
 
     def stream(self, tracked: TrackedRequest) -> AsyncIterator[RequestOutput]:
         """Queue a prepared request; leaving the iteration early (client gone, timeout,

@@ -17,11 +17,12 @@ Common interface (`build_weighting(config, tasks=None)` picks one):
   L_i / sigma_i^2 + log sigma_i would be exp(-s_i) L_i + s_i / 2, whose optimum is s_i = log 2L_i).
   For a fixed loss L_i the optimum is s_i = log L_i, i.e. weight exp(-s_i) = 1 / L_i. weights()
   reports exp(-s_i). The s_i are an nn.Parameter: the trainer adds `trainable_parameters()` to its
-  optimizer (without weight decay).
+  optimizer (without weight decay). Under DDP, combine takes their gradient at the ranks' mean
+  losses (one all-reduce of K numbers in the forward), so every rank steps them identically.
 - dwa: w_i(t) = K exp(r_i(t-1) / T) / sum_j exp(r_j(t-1) / T), r_i(t-1) = L_i(t-1) / L_i(t-2), where
   L_i(t) is task i's mean training loss over epoch t; w_i = 1 for the first two epochs (as the paper).
-  `combine` accumulates each task's losses; `end_epoch()` closes the epoch with those means (or
-  with the means passed in).
+  `combine` accumulates each task's losses; `end_epoch()` closes the epoch with those means,
+  averaged over DDP ranks (or with the means passed in).
 - gradnorm: learnable w_i (init 1) with their own Adam (lr = gradnorm_lr), not the trainer's
   optimizer. `update` computes G_i = w_i ||grad_W L_i|| on the shared parameters W (the last shared
   layer), the relative inverse training rates r_i = (L_i / L_i(0)) / mean_j(L_j / L_j(0)), and steps
@@ -71,10 +72,16 @@ class UncertaintyWeighting(nn.Module):
         self.log_vars = nn.Parameter(torch.zeros(len(tasks)))  # [K] s_i = log sigma_i^2
 
     def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """sum exp(-s_i) L_i + s_i. Under DDP the s_i are outside the wrapped model, so their gradient
+        1 - exp(-s_i) L_i is taken at the ranks' mean loss: every rank steps them identically."""
         total = 0.0
-        for t, loss in _checked(losses, self.tasks):
+        checked = _checked(losses, self.tasks)
+        means = _rank_mean(torch.stack([loss.detach().float() for _, loss in checked]))  # [n]
+        for (t, loss), mean in zip(checked, means):
             s = self.log_vars[self.tasks.index(t)]
-            total = total + torch.exp(-s) * loss + s
+            precision = torch.exp(-s)
+            # value: exp(-s) L + s; gradient: exp(-s) dL for the model, 1 - exp(-s) mean(L) for s
+            total = total + precision.detach() * loss + s + (precision - precision.detach()) * mean
         return total
 
     def weights(self) -> dict[str, float]:
@@ -123,7 +130,9 @@ class DWAWeighting:
             missing = [t for t in self.tasks if self.counts[t] == 0]
             if missing:
                 raise ValueError(f"DWA end_epoch: tasks {missing} had no loss this epoch")
-            mean_losses = {t: self.sums[t] / self.counts[t] for t in self.tasks}
+            stats = _rank_mean(torch.tensor([[self.sums[t] for t in self.tasks],
+                                             [float(self.counts[t]) for t in self.tasks]], dtype=torch.float64))
+            mean_losses = {t: float(stats[0, i] / stats[1, i]) for i, t in enumerate(self.tasks)}  # over ranks
         elif set(mean_losses) != set(self.tasks):
             raise ValueError(f"DWA end_epoch needs a mean loss for every task {self.tasks}, got {sorted(mean_losses)}")
         self.history = (self.history + [{t: float(mean_losses[t]) for t in self.tasks}])[-2:]
@@ -177,11 +186,9 @@ class GradNormWeighting(nn.Module):
         norms = []
         for t in self.tasks:
             grads = torch.autograd.grad(losses[t], shared, retain_graph=True, allow_unused=True)
-            norms.append(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
-        stats = torch.stack([torch.stack(norms), torch.stack([losses[t].detach().float() for t in self.tasks])])
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(stats)
-            stats /= dist.get_world_size()
+            squares = [(g.float() ** 2).sum() for g in grads if g is not None]
+            norms.append(torch.stack(squares).sum().sqrt() if squares else torch.zeros(()))
+        stats = _rank_mean(torch.stack([torch.stack(norms), torch.stack([losses[t].detach().float() for t in self.tasks])]))
         grad_norms, loss_values = stats[0].detach(), stats[1]  # [K], [K]
         first = self.initial_losses == 0
         self.initial_losses[first] = loss_values[first]
@@ -205,6 +212,15 @@ class GradNormWeighting(nn.Module):
         state = dict(state)
         self.optimizer.load_state_dict(state.pop("optimizer"))
         return super().load_state_dict(state, strict=strict)
+
+
+def _rank_mean(values: torch.Tensor) -> torch.Tensor:
+    """The mean over DDP ranks (every rank must call this at the same point); itself without DDP."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    values = values.detach().clone()
+    dist.all_reduce(values)
+    return values / dist.get_world_size()
 
 
 def _checked(losses: dict[str, torch.Tensor], tasks) -> list[tuple[str, torch.Tensor]]:
