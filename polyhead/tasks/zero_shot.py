@@ -60,7 +60,8 @@ def build_plan(spec: TaskSpec, tokenizer, text: str, use_chat_template: bool = T
     prefix = _with_chat_template(tokenizer, instruction) if use_chat_template else instruction + "\n"
     prefix += ANSWER_PREFIX
     prompt_ids = _encode(tokenizer, prefix)
-    continuations = [_continuation(tokenizer, prefix, prompt_ids, " " + spec.verbalizer(label).strip())
+    sep = "" if prefix[-1].isspace() else " "  # a word after "Answer:" starts with a space, after "\n" not
+    continuations = [_continuation(tokenizer, prefix, prompt_ids, sep + spec.verbalizer(label).strip())
                      for label in spec.labels]
     return ZeroShotPlan(spec.name, list(spec.labels), prompt_ids, continuations)
 
