@@ -27,7 +27,7 @@ def test_plan_shares_one_prompt_and_keeps_the_verbalizers_leading_space():
     assert first[: len(plan.prompt_token_ids)] == second[: len(plan.prompt_token_ids)] == plan.prompt_token_ids
     assert (p1.kind, p1.num_scored_tokens, p2.num_scored_tokens) == ("score", 4, 6)
     plain = zero_shot.build_plan(spec, tok, "fine food", use_chat_template=False)
-    assert tok.decode(plain.prompt_token_ids) == "Review: fine food\nAnswer:"
+    assert tok.decode(plain.prompt_token_ids) == "Review: fine food\n" + zero_shot.ANSWER_PREFIX
 
 
 def test_probabilities_are_a_softmax_over_mean_token_log_probs():
