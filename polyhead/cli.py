@@ -18,6 +18,15 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                        help="tokens per step at most; longer prompts are prefilled in chunks (default: 512)")
     group.add_argument("--no-prefix-caching", action="store_true", help="turn off automatic prefix caching")
     group.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    group.add_argument("--policy", default="fcfs", choices=["fcfs", "priority", "fair"],
+                       help="who runs next: arrival order, request priority, or fair share across tenants "
+                       "and tasks (VTC); see docs/scheduling.md (default: fcfs)")
+    group.add_argument("--tenant-weight", action="append", default=[], metavar="NAME=W",
+                       help="fair policy: tenant NAME gets W shares (default 1); repeatable")
+    group.add_argument("--task-weight", action="append", default=[], metavar="NAME=W",
+                       help="fair policy: task NAME gets W shares within its tenant (default 1); repeatable")
+    group.add_argument("--pooling-token-budget", type=int, default=64,
+                       help="tokens per step kept for waiting classify/tag/embed requests; 0 disables (default: 64)")
 
 
 def engine_config(args):
@@ -26,7 +35,24 @@ def engine_config(args):
     return EngineConfig(model=args.model, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory,
                         max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                         max_num_batched_tokens=args.max_num_batched_tokens,
-                        enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads)
+                        enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
+                        policy=args.policy, tenant_weights=parse_weights(args.tenant_weight, "--tenant-weight"),
+                        task_weights=parse_weights(args.task_weight, "--task-weight"),
+                        pooling_token_budget=args.pooling_token_budget)
+
+
+def parse_weights(items: list[str], flag: str) -> dict[str, float]:
+    """["alice=2", "bob=0.5"] -> {"alice": 2.0, "bob": 0.5}; a malformed item is a ValueError naming the flag."""
+    weights = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"{flag} takes NAME=WEIGHT (e.g. {flag} alice=2), got {item!r}")
+    return weights
 
 
 def run(args) -> int:
@@ -52,19 +78,52 @@ def serve(args) -> int:
     """Serve the OpenAI-compatible HTTP API until interrupted (SIGTERM drains, then stops)."""
     import os
 
-    from polyhead.engine.async_engine import AsyncEngine
     from polyhead.models.registry import DEFAULT_MODEL
     from polyhead.server.app import ServerSettings
     from polyhead.server.run import serve as run_server
 
-    engine = AsyncEngine.from_config(engine_config(args))
     settings = ServerSettings(
         model_names=[args.served_model_name or args.model or DEFAULT_MODEL],
         api_key=args.api_key or os.environ.get("POLYHEAD_API_KEY"), default_max_tokens=args.default_max_tokens,
         max_queued_requests=args.max_queued_requests, max_queued_tokens=args.max_queued_tokens,
-        request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes)
-    run_server(engine, settings, args.host, args.port, args.shutdown_grace)
+        request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes,
+        max_inputs_per_request=args.max_inputs_per_request)
+    registry = build_task_registry(args, settings.model_names[0])
+    run_server(registry.backbones[registry.default_backbone].engine, settings, args.host, args.port,
+               args.shutdown_grace, registry)
     return 0
+
+
+def build_task_registry(args, default_name: str):
+    """One engine per backbone the manifest names (the default model's alone without --tasks)."""
+    from dataclasses import replace
+
+    from polyhead.config import parse_size
+    from polyhead.engine.async_engine import AsyncEngine
+    from polyhead.server.registry import TaskRegistry
+    from polyhead.tasks.default import resolve_manifest
+    from polyhead.tasks.manifest import load_manifest
+
+    base = engine_config(args)
+    kv_budgets = {}
+    for item in args.backbone_kv_cache_memory or []:
+        name, sep, size = item.rpartition("=")
+        if not sep or not name:
+            raise ValueError(f"--backbone-kv-cache-memory takes NAME=SIZE (e.g. all-MiniLM-L6-v2=64MiB), got {item!r}")
+        kv_budgets[name] = parse_size(size, f"--backbone-kv-cache-memory {name}")
+
+    def make_engine(model: str | None):
+        name = default_name if model is None else model
+        if model is None:
+            return AsyncEngine.from_config(replace(base, kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory)))
+        # another backbone: its own context length (an encoder's is its max_seq_length)
+        config = replace(base, model=model, max_model_len=None,
+                         kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory))
+        return AsyncEngine.from_config(config)
+
+    if not args.tasks:
+        return TaskRegistry.single(make_engine(None), default_name)
+    return TaskRegistry.from_specs(load_manifest(resolve_manifest(args.tasks)), make_engine, default_name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,12 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=run)
 
     p = commands.add_parser("serve", help="serve the OpenAI-compatible HTTP API",
-                            description="Serve /v1/completions, /v1/chat/completions, /v1/models and /health.")
+                            description="Serve /v1/completions, /v1/chat/completions, /v1/models and /health; "
+                            "with --tasks also /v1/classify, /v1/tag, /v1/embeddings and /v1/tasks.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--api-key", default=None, help="require this bearer key on /v1 (or set POLYHEAD_API_KEY)")
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the model's)")
     p.add_argument("--default-max-tokens", type=int, default=256, help="when a request sets none (default: 256)")
+    p.add_argument("--tasks", default=None, metavar="MANIFEST",
+                   help="serve the tasks of a tasks.yaml manifest, or `default` for the shipped set (chat, "
+                   "summarize, translate, sentiment, topic, embed); each backbone gets its own engine")
+    p.add_argument("--backbone-kv-cache-memory", action="append", metavar="NAME=SIZE",
+                   help="KV cache for one backbone of the manifest (repeatable; others get --kv-cache-memory)")
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-queued-requests", type=int, default=256,
                         help="requests waiting for their first token before new ones get 429 (default: 256)")
@@ -101,10 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds a request may take before it is aborted with 408 (default: 600)")
     limits.add_argument("--max-request-bytes", type=int, default=1 << 20,
                         help="request bodies larger than this get 413 (default: 1048576)")
+    limits.add_argument("--max-inputs-per-request", type=int, default=64,
+                        help="inputs in one classify/tag/embeddings request before 413 (default: 64)")
     limits.add_argument("--shutdown-grace", type=float, default=30.0,
                         help="seconds in-flight requests may finish after SIGTERM (default: 30)")
     add_engine_args(p)
     p.set_defaults(func=serve)
+
+    from polyhead.train.entry import add_parsers as add_train_parsers
+
+    add_train_parsers(commands)
 
     from polyhead.bench.offline import add_offline_parser
     from polyhead.bench.serve import add_serve_parser

@@ -1,11 +1,13 @@
 """Engine settings. The dataclass validates itself; each error names the field and its limit."""
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
 import torch
+
+from polyhead.engine.policy import POLICIES
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2,
@@ -24,16 +26,30 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     num_threads: int | None = None  # torch intra-op threads; None: leave torch's default
     seed: int = 0  # for requests without their own seed
+    policy: str = "fcfs"  # fcfs | priority | fair: the waiting queue's order and who is preempted
+    tenant_weights: dict[str, float] = field(default_factory=dict)  # fair: tenant -> share (absent: 1)
+    task_weights: dict[str, float] = field(default_factory=dict)  # fair: task -> share within a tenant
+    pooling_token_budget: int = 64  # tokens of each step kept for waiting pooling requests; 0: none
+    max_loras: int = 4  # LoRA adapters resident at once (least recently used evicted); more may be registered
+    max_lora_rank: int = 64  # largest LoRA rank r an adapter may have
 
     def __post_init__(self):
         if self.dtype not in ("auto", *_DTYPES):
             raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {self.dtype!r}")
         self.kv_cache_memory = parse_size(self.kv_cache_memory, "kv_cache_memory")
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_loras", "max_lora_rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        for name in ("tenant_weights", "task_weights"):
+            for key, weight in getattr(self, name).items():
+                if not isinstance(weight, int | float) or not weight > 0:
+                    raise ValueError(f"{name}[{key!r}] must be a number > 0, got {weight!r}")
+        if self.pooling_token_budget < 0:
+            raise ValueError(f"pooling_token_budget must be >= 0 (0 disables it), got {self.pooling_token_budget}")
 
     @property
     def torch_dtype(self) -> torch.dtype:

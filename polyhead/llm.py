@@ -1,13 +1,16 @@
 """The offline entry point: `LLM().generate(prompts, params)` runs a batch to completion;
 `classify`, `tag`, `embed` and `encode` run pooling requests (prefill-only, one result each)
-through the same engine, batched with whatever else it runs."""
+through the same engine, batched with whatever else it runs; `LLM(model="all-MiniLM-L6-v2")
+.embed(texts)` gives sentence embeddings from an encoder."""
 
 from collections.abc import Iterator, Sequence
 
 from tqdm import tqdm
 
 from polyhead.config import EngineConfig
+from polyhead.engine.encoder_engine import EncoderEngine
 from polyhead.engine.engine import LLMEngine
+from polyhead.engine.factory import build_engine
 from polyhead.engine.outputs import RequestOutput
 from polyhead.engine.params import PoolingParams, SamplingParams
 from polyhead.models.heads import EmbedPooler, load_head
@@ -20,19 +23,20 @@ Messages = list[dict[str, str]]
 
 class LLM:
     def __init__(self, model: str | None = None, dtype: str = "auto", **engine_options):
-        self._use(LLMEngine(EngineConfig(model=model, dtype=dtype, **engine_options)))
+        """A decoder model gets the LLMEngine, a BERT-family encoder the EncoderEngine (embed only)."""
+        self._use(build_engine(EngineConfig(model=model, dtype=dtype, **engine_options)))
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "LLM":
-        return cls.from_engine(LLMEngine(config))
+        return cls.from_engine(build_engine(config))
 
     @classmethod
-    def from_engine(cls, engine: LLMEngine) -> "LLM":
+    def from_engine(cls, engine: LLMEngine | EncoderEngine) -> "LLM":
         llm = cls.__new__(cls)
         llm._use(engine)
         return llm
 
-    def _use(self, engine: LLMEngine) -> None:
+    def _use(self, engine: LLMEngine | EncoderEngine) -> None:
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.tasks: dict[str, TaskSpec] = {}  # registered by register_task
@@ -56,8 +60,7 @@ class LLM:
     def encode(self, prompts: Prompt | Sequence[Prompt], params: PoolingParams, task: str = "",
                use_tqdm: bool = False) -> list[RequestOutput]:
         """Run pooling requests (classify / tag / embed / score); each output's `pooled` holds the result."""
-        prompts = [prompts] if _is_single_prompt(prompts) else list(prompts)
-        return self._run([(p, params, {"task": task}) for p in prompts], use_tqdm)
+        return self._run_prompts(prompts, params, use_tqdm, "encoding", task=task)
 
     def classify(self, texts: str | Sequence[str], task: str | Sequence[str]) -> list[dict]:
         """label -> probability for each text, by the task's head or, without one, by zero-shot label
@@ -97,15 +100,6 @@ class LLM:
             tagged.append(rows)
         return tagged
 
-    def embed(self, texts: str | Sequence[str], task: str | None = None, normalize: bool | None = None,
-              pooling: str | None = None) -> list[list[float]]:
-        """One vector per text: the task's EmbedPooler, or without a task the backbone's pooled state."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        if task is not None:
-            self._task(task, "embed")
-        params = PoolingParams("embed", task=task, normalize=normalize, pooling=pooling)
-        return [out.pooled for out in _check_pooled(self._run([(t, params, {"task": task or ""}) for t in texts]))]
-
     def _task(self, name: str, kind: str) -> TaskSpec:
         spec = self.tasks.get(name)
         if spec is None:
@@ -119,13 +113,22 @@ class LLM:
                  params: SamplingParams | Sequence[SamplingParams] | None = None,
                  use_tqdm: bool = False) -> list[RequestOutput]:
         """Generate for every prompt (text or token ids); outputs come back in prompt order."""
+        return self._run_prompts(prompts, params, use_tqdm, "generating")
+
+    def embed(self, prompts: Prompt | Sequence[Prompt], params: PoolingParams | None = None,
+              use_tqdm: bool = False, task: str = "") -> list[RequestOutput]:
+        """One embedding per prompt in `RequestOutput.pooled`, in prompt order. On an encoder the
+        default is the model's own sentence embedding (all-MiniLM-L6-v2: mean-pooled, normalized)."""
+        return self._run_prompts(prompts, params or PoolingParams(kind="embed"), use_tqdm, "embedding", task=task)
+
+    def _run_prompts(self, prompts, params, use_tqdm: bool, desc: str, **routing) -> list[RequestOutput]:
         prompts = [prompts] if _is_single_prompt(prompts) else list(prompts)
         params_list = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
         if len(params_list) != len(prompts):
             raise ValueError(f"params has {len(params_list)} entries for {len(prompts)} prompts")
-        return self._run([(prompt, p, {}) for prompt, p in zip(prompts, params_list)], use_tqdm)
+        return self._run([(prompt, p, routing) for prompt, p in zip(prompts, params_list)], use_tqdm, desc)
 
-    def _run(self, items: list[tuple], use_tqdm: bool = False) -> list[RequestOutput]:
+    def _run(self, items: list[tuple], use_tqdm: bool = False, desc: str = "running") -> list[RequestOutput]:
         """items: (prompt, params, routing); routing's `after_index` names an earlier item whose
         prompt this one shares. Runs them all to completion; outputs in item order."""
         req_ids: list[str] = []
@@ -133,7 +136,8 @@ class LLM:
             for prompt, p, routing in items:
                 routing = dict(routing)
                 after = routing.pop("after_index", None)
-                routing["after"] = None if after is None else req_ids[after]
+                if after is not None and isinstance(self.engine, LLMEngine):  # the encoder has no prefix cache
+                    routing["after"] = req_ids[after]
                 req_ids.append(self.engine.add_request(prompt, p, **routing))
         except ValueError:
             for req_id in req_ids:
@@ -141,7 +145,7 @@ class LLM:
             self.engine.step()  # collect the aborted outputs so they do not leak into a later call
             raise
         wanted, finished = set(req_ids), {}  # type: set[str], dict[str, RequestOutput]
-        with tqdm(total=len(req_ids), desc="running", unit="req", disable=not use_tqdm) as bar:
+        with tqdm(total=len(req_ids), desc=desc, unit="req", disable=not use_tqdm) as bar:
             while len(finished) < len(req_ids):
                 for out in self.engine.step():
                     if out.finished and out.req_id in wanted:

@@ -175,3 +175,45 @@ def make_tiny_encoder(folder, arch: str = "bert", seed: int = 0, sentence: dict 
         (folder / "sentence_bert_config.json").write_text(json.dumps(
             {"max_seq_length": sentence.get("max_seq_length", 32), "do_lower_case": False}))
     return model
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory):
+    """A tiny random BERT as a sentence-transformers folder: mean pooling, normalized, 24 tokens at most."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    return folder, make_tiny_encoder(folder, sentence={"normalize": True, "max_seq_length": 24})
+
+
+def make_encoder_engine(folder, **options):
+    from polyhead.engine.encoder_engine import EncoderEngine
+
+    options.setdefault("dtype", "float32")
+    return EncoderEngine(EngineConfig(model=str(folder), **options))
+
+
+MINILM_SENTENCES = [
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog.",
+    "A man is eating food.",
+    "Héllo wörld, naïve café — ça va? 😀👍🏽",
+    "中文字符和日本語のテキスト、한국어도 있습니다。",
+    "Ωμέγα and αλφα are Greek letters; Привет, мир!",
+    "   leading and trailing spaces   ",
+    "x",
+    "1234567890 + 0.5 = ?? !!! ### @user https://example.com/path?q=1",
+    "Transformers " * 60,  # ~120 word pieces
+    " ".join(f"token{i}" for i in range(120)),  # far over 256 word pieces: truncated like sentence-transformers
+    "The cat sat on the mat. The dog sat on the log. " * 8,
+]
+
+
+@pytest.fixture(scope="session")
+def minilm_reference():
+    """sentence-transformers' own embeddings of MINILM_SENTENCES (float32, offline, from the package's folder)."""
+    from sentence_transformers import SentenceTransformer
+
+    from polyhead.models.registry import resolve_model_path
+
+    folder = resolve_model_path("all-MiniLM-L6-v2")
+    model = SentenceTransformer(str(folder), device="cpu")
+    return folder, model.encode(MINILM_SENTENCES, convert_to_tensor=True, batch_size=4)

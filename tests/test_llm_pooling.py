@@ -60,7 +60,7 @@ def test_tag_embed_and_encode(llm, tiny_llama):
     labels = ["O", "B-X", "I-X", "B-Y", "I-Y"]
     assert [t for t, _, _ in tagged] == list(text)  # the tiny tokenizer has one token per byte
     assert [label for _, label, _ in tagged] == [labels[max(range(5), key=p.__getitem__)] for p in probs]
-    (vector,) = llm.embed(text, "emb")
+    (vector,) = [out.pooled for out in llm.embed(text, task="emb")]
     raw = reference(hf, HEADS, ids(llm, text), "embed", pooling="mean", normalize=True)
     assert_pooled_close(vector, raw)
     (out,) = llm.encode(ids(llm, text), PoolingParams("score", num_scored_tokens=3))

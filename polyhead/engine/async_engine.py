@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from polyhead.config import EngineConfig
 from polyhead.engine.engine import LLMEngine, TrackedRequest
+from polyhead.engine.factory import build_engine
 from polyhead.engine.outputs import RequestOutput
 from polyhead.engine.params import PoolingParams, SamplingParams
 
@@ -64,7 +65,7 @@ class AsyncEngine:
 
         def build_then_run():
             try:
-                made["engine"] = engine = cls(LLMEngine(config))
+                made["engine"] = engine = cls(build_engine(config))  # an LLMEngine or an EncoderEngine
             except BaseException as err:  # noqa: BLE001 - re-raised on the caller's thread
                 made["error"] = err
                 ready.set()
@@ -111,7 +112,8 @@ class AsyncEngine:
 
     def prepare(self, prompt: str | list[int], params: SamplingParams | PoolingParams, req_id: str | None = None,
                 **routing) -> TrackedRequest:
-        """Tokenize and validate (ValueError names the limit); nothing is queued yet."""
+        """Tokenize and validate (ValueError names the limit); nothing is queued yet.
+        `routing`: task, adapter, priority, tenant, deadline (see Request), after (see LLMEngine)."""
         if not self.is_running:
             raise EngineDeadError(self.dead_reason or "the engine loop is not running")
         return self.engine.new_request(prompt, params, req_id or uuid.uuid4().hex, **routing)

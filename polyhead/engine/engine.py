@@ -10,11 +10,13 @@ from polyhead.engine.detokenizer import IncrementalDetokenizer
 from polyhead.engine.kv_cache import KVCacheManager
 from polyhead.engine.outputs import RequestOutput, StepStats
 from polyhead.engine.params import PoolingParams, SamplingParams
+from polyhead.engine.policy import make_policy
 from polyhead.engine.pooler import Pooled, resolve_pooling_params
 from polyhead.engine.request import Request, RequestStatus
 from polyhead.engine.runner import ModelRunner
 from polyhead.engine.sampler import TokenLogprobs, make_generator
 from polyhead.engine.scheduler import Scheduler
+from polyhead.lora.manager import LoRAManager
 from polyhead.models.loader import LoadedModel, load_model
 
 logger = logging.getLogger(__name__)
@@ -58,8 +60,14 @@ class LLMEngine:
 
         self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens,
-                                   self.max_model_len)
+                                   self.max_model_len, make_policy(config.policy, config.tenant_weights,
+                                                                   config.task_weights),
+                                   config.pooling_token_budget)
         self.runner = ModelRunner(self.model, num_blocks, config.block_size, dtype)
+        self.lora = LoRAManager(self.model, self.model_config, dtype, config.max_loras, config.max_lora_rank)
+        self.lora.in_use = lambda: {r.adapter for r in self.scheduler.running if r.adapter is not None}
+        self.scheduler.is_adapter_ready = self.lora.is_ready
+        self.runner.lora = self.lora
         self._states: dict[str, TrackedRequest] = {}
         self._pending: list[RequestOutput] = []  # outputs of requests ended between steps
         self._parked: dict[str, list[TrackedRequest]] = {}  # leader req_id -> requests waiting for its prompt
@@ -86,6 +94,11 @@ class LLMEngine:
             req_id, self._next_id = f"req-{self._next_id}", self._next_id + 1
         return self.admit(self.new_request(prompt, params, req_id, **routing))
 
+    def register_adapter(self, name: str, folder: str) -> None:
+        """Make a PEFT LoRA adapter folder usable as `add_request(..., adapter=name)`. Its config
+        and shapes are checked now (ValueError); its weights load in the background on first use."""
+        self.lora.register(name, folder)
+
     def new_request(self, prompt: str | list[int], params: SamplingParams | PoolingParams | None, req_id: str, *,
                     task: str = "", adapter: str | None = None, priority: int = 0, tenant: str = "",
                     deadline: float | None = None, after: str | None = None) -> TrackedRequest:
@@ -96,6 +109,7 @@ class LLMEngine:
         if isinstance(params, PoolingParams) and params.truncate and params.kind != "score":
             token_ids = token_ids[: self.max_model_len - 1]  # keep the start, as sentence-transformers does
         self.validate_prompt(token_ids)
+        self.lora.check_known(adapter)
         routing = {"task": task, "adapter": adapter, "priority": priority, "tenant": tenant, "deadline": deadline}
         if isinstance(params, PoolingParams):
             params = resolve_pooling_params(params, task, self.heads, len(token_ids))
@@ -165,10 +179,14 @@ class LLMEngine:
         return bool(self._states)
 
     def step(self) -> list[RequestOutput]:
-        outputs = self._take_pending()
+        if self.lora.failed:
+            self._fail_unloadable_adapters()
         if self._parked:
             self._start_parked()
         sched = self.scheduler.schedule()
+        for request in sched.timed_out:  # finished by the scheduler: only their final outputs are due
+            self._end(request.req_id, RequestStatus.FINISHED_TIMEOUT)
+        outputs = self._take_pending()
         self.last_step_num_tokens = sched.num_batched_tokens
         for request in sched.preempted:  # a preempted pooling request restarts from scratch
             self.runner.pooler.release(request.req_id)
@@ -202,6 +220,11 @@ class LLMEngine:
                 self.scheduler.finish(req_id, RequestStatus.FINISHED_STOPPED)
             outputs.append(self._make_output(state))
         return outputs
+
+    def _fail_unloadable_adapters(self) -> None:
+        for request in [r for r in self.scheduler.waiting if r.adapter in self.lora.failed]:
+            self._end(request.req_id, RequestStatus.FINISHED_ERROR,
+                      f"adapter {request.adapter!r} failed to load: {self.lora.failed[request.adapter]}")
 
     def _end(self, req_id: str, status: RequestStatus, error: str | None = None) -> bool:
         state = self._states.get(req_id)

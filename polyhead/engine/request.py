@@ -19,6 +19,7 @@ class RequestStatus(enum.IntEnum):
     FINISHED_LENGTH = 4  # max_tokens or the context limit
     FINISHED_ABORTED = 5  # the caller cancelled it
     FINISHED_ERROR = 6  # a step failed while it was in the batch
+    FINISHED_TIMEOUT = 7  # its deadline passed before it finished (waiting or running)
 
     @property
     def is_finished(self) -> bool:
@@ -30,7 +31,8 @@ class RequestStatus(enum.IntEnum):
 
 
 _FINISH_REASONS = {RequestStatus.FINISHED_STOPPED: "stop", RequestStatus.FINISHED_LENGTH: "length",
-                   RequestStatus.FINISHED_ABORTED: "abort", RequestStatus.FINISHED_ERROR: "error"}
+                   RequestStatus.FINISHED_ABORTED: "abort", RequestStatus.FINISHED_ERROR: "error",
+                   RequestStatus.FINISHED_TIMEOUT: "timeout"}
 
 
 @dataclass(eq=False)

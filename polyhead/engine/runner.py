@@ -1,6 +1,7 @@
 """Turns a SchedulerOutput into tensors, runs the backbone once, samples the rows that need it and
 hands pooling rows' hidden states to their heads (engine/pooler.py)."""
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -10,6 +11,7 @@ from polyhead.engine.request import Request
 from polyhead.engine.sampler import Sampler, SamplingRow, TokenLogprobs
 from polyhead.engine.scheduler import SchedulerOutput
 from polyhead.kernels import decode_attention_kernel
+from polyhead.lora.manager import LoRAManager
 from polyhead.models.attention import AttentionMetadata, PrefillChunk, build_decode_bias, build_prefill_mask
 from polyhead.models.inference import prepare_for_inference
 from polyhead.models.llama import LlamaForCausalLM
@@ -47,6 +49,7 @@ class ModelRunner:
         self.native_decode = decode_attention_kernel(dtype)
         self.sampler = Sampler()
         self.pooler = Pooler(config.hidden_size)
+        self.lora: LoRAManager | None = None  # set by the engine; None: base weights only
 
     @staticmethod
     def cache_bytes_per_block(model: LlamaForCausalLM, block_size: int, dtype: torch.dtype) -> int:
@@ -56,7 +59,9 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
         batch = self.prepare(sched)
-        hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta)
+        adapters = self.lora.applied([(n, r.adapter) for r, n in sched.scheduled]) if self.lora else nullcontext()
+        with adapters:  # per-row LoRA, grouped by adapter (rows are laid out in scheduled order)
+            hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta)
         if batch.pooling_rows:
             return self._execute_with_pooling(hidden, batch)
         if not batch.sample_rows:

@@ -44,7 +44,7 @@ def is_encoder_folder(folder: Path) -> bool:
     """Whether a model folder holds a BERT-family encoder (by config.json's model_type)."""
     from polyhead.models.bert import ENCODER_ARCHITECTURES
 
-    config = folder / "config.json"
+    config = folder / _transformer_module_path(folder) / "config.json"
     return config.is_file() and json.loads(config.read_text()).get("model_type") in ENCODER_ARCHITECTURES
 
 

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible HTTP app around one AsyncEngine."""
+"""The OpenAI-compatible HTTP app around one engine per backbone (one backbone without a manifest)."""
 
 import hmac
 from contextlib import asynccontextmanager
@@ -9,10 +9,16 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from polyhead.engine.async_engine import AsyncEngine
+from polyhead.server.classify import router as classify_router
 from polyhead.server.completions import router as completions_router
+from polyhead.server.embeddings import router as embeddings_router
 from polyhead.server.errors import APIError, error_response, install_error_handlers
 from polyhead.server.metrics import Metrics
 from polyhead.server.protocol import ModelCard, ModelList
+from polyhead.server.registry import TaskRegistry
+from polyhead.server.tag import router as tag_router
+from polyhead.server.tasks import TaskRouting
+from polyhead.server.tasks import router as tasks_router
 
 HEALTH_STALE_AFTER_S = 60.0  # the loop checks in at least every 0.5 s when idle; a step longer than this is stuck
 
@@ -26,27 +32,38 @@ class ServerSettings:
     max_queued_tokens: int = 262_144  # their prompt tokens; beyond: 429
     request_timeout_s: float = 600.0  # deadline per request (a request's `timeout` may only lower it)
     max_request_bytes: int = 1 << 20  # request bodies beyond this: 413
+    max_inputs_per_request: int = 64  # inputs in one classify/tag/embeddings request; beyond: 413
     public_paths: set[str] = field(default_factory=lambda: {"/health", "/metrics"})
 
 
-class ServerState:
-    """What the endpoints share: the engine and the settings, plus the checks they all make."""
+class ServerState(TaskRouting):
+    """What the endpoints share: the backbones' engines, the tasks and the settings, plus the checks
+    they all make (task routing lives in TaskRouting, polyhead/server/tasks.py)."""
 
-    def __init__(self, engine: AsyncEngine, settings: ServerSettings):
-        self.engine = engine
+    def __init__(self, registry: TaskRegistry, settings: ServerSettings):
+        self.registry = registry
         self.settings = settings
+        default = registry.backbones[registry.default_backbone]
+        self.engine = default.engine  # the default backbone's: plain completions and chat run here
         self.default_max_tokens = settings.default_max_tokens
-        self.tokenizer = engine.engine.tokenizer
-        self.metrics = Metrics(engine)
+        self.tokenizer = default.tokenizer
+        self.metrics = Metrics(registry)
         self.draining = False  # set on shutdown: new requests get 503 while in-flight ones finish
 
     def admit(self, num_requests: int, num_prompt_tokens: int) -> None:
+        """n requests of num_prompt_tokens each; 429 when the queue is full."""
+        self.admit_total(num_requests, num_requests * num_prompt_tokens)
+
+    def admit_total(self, num_requests: int, num_prompt_tokens: int) -> None:
+        """Queue limits span every backbone: one server, one queue budget."""
         limits = self.settings
-        if self.engine.num_queued + num_requests > limits.max_queued_requests:
-            self._reject("queue_full", f"{self.engine.num_queued} requests are waiting "
+        num_queued = sum(engine.num_queued for engine in self.registry.engines)
+        num_queued_tokens = sum(engine.num_queued_tokens for engine in self.registry.engines)
+        if num_queued + num_requests > limits.max_queued_requests:
+            self._reject("queue_full", f"{num_queued} requests are waiting "
                          f"(max_queued_requests {limits.max_queued_requests}); retry shortly")
-        if self.engine.num_queued_tokens + num_requests * num_prompt_tokens > limits.max_queued_tokens:
-            self._reject("queue_tokens_full", f"{self.engine.num_queued_tokens} prompt tokens are waiting "
+        if num_queued_tokens + num_prompt_tokens > limits.max_queued_tokens:
+            self._reject("queue_tokens_full", f"{num_queued_tokens} prompt tokens are waiting "
                          f"(max_queued_tokens {limits.max_queued_tokens}); retry shortly")
 
     def _reject(self, reason: str, message: str) -> None:
@@ -57,28 +74,22 @@ class ServerState:
         limit = self.settings.request_timeout_s
         return limit if requested is None else min(requested, limit)
 
-    def check_model(self, name: str) -> None:
-        if name not in self.settings.model_names:
-            raise APIError(404, f"model {name!r} does not exist; available: {', '.join(self.settings.model_names)}",
-                           "model", "model_not_found")
 
-    def apply_chat_template(self, messages: list[dict]) -> list[int]:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError("this model has no chat template; use /v1/completions")
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+def build_app(engine: AsyncEngine, settings: ServerSettings, registry: TaskRegistry | None = None) -> FastAPI:
+    """`engine` serves `settings.model_names`; `registry` adds the tasks and any other backbones
+    (built by TaskRegistry.from_specs with `engine` as the default backbone's)."""
+    registry = registry or TaskRegistry.single(engine, settings.model_names[0])
 
-
-def build_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        if not engine.is_running:
-            engine.start()
+        for backbone_engine in registry.engines:
+            if not backbone_engine.is_running:
+                backbone_engine.start()
         yield
-        engine.stop()
+        registry.stop()
 
     app = FastAPI(title="polyhead", lifespan=lifespan)
-    app.state.server = ServerState(engine, settings)
+    app.state.server = ServerState(registry, settings)
     install_error_handlers(app)
 
     @app.middleware("http")
@@ -106,11 +117,12 @@ def build_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        age = engine.seconds_since_last_step()
-        if not engine.is_running or age > HEALTH_STALE_AFTER_S:
-            reason = engine.dead_reason or f"the engine loop has not checked in for {age:.0f} s"
-            return JSONResponse({"status": "unhealthy", "reason": reason}, status_code=503)
-        return {"status": "ok", "requests_in_flight": engine.num_in_flight}
+        for name, backbone in registry.backbones.items():
+            loop, age = backbone.engine, backbone.engine.seconds_since_last_step()
+            if not loop.is_running or age > HEALTH_STALE_AFTER_S:
+                reason = loop.dead_reason or f"the engine loop has not checked in for {age:.0f} s"
+                return JSONResponse({"status": "unhealthy", "backbone": name, "reason": reason}, status_code=503)
+        return {"status": "ok", "requests_in_flight": sum(e.num_in_flight for e in registry.engines)}
 
     @app.get("/metrics")
     async def metrics():
@@ -118,7 +130,8 @@ def build_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
 
     @app.get("/v1/models")
     async def list_models():
-        return ModelList(data=[ModelCard(id=name) for name in settings.model_names]).model_dump()
+        return ModelList(data=[ModelCard(id=name) for name in app.state.server.model_ids()]).model_dump()
 
-    app.include_router(completions_router)
+    for router in (completions_router, classify_router, tag_router, embeddings_router, tasks_router):
+        app.include_router(router)
     return app

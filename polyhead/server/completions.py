@@ -1,6 +1,8 @@
 """POST /v1/completions and /v1/chat/completions.
 
-A request with n choices becomes n engine requests with the same prompt: the first one's
+`model` is a generative backbone or a generate task: a task's prompt template wraps the prompt
+(chat: the last user message), its adapter applies to its rows and its `sampling` defaults fill
+the fields the request leaves unset. A request with n choices becomes n engine requests with the same prompt: the first one's
 prefill fills the prefix cache and the others reuse those blocks. Streaming interleaves the
 choices' chunks as they come; usage closes every response.
 """
@@ -24,46 +26,76 @@ router = APIRouter()
 @router.post("/v1/completions")
 async def create_completion(body: CompletionRequest, request: Request):
     state = request.app.state.server
-    state.check_model(body.model)
-    params = [_params(state, body, body.logprobs, i) for i in range(body.n)]
-    return await _respond(state, body, body.prompt, params, "text_completion", new_id("cmpl"))
+    served = state.resolve_generate(body.model)
+    prompt = body.prompt
+    if served.task is not None and isinstance(prompt, str):
+        prompt = served.task.spec.render(prompt)
+    params = [_params(state, served, body, body.logprobs, i) for i in range(body.n)]
+    return await _respond(state, served, request, body, prompt, params, "text_completion", new_id("cmpl"))
 
 
 @router.post("/v1/chat/completions")
 async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     state = request.app.state.server
-    state.check_model(body.model)
+    served = state.resolve_generate(body.model)
     if body.max_completion_tokens is not None:
         body.max_tokens = body.max_completion_tokens
+    messages = [m.model_dump() for m in body.messages]
+    if served.task is not None:
+        messages = _apply_task_template(served.task.spec, messages)
     try:
-        prompt = state.apply_chat_template([m.model_dump() for m in body.messages])
+        prompt = apply_chat_template(served.backbone.tokenizer, messages)
     except ValueError as err:
         raise APIError(400, str(err), "messages") from err
-    params = [_params(state, body, body.chat_logprobs(), i) for i in range(body.n)]
-    return await _respond(state, body, prompt, params, "chat.completion", new_id("chatcmpl"))
+    params = [_params(state, served, body, body.chat_logprobs(), i) for i in range(body.n)]
+    return await _respond(state, served, request, body, prompt, params, "chat.completion", new_id("chatcmpl"))
 
 
-def _params(state, body, logprobs: int | None, index: int) -> SamplingParams:
+def apply_chat_template(tokenizer, messages: list[dict]) -> list[int]:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("this model has no chat template; use /v1/completions")
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def _apply_task_template(spec, messages: list[dict]) -> list[dict]:
+    """The task's template wraps the last user message; earlier turns stay as they were."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last is None:
+        raise APIError(400, f"task {spec.name!r} needs a user message to apply its template to", "messages")
+    messages = [dict(m) for m in messages]
+    messages[last]["content"] = spec.render(messages[last]["content"])
+    return messages
+
+
+def _params(state, served, body, logprobs: int | None, index: int) -> SamplingParams:
+    if served.task is not None and served.task.spec.sampling:  # the task's defaults, where the body is silent
+        body = body.model_copy(update={k: v for k, v in served.task.spec.sampling.items()
+                                       if k not in body.model_fields_set})
     try:
         return body.sampling_params(state.default_max_tokens, logprobs, index)
     except ValueError as err:
         raise APIError(400, str(err), str(err).split(" ", 1)[0]) from err
 
 
-async def _respond(state, body, prompt, params: list[SamplingParams], kind: str, response_id: str):
+async def _respond(state, served, request, body, prompt, params: list[SamplingParams], kind: str, response_id: str):
     param = "prompt" if kind == "text_completion" else "messages"
+    engine = served.engine
+    task = served.task_name or ("chat" if kind == "chat.completion" else "completion")
+    routing = {**state.routing(request, body), "task": served.task_name,
+               "adapter": served.task.adapter if served.task else None}
     try:
-        tracked = [state.engine.prepare(prompt, p, f"{response_id}-{i}") for i, p in enumerate(params)]
+        tracked = [engine.prepare(prompt, p, f"{response_id}-{i}", **routing) for i, p in enumerate(params)]
     except ValueError as err:
         raise APIError(400, str(err), param) from err
     try:
-        state.engine.engine.check_fits(tracked[0].request.num_prompt_tokens, params[0].max_tokens)
+        engine.engine.check_fits(tracked[0].request.num_prompt_tokens, params[0].max_tokens)
     except ValueError as err:
         raise APIError(400, str(err), param, "context_length_exceeded") from err
     state.admit(len(tracked), tracked[0].request.num_prompt_tokens)  # 429 when the queue is full
     timeout = state.timeout_for(body.timeout)
-    streams = _share_prefill(state.engine, tracked)
-    clock = _Clock(kind, state.metrics)
+    streams = _share_prefill(engine, tracked)
+    clock = _Clock(task, state.metrics)
     if body.stream:
         return StreamingResponse(_sse(streams, body, kind, response_id, timeout, clock),
                                  media_type="text/event-stream")
@@ -111,8 +143,8 @@ def _share_prefill(engine, tracked: list) -> list:
 class _Clock:
     """Times one HTTP request for the metrics: first token, end, status."""
 
-    def __init__(self, kind: str, metrics):
-        self.kind, self.metrics = kind, metrics
+    def __init__(self, task: str, metrics):
+        self.task, self.metrics = task, metrics
         self.start, self.first_token_at = time.monotonic(), None
 
     def saw(self, output: RequestOutput) -> None:
@@ -123,8 +155,7 @@ class _Clock:
         if self.metrics is not None:
             now = time.monotonic()
             ttft = None if self.first_token_at is None else self.first_token_at - self.start
-            self.metrics.record("chat" if self.kind == "chat.completion" else "completion", status, ttft,
-                                now - self.start, num_tokens)
+            self.metrics.record(self.task, status, ttft, now - self.start, num_tokens)
 
 
 async def _sse(streams, body, kind: str, response_id: str, timeout: float, clock: _Clock) -> AsyncIterator[str]:

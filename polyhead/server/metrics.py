@@ -1,58 +1,102 @@
-"""Prometheus metrics, one registry per app (so several apps in one process do not collide)."""
+"""Prometheus metrics, one registry per app (so several apps in one process do not collide).
+
+Request counts and latencies carry the task (`chat`/`completion` for the bare model); engine
+figures carry the backbone, since each backbone has its own engine loop and KV cache. Per step:
+tokens, rows by kind (generate | classify | tag | embed | score), and whether the step mixed
+generate and pooling rows in one forward pass.
+"""
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from polyhead.engine.async_engine import AsyncEngine
-
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
 _TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Metrics:
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, tasks):
+        """tasks: the TaskRegistry, whose backbones' engines are watched."""
         self.registry = registry = CollectorRegistry()
         self.requests = Counter("polyhead_requests", "Finished requests", ["task", "status"], registry=registry)
         self.rejected = Counter("polyhead_rejected", "Requests turned away", ["reason"], registry=registry)
-        self.generated_tokens = Counter("polyhead_generated_tokens", "Output tokens", registry=registry)
-        self.ttft = Histogram("polyhead_time_to_first_token_seconds", "Time to first token",
+        self.generated_tokens = Counter("polyhead_generated_tokens", "Output tokens", ["task"], registry=registry)
+        self.ttft = Histogram("polyhead_time_to_first_token_seconds", "Time to first token", ["task"],
                               buckets=_LATENCY_BUCKETS, registry=registry)
         self.tpot = Histogram("polyhead_time_per_output_token_seconds", "Time per output token after the first",
-                              buckets=_LATENCY_BUCKETS, registry=registry)
-        self.e2e = Histogram("polyhead_e2e_latency_seconds", "Request latency", buckets=_LATENCY_BUCKETS,
+                              ["task"], buckets=_LATENCY_BUCKETS, registry=registry)
+        self.e2e = Histogram("polyhead_e2e_latency_seconds", "Request latency", ["task"], buckets=_LATENCY_BUCKETS,
                              registry=registry)
-        self.batch_tokens = Histogram("polyhead_batch_tokens", "Tokens computed per engine step",
+        self.batch_tokens = Histogram("polyhead_batch_tokens", "Tokens computed per engine step", ["backbone"],
                                       buckets=_TOKEN_BUCKETS, registry=registry)
-        registry.register(_EngineCollector(engine))
-        engine.on_step = self.batch_tokens.observe
+        self.batch_rows = Histogram("polyhead_batch_rows", "Rows of one kind in an engine step (steps that had any)",
+                                    ["kind"], buckets=_ROW_BUCKETS, registry=registry)
+        self.mixed_steps = Counter("polyhead_mixed_steps", "Engine steps that carried generate and pooling rows "
+                                   "together", ["backbone"], registry=registry)
+        registry.register(_EngineCollector(tasks))
+        for name, backbone in tasks.backbones.items():
+            backbone.engine.on_step = self._step_observer(name, backbone.engine)
 
     def record(self, task: str, status: str, ttft: float | None, e2e: float, num_tokens: int) -> None:
         self.requests.labels(task=task, status=status).inc()
-        self.e2e.observe(e2e)
-        self.generated_tokens.inc(num_tokens)
+        self.e2e.labels(task=task).observe(e2e)
+        if num_tokens:
+            self.generated_tokens.labels(task=task).inc(num_tokens)
         if ttft is not None:
-            self.ttft.observe(ttft)
+            self.ttft.labels(task=task).observe(ttft)
             if num_tokens > 1:
-                self.tpot.observe((e2e - ttft) / (num_tokens - 1))
+                self.tpot.labels(task=task).observe((e2e - ttft) / (num_tokens - 1))
+
+    def _step_observer(self, backbone: str, engine):
+        tokens = self.batch_tokens.labels(backbone=backbone)
+        mixed = self.mixed_steps.labels(backbone=backbone)
+
+        def observe(num_tokens: int) -> None:  # on the engine's thread, after each step
+            tokens.observe(num_tokens)
+            rows = step_rows(engine)
+            for kind, count in rows.items():
+                if count:
+                    self.batch_rows.labels(kind=kind).observe(count)
+            if rows.get("generate") and any(count for kind, count in rows.items() if kind != "generate"):
+                mixed.inc()
+
+        return observe
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
 
-class _EngineCollector:
-    """Figures the engine keeps itself, read at scrape time so they are never stale."""
+def step_rows(engine) -> dict[str, int]:
+    """The last step's rows by kind, from the engine's own per-step figures."""
+    stats = getattr(engine.engine, "last_step_stats", None)
+    return dict(stats.rows) if stats is not None else {}
 
-    def __init__(self, engine: AsyncEngine):
-        self.engine = engine
+
+class _EngineCollector:
+    """Figures the engines keep themselves, read at scrape time so they are never stale."""
+
+    def __init__(self, tasks):
+        self.tasks = tasks
 
     def collect(self):
-        engine, kv = self.engine, self.engine.engine.kv_cache
-        yield GaugeMetricFamily("polyhead_queue_waiting", "Requests waiting for their first token",
-                                value=engine.num_queued)
-        yield GaugeMetricFamily("polyhead_running_sequences", "Sequences the scheduler is running",
-                                value=len(engine.engine.scheduler.running))
-        yield GaugeMetricFamily("polyhead_kv_cache_usage_ratio", "Share of KV blocks in use", value=kv.usage)
-        yield CounterMetricFamily("polyhead_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache",
-                                  value=kv.num_prefix_hit_tokens)
-        yield CounterMetricFamily("polyhead_preemptions", "Sequences preempted for lack of KV blocks",
-                                  value=engine.engine.scheduler.num_preemptions)
+        families = {
+            "queue": GaugeMetricFamily("polyhead_queue_waiting", "Requests waiting for their first token",
+                                       labels=["backbone"]),
+            "running": GaugeMetricFamily("polyhead_running_sequences", "Sequences the scheduler is running",
+                                         labels=["backbone"]),
+            "kv": GaugeMetricFamily("polyhead_kv_cache_usage_ratio", "Share of KV blocks in use", labels=["backbone"]),
+            "hits": CounterMetricFamily("polyhead_prefix_cache_hit_tokens", "Prompt tokens served from the prefix "
+                                        "cache", labels=["backbone"]),
+            "preempted": CounterMetricFamily("polyhead_preemptions", "Sequences preempted for lack of KV blocks",
+                                             labels=["backbone"]),
+        }
+        for name, backbone in self.tasks.backbones.items():
+            loop, engine = backbone.engine, backbone.engine.engine
+            families["queue"].add_metric([name], loop.num_queued)
+            scheduler = getattr(engine, "scheduler", None)  # an encoder has neither scheduler nor KV cache
+            kv = getattr(engine, "kv_cache", None)
+            families["running"].add_metric([name], len(scheduler.running) if scheduler is not None else 0)
+            families["kv"].add_metric([name], kv.usage if kv is not None else 0.0)
+            families["hits"].add_metric([name], kv.num_prefix_hit_tokens if kv is not None else 0)
+            families["preempted"].add_metric([name], scheduler.num_preemptions if scheduler is not None else 0)
+        yield from families.values()

@@ -19,7 +19,8 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(engine: AsyncEngine, settings: ServerSettings, host: str, port: int, grace_s: float) -> None:
-    app = build_app(engine, settings)
+def serve(engine: AsyncEngine, settings: ServerSettings, host: str, port: int, grace_s: float,
+          registry=None) -> None:
+    app = build_app(engine, settings, registry)
     config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=grace_s)
     DrainingServer(config, app.state.server).run()

@@ -31,12 +31,12 @@ from polyhead.train.encode import IGNORE_INDEX, Example, encode_row
 from polyhead.train.readers import DataError, content_hash, read_rows
 
 logger = logging.getLogger(__name__)
-CACHE_VERSION = 1  # bump when encode.py's output changes for the same inputs
+CACHE_VERSION = 2  # bump when encode.py's output changes for the same inputs
 _ENCODE_FIELDS = ("kind", "text_column", "label_column", "tokens_column", "tags_column", "prompt_column",
                   "response_column", "positive_column", "labels", "max_length", "chat_template", "prompt_template")
 
 __all__ = ["IGNORE_INDEX", "Batch", "DataError", "Example", "TaskDataset", "collate", "default_cache_dir",
-           "load_datasets"]
+           "load_datasets", "uses_special_tokens"]
 
 
 @dataclass
@@ -102,6 +102,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return digest.hexdigest()
 
 
+def uses_special_tokens(tokenizer) -> bool:
+    """Encoder tokenizers (a [CLS] token) wrap texts in their specials, as the encoder engine does;
+    decoder tokenizers do not, as polyhead's LLM engine does not."""
+    return getattr(tokenizer, "cls_token", None) is not None
+
+
 def default_cache_dir() -> Path:
     """~/.cache/polyhead/train-data (or $POLYHEAD_CACHE/train-data); a run uses <output_dir>/data-cache."""
     root = os.environ.get("POLYHEAD_CACHE") or Path.home() / ".cache" / "polyhead"
@@ -133,7 +139,8 @@ class TaskDataset(Dataset):
         if not Path(path).exists():
             raise DataError(f"{path!r}: no such data file (task {task.name!r}, {split} split)")
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        settings = {name: getattr(task, name) for name in _ENCODE_FIELDS}
+        specials = uses_special_tokens(tokenizer)
+        settings = {name: getattr(task, name) for name in _ENCODE_FIELDS} | {"specials": specials}
         key = hashlib.sha256(json.dumps([CACHE_VERSION, split, content_hash(path),
                                          fingerprint or tokenizer_fingerprint(tokenizer), settings],
                                         sort_keys=True).encode()).hexdigest()[:24]
@@ -144,7 +151,7 @@ class TaskDataset(Dataset):
                 return cls(task, split, [Example(**e) for e in stored["examples"]], num_tokenized=0)
             except Exception as err:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
                 logger.warning("rebuilding the damaged data cache %s: %s", cache_file, err)
-        examples = [encode_row(task, tokenizer, row, where) for where, row in read_rows(path, split)]
+        examples = [encode_row(task, tokenizer, row, where, specials) for where, row in read_rows(path, split)]
         if not examples:
             raise DataError(f"{path!r}: no rows (task {task.name!r}, {split} split)")
         cache_dir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,9 @@
 """One raw row -> one tokenized Example, per task kind. Errors name the row's file and line.
 
+Texts are tokenized as the serving engines do: without the tokenizer's specials for decoder models
+(polyhead's LLM engine encodes prompts with add_special_tokens=False), with them for encoders whose
+pooling needs [CLS] ... [SEP]; data.py decides per tokenizer (`uses_special_tokens`).
+
 - classify: `text_column` (rendered through prompt_template) -> input_ids; `label_column` -> the
   label's index in `labels` (a name, or an int index in JSONL / datasets).
 - tag: `tokens_column` (words) joined by single spaces is the text the model sees (as at serving
@@ -32,14 +36,16 @@ class Example:
     word_ids: list[int] = field(default_factory=list)  # tag: [T] word index per token, -1 = none
 
 
-def encode_row(task: TaskConfig, tokenizer, row: dict, where: str) -> Example:
+def encode_row(task: TaskConfig, tokenizer, row: dict, where: str, add_special_tokens: bool = False) -> Example:
+    """add_special_tokens: whether the tokenizer's own specials (BOS, or BERT's [CLS] ... [SEP]) wrap
+    the text; it must match how the serving engine tokenizes (data.py picks it per tokenizer)."""
     if task.kind == "classify":
-        return _encode_classify(task, tokenizer, row, where)
+        return _encode_classify(task, tokenizer, row, where, add_special_tokens)
     if task.kind == "tag":
-        return _encode_tag(task, tokenizer, row, where)
+        return _encode_tag(task, tokenizer, row, where, add_special_tokens)
     if task.kind == "generate":
-        return _encode_generate(task, tokenizer, row, where)
-    return _encode_embed(task, tokenizer, row, where)
+        return _encode_generate(task, tokenizer, row, where, add_special_tokens)
+    return _encode_embed(task, tokenizer, row, where, add_special_tokens)
 
 
 def _text(row: dict, column: str, where: str) -> str:
@@ -53,11 +59,11 @@ def _text(row: dict, column: str, where: str) -> str:
     return value
 
 
-def _ids(tokenizer, text: str, max_length: int) -> list[int]:
-    return tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+def _ids(tokenizer, text: str, max_length: int, specials: bool) -> list[int]:
+    return tokenizer(text, truncation=True, max_length=max_length, add_special_tokens=specials)["input_ids"]
 
 
-def _encode_classify(task: TaskConfig, tokenizer, row: dict, where: str) -> Example:
+def _encode_classify(task: TaskConfig, tokenizer, row: dict, where: str, specials: bool) -> Example:
     text = _text(row, task.text_column, where)
     if task.prompt_template is not None:
         text = task.prompt_template.replace("{input}", text)
@@ -74,7 +80,7 @@ def _encode_classify(task: TaskConfig, tokenizer, row: dict, where: str) -> Exam
         index = task.labels.index(label)
     else:
         raise DataError(f"{where}: column {task.label_column!r} must be a label name, got {label!r}")
-    return Example(input_ids=_ids(tokenizer, text, task.max_length), labels=index)
+    return Example(input_ids=_ids(tokenizer, text, task.max_length, specials), labels=index)
 
 
 def _word_list(row: dict, column: str, where: str) -> list[str]:
@@ -99,7 +105,7 @@ def _word_list(row: dict, column: str, where: str) -> list[str]:
     return value
 
 
-def _encode_tag(task: TaskConfig, tokenizer, row: dict, where: str) -> Example:
+def _encode_tag(task: TaskConfig, tokenizer, row: dict, where: str, specials: bool) -> Example:
     words = _word_list(row, task.tokens_column, where)
     tags = _word_list(row, task.tags_column, where)
     if len(words) != len(tags):
@@ -117,7 +123,8 @@ def _encode_tag(task: TaskConfig, tokenizer, row: dict, where: str) -> Example:
         spans.append((len(text), len(text) + len(word)))
         text += word
         char_word.extend([i] * len(word))
-    enc = tokenizer(text, truncation=True, max_length=task.max_length, return_offsets_mapping=True)
+    enc = tokenizer(text, truncation=True, max_length=task.max_length, return_offsets_mapping=True,
+                    add_special_tokens=specials)
     word_ids, labels, seen = [], [], set()
     for start, end in enc["offset_mapping"]:
         # a token's word is the first word character it covers (byte-level BPE puts the space before
@@ -132,7 +139,7 @@ def _encode_tag(task: TaskConfig, tokenizer, row: dict, where: str) -> Example:
     return Example(input_ids=enc["input_ids"], labels=labels, word_spans=spans, word_ids=word_ids)
 
 
-def _encode_generate(task: TaskConfig, tokenizer, row: dict, where: str) -> Example:
+def _encode_generate(task: TaskConfig, tokenizer, row: dict, where: str, specials: bool) -> Example:
     prompt = _text(row, task.prompt_column, where)
     response = _text(row, task.response_column, where)
     use_template = task.chat_template if task.chat_template is not None else bool(tokenizer.chat_template)
@@ -143,7 +150,7 @@ def _encode_generate(task: TaskConfig, tokenizer, row: dict, where: str) -> Exam
                                                add_generation_prompt=True)
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     else:
-        prompt_ids = tokenizer(prompt)["input_ids"]
+        prompt_ids = tokenizer(prompt, add_special_tokens=specials)["input_ids"]
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         response_ids = response_ids + [tokenizer.eos_token_id]
@@ -156,11 +163,11 @@ def _encode_generate(task: TaskConfig, tokenizer, row: dict, where: str) -> Exam
                    labels=[IGNORE_INDEX] * len(prompt_ids) + response_ids)
 
 
-def _encode_embed(task: TaskConfig, tokenizer, row: dict, where: str) -> Example:
+def _encode_embed(task: TaskConfig, tokenizer, row: dict, where: str, specials: bool) -> Example:
     anchor = _text(row, task.text_column, where)
     positive = _text(row, task.positive_column, where)
     if task.prompt_template is not None:
         anchor = task.prompt_template.replace("{input}", anchor)
         positive = task.prompt_template.replace("{input}", positive)
-    return Example(input_ids=_ids(tokenizer, anchor, task.max_length),
-                   positive_ids=_ids(tokenizer, positive, task.max_length))
+    return Example(input_ids=_ids(tokenizer, anchor, task.max_length, specials),
+                   positive_ids=_ids(tokenizer, positive, task.max_length, specials))

@@ -48,11 +48,13 @@ def read_rows(path: str | Path, split: str = "train") -> Iterator[tuple[str, dic
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:  # -sig: a leading byte-order mark is not data
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
             where = f"{path}:{line_no}"
+            if line.lstrip().startswith("["):
+                raise DataError(f"{where}: a JSON array; polyhead reads JSON Lines (one object per line)")
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
@@ -64,7 +66,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
 
 def _read_csv(path: Path) -> Iterator[tuple[str, dict]]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with path.open(encoding="utf-8", newline="") as f:
+    with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         if reader.fieldnames is None:
             raise DataError(f"{path}:1: empty CSV file (a header row is needed)")

@@ -66,7 +66,7 @@ def test_preempted_pooling_request_restarts_cleanly(tiny_llama):
     folder, hf = tiny_llama
     # 12 blocks of 4 tokens: the decodes grow until the newest request, mid-prompt, is preempted
     engine = make_engine(folder, block_size=4, kv_cache_memory=12 * 2048, max_num_batched_tokens=4,
-                         enable_prefix_caching=False)
+                         enable_prefix_caching=False, pooling_token_budget=0)  # plain arrival order
     register_heads(engine, HEADS)
     gens = prompts_of([6, 5], seed=23)
     params = SamplingParams(temperature=0.0, max_tokens=14, ignore_eos=True)

@@ -76,7 +76,8 @@ def test_classify_examples(tmp_path, byte_tokenizer):
 
 @pytest.mark.parametrize("content, message", [
     ('{"text": "fine", "label": "neutral"}\n{"text": "ok", "label": "neutral"\n', "d.jsonl:2: bad JSON"),
-    ('{"text": "fine", "label": "neutral"}\n\n["a list"]\n', "d.jsonl:3: a row must be a JSON object"),
+    ('{"text": "fine", "label": "neutral"}\n\n"a string"\n', "d.jsonl:3: a row must be a JSON object"),
+    ('[{"text": "fine", "label": "neutral"}]\n', "d.jsonl:1: a JSON array; polyhead reads JSON Lines"),
     ('{"text": "fine", "label": "neutral"}\n{"txt": "x", "label": "neutral"}\n', "d.jsonl:2: missing column 'text'"),
     ('{"text": 5, "label": "neutral"}\n', "d.jsonl:1: column 'text' must be a string"),
     ('{"text": "  ", "label": "neutral"}\n', "d.jsonl:1: column 'text' is empty"),
@@ -91,6 +92,14 @@ def test_malformed_jsonl_rows_name_file_and_line(tmp_path, byte_tokenizer, conte
         TaskDataset.load(classify_task(path), "train", byte_tokenizer, tmp_path / "cache")
     assert message in str(err.value)
     assert not list((tmp_path / "cache").glob("*.pt")) if (tmp_path / "cache").exists() else True
+
+
+def test_byte_order_mark_is_not_data(tmp_path, byte_tokenizer):
+    (tmp_path / "d.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(CLASSIFY_ROWS[0]).encode() + b"\n")
+    (tmp_path / "d.csv").write_bytes(b"\xef\xbb\xbftext,label\nI loved it,positive\n")
+    for name in ("d.jsonl", "d.csv"):
+        ds = TaskDataset.load(classify_task(tmp_path / name), "train", byte_tokenizer, tmp_path / "cache")
+        assert ds[0].labels == 2
 
 
 def test_malformed_csv_rows_name_the_physical_line(tmp_path, byte_tokenizer):
@@ -189,3 +198,21 @@ def test_cache_is_reused_and_invalidated(tmp_path, byte_tokenizer):
         file.write_bytes(b"damaged")  # a damaged cache is rebuilt, then reused
     assert TaskDataset.load(classify_task(path), "train", byte_tokenizer, cache).num_tokenized == 4
     assert TaskDataset.load(classify_task(path), "train", byte_tokenizer, cache).num_tokenized == 0
+
+
+def test_encoder_tokenizers_keep_cls_and_sep_like_the_encoder_engine(minilm_tokenizer, smol_tokenizer, tmp_path):
+    from polyhead.train.data import uses_special_tokens
+
+    assert uses_special_tokens(minilm_tokenizer) and not uses_special_tokens(smol_tokenizer)
+    path = write_jsonl(tmp_path / "t.jsonl", TAG_ROWS[:1])
+    ex = TaskDataset.load(tag_task(path), "train", minilm_tokenizer, tmp_path / "cache")[0]
+    assert minilm_tokenizer.convert_ids_to_tokens(ex.input_ids) == [
+        "[CLS]", "ada", "love", "##lace", "visited", "london", "[SEP]"]
+    x = IGNORE_INDEX
+    assert ex.labels == [x, 1, 2, x, 0, 5, x]  # B-PER, I-PER, (##lace), O, B-LOC; specials carry no label
+    assert ex.word_ids == [-1, 0, 1, 1, 2, 3, -1]
+    classify = TaskDataset.load(classify_task(write_jsonl(tmp_path / "c.jsonl", CLASSIFY_ROWS)), "train",
+                                minilm_tokenizer, tmp_path / "cache")[0]
+    assert classify.input_ids == minilm_tokenizer("I loved it")["input_ids"]  # with [CLS] and [SEP]
+    smol = TaskDataset.load(classify_task(tmp_path / "c.jsonl"), "train", smol_tokenizer, tmp_path / "cache")[0]
+    assert smol.input_ids == smol_tokenizer.encode("I loved it", add_special_tokens=False)

@@ -1,0 +1,134 @@
+"""Adapter residency: registered adapters (name -> folder), at most `max_loras` resident at once,
+least recently used ones evicted when nobody running needs them, loading on a background thread.
+
+The rule it keeps: the step loop never reads an adapter file. A request whose adapter is not
+resident is not ready; asking starts the load on the loader thread, and the scheduler skips
+the request until a later step finds the load done and a slot free.
+"""
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from polyhead.lora.adapter import AdapterWeights, check_adapter, load_adapter
+from polyhead.lora.layer import LoRABatch, LoRAState, attach_lora
+from polyhead.models.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+# (name, folder) -> AdapterWeights; the default reads the PEFT folder (tests pass one they can hold)
+Loader = Callable[[str, Path], AdapterWeights]
+
+
+class LoRAManager:
+    def __init__(self, model: nn.Module, model_config: ModelConfig, dtype: torch.dtype, max_loras: int,
+                 max_lora_rank: int, loader: Loader | None = None):
+        self.model = model
+        self.model_config = model_config
+        self.max_loras = max_loras
+        self.max_lora_rank = max_lora_rank
+        self.loader = loader or (lambda name, folder: load_adapter(name, folder, model_config, dtype, max_lora_rank))
+        self.folders: dict[str, Path] = {}  # registered adapters
+        self.resident: OrderedDict[str, AdapterWeights] = OrderedDict()  # least recently used first
+        self.loading: dict[str, Future] = {}  # started loads, done or not, not yet resident
+        self.failed: dict[str, str] = {}  # adapter -> why its load failed (until re-registered)
+        self.in_use: Callable[[], set[str]] = set  # adapters running requests use (the engine sets it)
+        self.state: LoRAState | None = None  # set when the first adapter is registered
+        self._lock = threading.Lock()  # registration may come from another thread than the step loop
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="polyhead-lora-load")
+        self.num_loads = 0  # completed loads (reloads after eviction included), for metrics and tests
+        self.num_evictions = 0
+
+    def register(self, name: str, folder: str | Path) -> None:
+        """Make an adapter known by name; its config and tensor shapes are checked now (the
+        safetensors header only), its weights are read when a request first needs them."""
+        if not name:
+            raise ValueError("adapter name must be a non-empty string")
+        folder = Path(folder)
+        check_adapter(folder, self.model_config, self.max_lora_rank)
+        with self._lock:
+            if name in self.folders and self.folders[name] != folder:
+                raise ValueError(f"adapter {name!r} is already registered with folder {str(self.folders[name])!r}")
+            self.folders[name] = folder
+            self.failed.pop(name, None)
+            if self.state is None:  # the wrappers cost a call per layer: only models that serve adapters get them
+                self.state = attach_lora(self.model)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.folders)
+
+    def check_known(self, name: str | None) -> None:
+        if name is not None and name not in self.folders:
+            known = ", ".join(self.names) or "none"
+            raise ValueError(f"adapter {name!r} is not registered (registered adapters: {known})")
+
+    def is_ready(self, name: str | None) -> bool:
+        """The scheduler's predicate for a waiting request's adapter: True when it is resident
+        (or None: the base weights). Otherwise starts or advances its load and returns False."""
+        if name is None:
+            return True
+        if name in self.resident:
+            self.resident.move_to_end(name)
+            return True
+        if name in self.failed:
+            return False
+        future = self.loading.get(name)
+        if future is None:
+            self.loading[name] = self._executor.submit(self.loader, name, self.folders[name])
+            return False
+        if not future.done():
+            return False
+        try:
+            weights = future.result()
+        except Exception as err:  # the request fails (engine.take_failed), the loop goes on
+            logger.exception("loading adapter %r failed", name)
+            del self.loading[name]
+            self.failed[name] = f"{type(err).__name__}: {err}"
+            return False
+        if len(self.resident) >= self.max_loras and not self._evict_one():
+            return False  # every slot serves a running request: wait for one to finish
+        del self.loading[name]
+        self.resident[name] = weights
+        self.num_loads += 1
+        return True
+
+    def wait_loaded(self, name: str, timeout: float | None = None) -> None:
+        """Block until a started load is done (tests and warm-up; never the step loop)."""
+        future = self.loading.get(name)
+        if future is not None:
+            future.exception(timeout)
+
+    def _evict_one(self) -> bool:
+        in_use = self.in_use()
+        for name in self.resident:  # least recently used first
+            if name not in in_use:
+                del self.resident[name]
+                self.num_evictions += 1
+                return True
+        return False
+
+    @contextmanager
+    def applied(self, spans: list[tuple[int, str | None]]) -> Iterator[LoRABatch | None]:
+        """Run a forward with these rows' adapters. `spans`: (rows, adapter name) per scheduled
+        request in flat-batch order; every named adapter is resident (the scheduler only runs
+        ready requests, and adapters of running requests are never evicted)."""
+        if self.state is None:
+            yield None
+            return
+        self.state.batch = LoRABatch.from_row_adapters(
+            [(n, None if a is None else self.resident[a]) for n, a in spans])
+        try:
+            yield self.state.batch
+        finally:
+            self.state.batch = None
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

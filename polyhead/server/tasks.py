@@ -1,0 +1,114 @@
+"""Task routing shared by every endpoint (which backbone and task a request names, its inputs,
+its tenant) and GET /v1/tasks."""
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request
+
+from polyhead.server.errors import APIError
+from polyhead.server.registry import Backbone, ServedTask
+
+router = APIRouter()
+
+ENDPOINT_KINDS = {"/v1/classify": ("classify",), "/v1/tag": ("tag",), "/v1/embeddings": ("embed",),
+                  "/v1/chat/completions": ("generate",), "/v1/completions": ("generate",)}
+_ENDPOINT_FOR_KIND = {"classify": "/v1/classify", "tag": "/v1/tag", "embed": "/v1/embeddings",
+                      "generate": "/v1/chat/completions"}
+
+
+@dataclass(slots=True)
+class ServedModel:
+    """What a `model` field resolved to: a backbone, and the generate task when it named one."""
+
+    backbone: Backbone
+    task: ServedTask | None  # None: the backbone itself, no template, no adapter
+
+    @property
+    def engine(self):
+        return self.backbone.engine
+
+    @property
+    def task_name(self) -> str:
+        return self.task.name if self.task is not None else ""
+
+
+@router.get("/v1/tasks")
+async def list_tasks(request: Request):
+    registry = request.app.state.server.registry
+    return {"object": "list", "data": [task.card() for task in registry.tasks.values()]}
+
+
+class TaskRouting:
+    """Mixed into ServerState: needs self.registry and self.settings."""
+
+    def model_ids(self) -> list[str]:
+        """Names `model` may take: the default model's, the other backbones', every generate/embed task."""
+        names = list(self.settings.model_names)
+        names += [b for b in self.registry.backbones if b != self.registry.default_backbone]
+        names += [t.name for t in self.registry.tasks.values() if t.kind in ("generate", "embed")]
+        return list(dict.fromkeys(names))
+
+    def backbone_named(self, name: str) -> Backbone | None:
+        registry = self.registry
+        if name in self.settings.model_names:
+            return registry.backbones[registry.default_backbone]
+        return registry.backbones.get(name)
+
+    def resolve_generate(self, name: str) -> ServedModel:
+        """`model` of a chat/completions request: a generative backbone or a generate task."""
+        backbone = self.backbone_named(name)
+        if backbone is not None:
+            if not backbone.is_generative:
+                raise APIError(400, f"model {name!r} is an encoder backbone and cannot generate text; "
+                               "use /v1/embeddings", "model", "wrong_task_kind")
+            return ServedModel(backbone, None)
+        task = self.registry.tasks.get(name)
+        if task is None:
+            raise APIError(404, f"model {name!r} does not exist; available: {', '.join(self.model_ids())}",
+                           "model", "model_not_found")
+        self._check_kind(task, "/v1/chat/completions", "model")
+        return ServedModel(task.backbone, task)
+
+    def task(self, name: str, endpoint: str, param: str = "task") -> ServedTask:
+        """A task by name, checked against what the endpoint serves: 404 unknown, 400 wrong kind."""
+        task = self.registry.tasks.get(name)
+        if task is None:
+            valid = sorted(t.name for t in self.registry.tasks.values() if t.kind in ENDPOINT_KINDS[endpoint])
+            raise APIError(404, f"task {name!r} does not exist; valid tasks for {endpoint}: "
+                           f"{', '.join(valid) or 'none (start the server with --tasks)'}", param, "task_not_found")
+        self._check_kind(task, endpoint, param)
+        return task
+
+    def _check_kind(self, task: ServedTask, endpoint: str, param: str) -> None:
+        if task.kind not in ENDPOINT_KINDS[endpoint]:
+            raise APIError(400, f"task {task.name!r} is a {task.kind} task, which {endpoint} does not serve; "
+                           f"send it to {_ENDPOINT_FOR_KIND[task.kind]}", param, "wrong_task_kind")
+
+    def inputs(self, given: str | list, param: str = "input") -> list:
+        """One input or a list of them: 400 when empty, 413 beyond max_inputs_per_request."""
+        inputs = [given] if isinstance(given, str) or (given and isinstance(given[0], int)) else list(given)
+        if not inputs:
+            raise APIError(400, f"{param} is an empty list: send at least one input", param, "empty_input")
+        limit = self.settings.max_inputs_per_request
+        if len(inputs) > limit:
+            raise APIError(413, f"{param} has {len(inputs)} items; the limit is {limit} per request "
+                           "(max_inputs_per_request)", param, "too_many_inputs")
+        for i, item in enumerate(inputs):
+            if isinstance(item, str) and not item.strip():
+                raise APIError(400, f"{param}[{i}] is empty", param, "empty_input")
+        return inputs
+
+    def routing(self, request: Request, body) -> dict:
+        """Keyword arguments for the engine: priority, tenant and deadline (the task and adapter come
+        with each job)."""
+        return {"priority": body.priority, "tenant": self.tenant(request, body),
+                "deadline": time.monotonic() + self.timeout_for(body.timeout)}
+
+    def tenant(self, request: Request, body) -> str:
+        """Who is asking, for fair share: the `user` field, else the API key (hashed), else nobody."""
+        if getattr(body, "user", None):
+            return f"user:{body.user}"
+        key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        return f"key:{hashlib.sha256(key.encode()).hexdigest()[:12]}" if key else ""

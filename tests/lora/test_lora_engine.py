@@ -1,0 +1,151 @@
+"""Adapters in the engine: greedy output equals PEFT's, a mixed batch gives every request what
+it gets alone, eviction and reload change nothing, and loading never holds up the step loop."""
+
+import threading
+
+import pytest
+import torch
+
+from polyhead.engine.params import SamplingParams
+from polyhead.lora.adapter import load_adapter
+from tests.conftest import make_engine
+from tests.lora.conftest import GREEDY, reference_greedy, run_until_done
+
+
+def prompts_of(lengths, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (n,), generator=gen).tolist() for n in lengths]
+
+
+def lora_engine(lora_base, adapters, names, **options):
+    engine = make_engine(lora_base, **options)
+    for name in names:
+        engine.register_adapter(name, str(adapters[name]))
+    return engine
+
+
+def run_alone(engine, prompt, adapter, params=GREEDY):
+    engine.add_request(prompt, params, req_id="alone", adapter=adapter)
+    return run_until_done(engine)["alone"]
+
+
+def assert_same(got, expected):
+    assert got[0] == expected[0]
+    torch.testing.assert_close(torch.tensor(got[1]), torch.tensor(expected[1]), atol=1e-4, rtol=0)
+
+
+def test_greedy_with_adapter_equals_peft_generate(lora_base, adapters, references):
+    engine = lora_engine(lora_base, adapters, ["all", "mlp"])
+    prompts = prompts_of([13, 6], seed=1)
+    engine.add_request(prompts[0], GREEDY, req_id="all", adapter="all")
+    engine.add_request(prompts[1], GREEDY, req_id="mlp", adapter="mlp")
+    results = run_until_done(engine)
+    for name, prompt in zip(["all", "mlp"], prompts):
+        with torch.no_grad():
+            generated = references[name].generate(input_ids=torch.tensor([prompt]), max_new_tokens=GREEDY.max_tokens,
+                                                  do_sample=False, attention_mask=torch.ones(1, len(prompt)))
+        assert results[name][0] == generated[0, len(prompt):].tolist()
+        assert_same(results[name], reference_greedy(references[name], prompt, GREEDY.max_tokens))
+    assert results["all"][0] != reference_greedy(references[None], prompts[0], GREEDY.max_tokens)[0]
+
+
+def test_mixed_batch_gives_every_request_what_it_gets_alone(lora_base, adapters):
+    """Two adapters and the base, decode rows and prefill chunks in the same steps."""
+    engine = lora_engine(lora_base, adapters, ["qv", "all"], max_num_batched_tokens=12, block_size=4)
+    steps = []
+    execute = engine.runner.execute
+    engine.runner.execute = lambda sched: steps.append([(r.adapter, n) for r, n in sched.scheduled]) or execute(sched)
+    prompts = prompts_of([5, 19, 7, 26, 3, 11], seed=2)
+    names = [None, "qv", "all", "qv", None, "all"]
+    for i, (prompt, name) in enumerate(zip(prompts[:3], names)):
+        engine.add_request(prompt, GREEDY, req_id=str(i), adapter=name)
+    results = {}
+    for _ in range(3):  # the rest join while the first ones decode
+        for out in engine.step():
+            assert not out.finished
+    for i, (prompt, name) in enumerate(zip(prompts[3:], names[3:]), start=3):
+        engine.add_request(prompt, GREEDY, req_id=str(i), adapter=name)
+    results = run_until_done(engine)
+    mixed = [s for s in steps if {a for a, n in s if n == 1} >= {None, "qv", "all"}
+             and any(n > 1 for _, n in s)]
+    assert mixed, "no step mixed decode rows of both adapters and the base with a prefill chunk"
+    for i, (prompt, name) in enumerate(zip(prompts, names)):
+        assert_same(results[str(i)], run_alone(engine, prompt, name))
+
+
+def test_eviction_and_reload_keep_results_identical(lora_base, adapters):
+    engine = lora_engine(lora_base, adapters, ["qv", "all", "mlp"], max_loras=1)
+    (prompt,) = prompts_of([10], seed=3)
+    first = {name: run_alone(engine, prompt, name) for name in ("qv", "all", "mlp")}
+    assert engine.lora.num_loads == 3 and engine.lora.num_evictions == 2
+    again = {name: run_alone(engine, prompt, name) for name in ("all", "qv", "mlp")}
+    assert engine.lora.num_loads == 6 and list(engine.lora.resident) == ["mlp"]
+    for name, result in first.items():
+        assert_same(again[name], result)
+    # all three at once with one slot: each waits for the one before to finish, none is wrong
+    for name in ("qv", "all", "mlp"):
+        engine.add_request(prompt, GREEDY, req_id=name, adapter=name)
+    together = run_until_done(engine)
+    for name, result in first.items():
+        assert_same(together[name], result)
+
+
+def test_loading_does_not_block_the_step_loop(lora_base, adapters):
+    engine = lora_engine(lora_base, adapters, ["qv"])
+    started, release = threading.Event(), threading.Event()
+
+    def held_loader(name, folder):
+        started.set()
+        assert release.wait(30), "the test never released the loader"
+        return load_adapter(name, folder, engine.model_config, torch.float32, 64)
+
+    engine.lora.loader = held_loader
+    base_prompt, lora_prompt = prompts_of([6, 8], seed=4)
+    params = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
+    engine.add_request(base_prompt, params, req_id="base")
+    engine.add_request(lora_prompt, params, req_id="lora", adapter="qv")
+    lora_request = engine.scheduler.requests["lora"]
+    base_tokens = 0
+    for _ in range(5):  # steps run while the load is held
+        base_tokens += sum(len(o.new_token_ids) for o in engine.step() if o.req_id == "base")
+    assert started.is_set() and base_tokens == 5
+    assert lora_request.num_computed_tokens == 0 and "qv" not in engine.lora.resident
+    release.set()
+    engine.lora.wait_loaded("qv", timeout=30)
+    engine.step()
+    assert lora_request.num_computed_tokens == len(lora_prompt) and "qv" in engine.lora.resident
+    run_until_done(engine)
+
+
+def test_failed_load_fails_only_its_requests(lora_base, adapters):
+    engine = lora_engine(lora_base, adapters, ["qv"])
+
+    def broken_loader(name, folder):
+        raise OSError(f"cannot read {folder}")
+
+    engine.lora.loader = broken_loader
+    engine.add_request([1, 2, 3], GREEDY, req_id="base")
+    engine.add_request([4, 5, 6], GREEDY, req_id="lora", adapter="qv")
+    engine.step()
+    engine.lora.wait_loaded("qv", timeout=30)
+    outputs = {}
+    while engine.has_unfinished_requests():
+        outputs.update({o.req_id: o for o in engine.step() if o.finished})
+    assert outputs["lora"].finish_reason == "error" and "cannot read" in outputs["lora"].error
+    assert outputs["base"].finish_reason == "length" and len(outputs["base"].token_ids) == GREEDY.max_tokens
+
+
+def test_unknown_adapter_is_refused_naming_the_registered_ones(lora_base, adapters):
+    engine = lora_engine(lora_base, adapters, ["qv", "mlp"])
+    with pytest.raises(ValueError, match=r"adapter 'nope' is not registered \(registered adapters: mlp, qv\)"):
+        engine.add_request([1, 2], GREEDY, adapter="nope")
+    with pytest.raises(ValueError, match="already registered"):
+        engine.register_adapter("qv", str(adapters["all"]))
+
+
+def test_config_limits():
+    from polyhead.config import EngineConfig
+
+    for field in ("max_loras", "max_lora_rank"):
+        with pytest.raises(ValueError, match=f"{field} must be >= 1"):
+            EngineConfig(**{field: 0})
