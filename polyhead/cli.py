@@ -18,6 +18,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                        help="tokens per step at most; longer prompts are prefilled in chunks (default: 512)")
     group.add_argument("--no-prefix-caching", action="store_true", help="turn off automatic prefix caching")
     group.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    group.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=FOLDER",
+                       help="PEFT LoRA adapters requests may name, e.g. --lora-modules sql=./sql-lora")
+    group.add_argument("--max-loras", type=int, default=4,
+                       help="adapters resident at once; the least recently used idle one is evicted (default: 4)")
+    group.add_argument("--max-lora-rank", type=int, default=64, help="largest adapter rank accepted (default: 64)")
     group.add_argument("--policy", default="fcfs", choices=["fcfs", "priority", "fair"],
                        help="who runs next: arrival order, request priority, or fair share across tenants "
                        "and tasks (VTC); see docs/scheduling.md (default: fcfs)")
@@ -36,6 +41,8 @@ def engine_config(args):
                         max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                         max_num_batched_tokens=args.max_num_batched_tokens,
                         enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
+                        max_loras=args.max_loras, max_lora_rank=args.max_lora_rank,
+                        adapters=parse_lora_modules(args.lora_modules),
                         policy=args.policy, tenant_weights=parse_weights(args.tenant_weight, "--tenant-weight"),
                         task_weights=parse_weights(args.task_weight, "--task-weight"),
                         pooling_token_budget=args.pooling_token_budget)
@@ -55,6 +62,16 @@ def parse_weights(items: list[str], flag: str) -> dict[str, float]:
     return weights
 
 
+def parse_lora_modules(items: list[str]) -> dict[str, str]:
+    adapters = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"--lora-modules takes NAME=FOLDER, got {item!r}")
+        adapters[name] = folder
+    return adapters
+
+
 def run(args) -> int:
     """Answer one prompt, streaming the reply to the terminal."""
     from polyhead.engine.params import SamplingParams
@@ -67,7 +84,7 @@ def run(args) -> int:
     if not args.raw:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
         prompt = llm.apply_chat_template(messages + [{"role": "user", "content": args.prompt}])
-    for out in llm.stream(prompt, params):
+    for out in llm.stream(prompt, params, adapter=args.adapter):
         sys.stdout.write(out.new_text)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -141,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    p.add_argument("--adapter", default=None, help="answer with this LoRA adapter (one of --lora-modules)")
     add_engine_args(p)
     p.set_defaults(func=run)
 

@@ -32,6 +32,7 @@ class EngineConfig:
     pooling_token_budget: int = 64  # tokens of each step kept for waiting pooling requests; 0: none
     max_loras: int = 4  # LoRA adapters resident at once (least recently used evicted); more may be registered
     max_lora_rank: int = 64  # largest LoRA rank r an adapter may have
+    adapters: dict[str, str] = field(default_factory=dict)  # LoRA name -> PEFT folder, registered at start
 
     def __post_init__(self):
         if self.dtype not in ("auto", *_DTYPES):

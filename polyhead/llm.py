@@ -111,9 +111,10 @@ class LLM:
 
     def generate(self, prompts: Prompt | Sequence[Prompt],
                  params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 use_tqdm: bool = False) -> list[RequestOutput]:
-        """Generate for every prompt (text or token ids); outputs come back in prompt order."""
-        return self._run_prompts(prompts, params, use_tqdm, "generating")
+                 use_tqdm: bool = False, adapter: str | None = None) -> list[RequestOutput]:
+        """Generate for every prompt (text or token ids); outputs come back in prompt order.
+        `adapter`: a registered LoRA adapter for all of them (None: the base weights)."""
+        return self._run_prompts(prompts, params, use_tqdm, "generating", adapter=adapter)
 
     def embed(self, prompts: Prompt | Sequence[Prompt], params: PoolingParams | None = None,
               use_tqdm: bool = False, task: str = "") -> list[RequestOutput]:
@@ -159,9 +160,10 @@ class LLM:
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         return self.generate([self.apply_chat_template(c) for c in conversations], params, use_tqdm)
 
-    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[RequestOutput]:
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None,
+               adapter: str | None = None) -> Iterator[RequestOutput]:
         """Yield one output per step for a single prompt, with `new_text` holding the fresh text."""
-        req_id = self.engine.add_request(prompt, params)
+        req_id = self.engine.add_request(prompt, params, adapter=adapter)
         try:
             while True:
                 for out in self.engine.step():

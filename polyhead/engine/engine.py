@@ -68,6 +68,8 @@ class LLMEngine:
         self.lora.in_use = lambda: {r.adapter for r in self.scheduler.running if r.adapter is not None}
         self.scheduler.is_adapter_ready = self.lora.is_ready
         self.runner.lora = self.lora
+        for name, folder in config.adapters.items():
+            self.register_adapter(name, folder)
         self._states: dict[str, TrackedRequest] = {}
         self._pending: list[RequestOutput] = []  # outputs of requests ended between steps
         self._parked: dict[str, list[TrackedRequest]] = {}  # leader req_id -> requests waiting for its prompt

@@ -1,8 +1,8 @@
 """Paged KV cache bookkeeping: which block holds which tokens of which request.
 
 The rule it keeps: a full block is named by a hash chained over every token up to and
-including it (`hash((parent_hash, tokens))`), so two requests with the same prefix find the
-same blocks. A block whose last user finished stays in the free queue with its hash until
+including it (`hash((parent_hash, tokens))`, the first block's parent being the request's
+LoRA adapter name or None), so two requests with the same prefix and adapter find the same blocks. A block whose last user finished stays in the free queue with its hash until
 it is reused for something else; free blocks are reused least-recently-freed first, so a
 finished prompt's blocks live as long as memory allows (LRU prefix cache).
 """
@@ -122,5 +122,6 @@ class KVCacheManager:
         hashes, tokens, size = request.block_hashes, request.all_token_ids, self.block_size
         while len(hashes) < num_blocks:
             i = len(hashes)
-            parent = hashes[-1] if hashes else None
+            # a LoRA adapter changes every key and value: its chain starts from its name
+            parent = hashes[-1] if hashes else request.adapter
             hashes.append(hash((parent, tuple(tokens[i * size:(i + 1) * size]))))

@@ -58,6 +58,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+        if self.lora is not None:
+            self.lora.order_rows(sched.scheduled)  # rows grouped by adapter, once per step
         batch = self.prepare(sched)
         adapters = self.lora.applied([(n, r.adapter) for r, n in sched.scheduled]) if self.lora else nullcontext()
         with adapters:  # per-row LoRA, grouped by adapter (rows are laid out in scheduled order)

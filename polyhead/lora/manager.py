@@ -115,6 +115,13 @@ class LoRAManager:
                 return True
         return False
 
+    def order_rows(self, scheduled: list) -> None:
+        """Sort a step's (request, num_new) in place so each adapter's decode rows, and each
+        adapter's prefill chunks, are contiguous: its LoRA then runs on views of the batch, with
+        no gather or scatter. Decode rows stay first, which is all the attention needs."""
+        if self.state is not None and len(self.resident) > 0:
+            scheduled.sort(key=lambda item: (item[1] != 1, item[0].adapter or ""))
+
     @contextmanager
     def applied(self, spans: list[tuple[int, str | None]]) -> Iterator[LoRABatch | None]:
         """Run a forward with these rows' adapters. `spans`: (rows, adapter name) per scheduled

@@ -32,6 +32,7 @@ no dataclass knows are errors too, so a typo never silently falls back to a defa
       eval_every: 100
       checkpoint_every: 100
       best_metric: mean            # `mean` (of the tasks' main metrics) or `<task>.<metric>`
+      length_grouping: 0           # sort runs of N batches by length (less padding); 0 = random batches
     sampling: {strategy: temperature, temperature: 2.0, dynamic_temperature: 0.1, mixed: false}
     weighting: {strategy: static, weights: {}, dwa_temperature: 2.0, gradnorm_alpha: 1.5, gradnorm_lr: 0.025}
     distill: {teacher: path, temperature: 2.0, alpha: 0.5, tasks: [sentiment]}   # optional

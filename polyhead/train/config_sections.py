@@ -62,6 +62,7 @@ class TrainSettings:
     checkpoint_every: int = 100  # optimizer steps between checkpoints (0 = only at the end)
     best_metric: str = "mean"  # `mean` of the tasks' main metrics, or `<task>.<metric>`
     log_every: int = 10  # optimizer steps between training-loss log lines
+    length_grouping: int = 0  # batching.py: sort runs of this many batches by length (less padding); 0 = off
 
     def validate(self, where: str):
         if self.mode not in TRAIN_MODES:
@@ -72,7 +73,7 @@ class TrainSettings:
         for name in ("batch_size", "grad_accumulation", "log_every"):
             if getattr(self, name) < 1:
                 raise path_error(f"{where}.{name}", f"must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_every", "checkpoint_every"):
+        for name in ("eval_every", "checkpoint_every", "length_grouping"):
             if getattr(self, name) < 0:
                 raise path_error(f"{where}.{name}", f"must be >= 0, got {getattr(self, name)}")
         if self.steps is not None and self.epochs is not None:

@@ -21,7 +21,7 @@ ADAPTERS = {
 }
 
 
-def make_adapter(base_folder, out_folder, seed: int = 0, **options):
+def make_adapter(base_folder, out_folder, seed: int = 0, std: float = 0.2, **options):
     """Save a PEFT adapter with random non-zero lora_B (PEFT initializes B to zero) into out_folder."""
     model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
     peft_model = get_peft_model(model, LoraConfig(**options))
@@ -29,7 +29,7 @@ def make_adapter(base_folder, out_folder, seed: int = 0, **options):
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
     peft_model.save_pretrained(out_folder)
     return out_folder
 

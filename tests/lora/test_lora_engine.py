@@ -17,10 +17,12 @@ def prompts_of(lengths, seed):
     return [torch.randint(0, 256, (n,), generator=gen).tolist() for n in lengths]
 
 
-def lora_engine(lora_base, adapters, names, **options):
+def lora_engine(lora_base, adapters, names, preload=False, **options):
     engine = make_engine(lora_base, **options)
     for name in names:
         engine.register_adapter(name, str(adapters[name]))
+        while preload and not engine.lora.is_ready(name):  # resident before the first step
+            engine.lora.wait_loaded(name)
     return engine
 
 
@@ -149,3 +151,82 @@ def test_config_limits():
     for field in ("max_loras", "max_lora_rank"):
         with pytest.raises(ValueError, match=f"{field} must be >= 1"):
             EngineConfig(**{field: 0})
+
+
+def test_mixed_batch_with_pooling_rows_two_adapters_and_base(lora_base, adapters, references):
+    """Decode rows, a prefill chunk and classify / tag / embed / score rows, each kind with the
+    base or one of two adapters, all in one step: every row gets what it gets alone, and the
+    pooled values equal PEFT's model's hidden states through the same heads."""
+    from polyhead.engine.params import PoolingParams
+    from tests.engine.pooling_reference import assert_pooled_close, make_heads, reference, register_heads
+
+    heads = make_heads()
+    engine = lora_engine(lora_base, adapters, ["qv", "all"], preload=True, block_size=4, max_num_batched_tokens=200)
+    register_heads(engine, heads)
+    steps = []
+    execute = engine.runner.execute
+    engine.runner.execute = lambda sched: steps.append([(r.adapter, r.is_pooling, n) for r, n in sched.scheduled]) \
+        or execute(sched)
+    decodes = prompts_of([6, 11, 3], seed=12)
+    generate = {"gen-base": (decodes[0], None), "gen-qv": (decodes[1], "qv"), "gen-all": (decodes[2], "all")}
+    for req_id, (prompt, name) in generate.items():
+        engine.add_request(prompt, GREEDY, req_id=req_id, adapter=name)
+    engine.step()  # their prefills; from now on they decode
+    long_prompt, text = prompts_of([120, 23], seed=13)
+    generate["long-all"] = (long_prompt, "all")
+    pooling = {  # req_id -> (params, reference options, adapter)
+        "classify-qv": (PoolingParams("classify", task="sentiment"), {"task": "sentiment"}, "qv"),
+        "classify-base": (PoolingParams("classify", task="topic"), {"task": "topic"}, None),
+        "tag-all": (PoolingParams("tag", task="ner"), {"task": "ner"}, "all"),
+        "tag-base": (PoolingParams("tag", task="ner"), {"task": "ner"}, None),
+        "embed-qv": (PoolingParams("embed", task="embed"), {"task": "embed"}, "qv"),
+        "embed-all": (PoolingParams("embed", pooling="mean", normalize=True), {"pooling": "mean", "normalize": True},
+                      "all"),
+        "score-all": (PoolingParams("score", num_scored_tokens=4), {"num_scored_tokens": 4}, "all"),
+    }
+    for req_id, (params, _, name) in pooling.items():
+        engine.add_request(text, params, req_id=req_id, adapter=name)
+    engine.add_request(long_prompt, GREEDY, req_id="long-all", adapter="all")  # a chunk of what is left
+    results = {}
+    while engine.has_unfinished_requests():
+        results.update({o.req_id: o for o in engine.step() if o.finished})
+
+    mixed = steps[1]
+    assert {(a, n) for a, pooled, n in mixed if n == 1} == {(None, 1), ("qv", 1), ("all", 1)}
+    assert {a for a, pooled, _ in mixed if pooled} == {None, "qv", "all"}
+    assert ("all", False, 200 - 3 - 7 * 23) in mixed  # the long prompt's first chunk
+    for req_id, (prompt, name) in generate.items():
+        out = results[req_id]
+        assert_same((out.token_ids, [lp.logprob for lp in out.logprobs]), run_alone(engine, prompt, name))
+    for req_id, (params, options, name) in pooling.items():
+        engine.add_request(text, params, req_id="alone", adapter=name)
+        alone = run_until_done_pooled(engine)["alone"]
+        assert_pooled_close(results[req_id].pooled, alone)
+        assert_pooled_close(alone, reference(references[name].base_model.model if name else references[None],
+                                             heads, text, params.kind, **options))
+
+
+def run_until_done_pooled(engine):
+    results = {}
+    while engine.has_unfinished_requests():
+        results.update({o.req_id: o.pooled for o in engine.step() if o.finished})
+    return results
+
+
+def test_prefix_cache_is_per_adapter(lora_base, adapters):
+    """Keys and values computed under one adapter are never served to another (or to the base)."""
+    (prompt,) = prompts_of([21], seed=6)
+    uncached = lora_engine(lora_base, adapters, ["qv", "all"], block_size=4, enable_prefix_caching=False)
+    fresh = {name: run_alone(uncached, prompt, name) for name in (None, "qv", "all")}
+    engine = lora_engine(lora_base, adapters, ["qv", "all"], preload=True, block_size=4)
+    engine.add_request(prompt, GREEDY, req_id="warm")  # the base's blocks are cached first
+    run_until_done(engine)
+    # (adapter, prompt tokens its own cache entries can serve): the base's blocks serve neither adapter
+    for name, num_cached in ((None, 20), ("qv", 0), ("all", 0), ("qv", 20), ("all", 20)):
+        engine.add_request(prompt, GREEDY, req_id="again", adapter=name)
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished:
+                    assert out.num_cached_tokens == num_cached, name
+                    assert_same((out.token_ids, [lp.logprob for lp in out.logprobs]), fresh[name])
+    assert len({tuple(result[0]) for result in fresh.values()}) == 3

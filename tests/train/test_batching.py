@@ -2,6 +2,7 @@ import pytest
 
 from polyhead.train.batching import (
     MultiTaskBatches,
+    RankShardSampler,
     TaskBatchIterator,
     eval_batches,
     num_train_steps,
@@ -80,3 +81,44 @@ def test_num_train_steps_from_epochs():
     assert num_train_steps(config, {"a": 100}) == 40
     config.train.steps, config.train.epochs, config.train.batch_size = None, 2.0, 16
     assert num_train_steps(config, {"a": 100, "b": 330}, world_size=2) == 21  # ceil(2 * 330 / 32)
+
+
+def test_length_grouping_pads_less_and_still_covers_each_epoch_and_resumes():
+    ds = TaskDataset(dataset("t", 1).task, "train",
+                     [Example(input_ids=[i] * (1 + (i * 7) % 23), labels=0) for i in range(96)])
+    plain = TaskBatchIterator(ds, 8, pad_token_id=0, seed=3)
+    grouped = TaskBatchIterator(ds, 8, pad_token_id=0, seed=3, length_grouping=4)
+
+    def padded_tokens(it):
+        return sum(b.input_ids.numel() for b in (it.next_batch() for _ in range(12)))
+
+    assert padded_tokens(grouped) < 0.8 * padded_tokens(plain)  # 12 batches = one epoch each
+    assert grouped.epoch == 0 and grouped.position == 96
+    epoch = [i for _ in range(12) for i in rows(grouped.next_batch())]  # epoch 1, grouped
+    assert sorted(epoch) == list(range(96))
+    lengths = [len(ds[i].input_ids) for i in epoch[:32]]
+    assert lengths == sorted(lengths)  # the first run of 4 batches, ascending
+    state = grouped.state_dict()
+    future = [rows(grouped.next_batch(5)) for _ in range(30)]
+    again = TaskBatchIterator(ds, 8, pad_token_id=0, seed=3, length_grouping=4)
+    again.load_state_dict(state)
+    assert [rows(again.next_batch(5)) for _ in range(30)] == future
+
+
+def test_rank_shard_sampler_with_a_dataloader():
+    from functools import partial
+
+    from torch.utils.data import DataLoader
+
+    from polyhead.train.data import collate
+
+    ds = dataset("t", 10)
+    seen = []
+    for rank in range(2):
+        sampler = RankShardSampler(len(ds), rank, 2, seed=4)
+        sampler.set_epoch(1)
+        loader = DataLoader(ds, batch_size=3, sampler=sampler, collate_fn=partial(collate, pad_token_id=0, task="t"))
+        got = [i for batch in loader for i in rows(batch)]
+        assert got == shard_indices(10, rank, 2, seed=4, epoch=1) and len(sampler) == 5
+        seen += got
+    assert sorted(seen) == list(range(10))
