@@ -6,8 +6,9 @@
     batch = collate([ds[i] for i in idx], pad_token_id, task=task.name)
 
 Rows are read lazily (readers.py) and tokenized once (encode.py); the examples are cached in
-`<cache_dir>/<task>-<split>-<key>.pt`, key = sha256 of (the file's content hash, the tokenizer's
-fingerprint, the task settings that change tokenization, the format version). A second load with
+`<cache_dir>/<task>-<split>-<key>.pt` (flat tensors, example_store.py), key = sha256 of (the file's
+content hash, the tokenizer's fingerprint, the task settings that change tokenization, whether the
+tokenizer's specials wrap texts, the format version). A second load with
 the same key reads the cache (`ds.num_tokenized == 0`); editing the file, the tokenizer or those
 settings changes the key. Writes are atomic (temp file + rename), so DDP ranks that build the same
 cache at once cannot corrupt it.
