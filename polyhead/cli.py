@@ -196,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parsers(commands)
 
+    from polyhead.bench.mixed import add_mixed_parser
     from polyhead.bench.offline import add_offline_parser
     from polyhead.bench.serve import add_serve_parser
 
@@ -203,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     add_offline_parser(bench_commands)
     add_serve_parser(bench_commands)
+    add_mixed_parser(bench_commands)
     return parser
 
 
