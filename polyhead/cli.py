@@ -140,8 +140,9 @@ def build_task_registry(args, default_name: str):
         name = default_name if model is None else model
         if model is None:
             return AsyncEngine.from_config(replace(base, kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory)))
-        # another backbone: its own context length (an encoder's is its max_seq_length)
-        config = replace(base, model=model, max_model_len=None,
+        # another backbone: its own context length (an encoder's is its max_seq_length); --lora-modules
+        # adapters are for the default backbone (a task's own adapter is registered on its backbone)
+        config = replace(base, model=model, max_model_len=None, adapters={},
                          kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory))
         return AsyncEngine.from_config(config)
 
@@ -206,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parsers(commands)
 
+    from polyhead.bench.mixed import add_mixed_parser
     from polyhead.bench.offline import add_offline_parser
     from polyhead.bench.serve import add_serve_parser
 
@@ -213,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     add_offline_parser(bench_commands)
     add_serve_parser(bench_commands)
+    add_mixed_parser(bench_commands)
     return parser
 
 

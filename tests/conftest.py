@@ -132,6 +132,7 @@ def tiny_bert_tokenizer():
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS, *"abcdefghijklmnopqrstuvwxyz",
              *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz")]
+    vocab = list(dict.fromkeys(vocab))  # "a" is a word and a letter: one id, all ids below the vocab size
     return BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
 
 

@@ -43,6 +43,8 @@ class LoRAManager:
         self.state: LoRAState | None = None  # set when the first adapter is registered
         self._lock = threading.Lock()  # registration may come from another thread than the step loop
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="polyhead-lora-load")
+        self._step = 0  # forward passes run (applied() calls): the clock for staleness below
+        self._asked: dict[str, int] = {}  # adapter not resident -> the step when a request last asked for it
         self.num_loads = 0  # completed loads (reloads after eviction included), for metrics and tests
         self.num_evictions = 0
 
@@ -80,15 +82,18 @@ class LoRAManager:
             return True
         if name in self.failed:
             return False
+        self._asked[name] = self._step
         future = self.loading.get(name)
         if future is None:
+            if len(self.loading) >= self.max_loras and not self._drop_one_loaded():
+                return False  # loaded-but-waiting adapters are bounded too: at most max_loras of them
             self.loading[name] = self._executor.submit(self.loader, name, self.folders[name])
             return False
         if not future.done():
             return False
         try:
             weights = future.result()
-        except Exception as err:  # the request fails (engine.take_failed), the loop goes on
+        except Exception as err:  # its requests fail (LLMEngine._fail_unloadable_adapters), the loop goes on
             logger.exception("loading adapter %r failed", name)
             del self.loading[name]
             self.failed[name] = f"{type(err).__name__}: {err}"
@@ -96,8 +101,10 @@ class LoRAManager:
         if len(self.resident) >= self.max_loras and not self._evict_one():
             return False  # every slot serves a running request: wait for one to finish
         del self.loading[name]
+        del self._asked[name]
         self.resident[name] = weights
         self.num_loads += 1
+        logger.info("adapter %r resident (%.1f MB, max rank %d)", name, weights.num_bytes / 1e6, weights.max_rank)
         return True
 
     def wait_loaded(self, name: str, timeout: float | None = None) -> None:
@@ -105,6 +112,15 @@ class LoRAManager:
         future = self.loading.get(name)
         if future is not None:
             future.exception(timeout)
+
+    def _drop_one_loaded(self) -> bool:
+        """Forget a finished load that no request asked for in the last two steps (its requests
+        were aborted, or sit deep in the queue): asked for again, it reloads."""
+        for name, future in self.loading.items():
+            if future.done() and self._asked.get(name, -1) < self._step - 1:
+                del self.loading[name]
+                return True
+        return False
 
     def _evict_one(self) -> bool:
         in_use = self.in_use()
@@ -130,6 +146,7 @@ class LoRAManager:
         if self.state is None:
             yield None
             return
+        self._step += 1
         self.state.batch = LoRABatch.from_row_adapters(
             [(n, None if a is None else self.resident[a]) for n, a in spans])
         try:

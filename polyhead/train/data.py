@@ -6,8 +6,9 @@
     batch = collate([ds[i] for i in idx], pad_token_id, task=task.name)
 
 Rows are read lazily (readers.py) and tokenized once (encode.py); the examples are cached in
-`<cache_dir>/<task>-<split>-<key>.pt`, key = sha256 of (the file's content hash, the tokenizer's
-fingerprint, the task settings that change tokenization, the format version). A second load with
+`<cache_dir>/<task>-<split>-<key>.pt` (flat tensors, example_store.py), key = sha256 of (the file's
+content hash, the tokenizer's fingerprint, the task settings that change tokenization, whether the
+tokenizer's specials wrap texts, the format version). A second load with
 the same key reads the cache (`ds.num_tokenized == 0`); editing the file, the tokenizer or those
 settings changes the key. Writes are atomic (temp file + rename), so DDP ranks that build the same
 cache at once cannot corrupt it.
@@ -28,10 +29,11 @@ from torch.utils.data import Dataset
 
 from polyhead.train.config import TaskConfig, TrainConfig
 from polyhead.train.encode import IGNORE_INDEX, Example, encode_row
+from polyhead.train.example_store import pack_examples, unpack_examples
 from polyhead.train.readers import DataError, content_hash, read_rows
 
 logger = logging.getLogger(__name__)
-CACHE_VERSION = 2  # bump when encode.py's output changes for the same inputs
+CACHE_VERSION = 3  # bump when encode.py's output changes for the same inputs
 _ENCODE_FIELDS = ("kind", "text_column", "label_column", "tokens_column", "tags_column", "prompt_column",
                   "response_column", "positive_column", "labels", "max_length", "chat_template", "prompt_template")
 
@@ -91,10 +93,17 @@ def tokenizer_fingerprint(tokenizer) -> str:
     digest = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        state = json.loads(backend.to_str())
-        state.pop("truncation", None)  # set by the last call with truncation=True; not the vocabulary
-        state.pop("padding", None)
-        digest.update(json.dumps(state, sort_keys=True).encode())
+        # truncation / padding are whatever the last call set, not the vocabulary: serialize without them
+        truncation, padding = backend.truncation, backend.padding
+        backend.no_truncation()
+        backend.no_padding()
+        try:
+            digest.update(backend.to_str().encode())
+        finally:
+            if truncation is not None:
+                backend.enable_truncation(**truncation)
+            if padding is not None:
+                backend.enable_padding(**padding)
     else:
         digest.update(repr(sorted(tokenizer.get_vocab().items())).encode())
     digest.update(repr((tokenizer.chat_template, tokenizer.eos_token_id, tokenizer.bos_token_id,
@@ -148,7 +157,7 @@ class TaskDataset(Dataset):
         if cache_file.is_file():
             try:
                 stored = torch.load(cache_file, weights_only=True)
-                return cls(task, split, [Example(**e) for e in stored["examples"]], num_tokenized=0)
+                return cls(task, split, unpack_examples(stored), num_tokenized=0)
             except Exception as err:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
                 logger.warning("rebuilding the damaged data cache %s: %s", cache_file, err)
         examples = [encode_row(task, tokenizer, row, where, specials) for where, row in read_rows(path, split)]
@@ -156,7 +165,7 @@ class TaskDataset(Dataset):
             raise DataError(f"{path!r}: no rows (task {task.name!r}, {split} split)")
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
-        torch.save({"examples": [vars(e) for e in examples]}, tmp)
+        torch.save(pack_examples(examples), tmp)
         tmp.replace(cache_file)
         return cls(task, split, examples, num_tokenized=len(examples))
 

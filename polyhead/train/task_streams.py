@@ -27,7 +27,7 @@ class TaskStreams:
         sizes = {name: len(ds) for name, ds in train.items()}
         sampler = TaskSampler.from_config(config.sampling, sizes, config.train.seed)
         self.batches = MultiTaskBatches(train, sampler, config.train.batch_size, pad, config.sampling.mixed,
-                                        config.train.seed, ctx.rank, ctx.world_size)
+                                        config.train.seed, ctx.rank, ctx.world_size, config.train.length_grouping)
         self.sampler = sampler
         self.weighting = _make_weighting(config, trainable)
         self.total_steps = num_train_steps(config, sizes, ctx.world_size)

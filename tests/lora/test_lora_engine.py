@@ -230,3 +230,75 @@ def test_prefix_cache_is_per_adapter(lora_base, adapters):
                     assert out.num_cached_tokens == num_cached, name
                     assert_same((out.token_ids, [lp.logprob for lp in out.logprobs]), fresh[name])
     assert len({tuple(result[0]) for result in fresh.values()}) == 3
+
+
+def test_bfloat16_adapter_rows_on_the_packed_and_gemv_paths(lora_base, adapters, references):
+    """bf16 serving wraps oneDNN-packed layers and, for 1-4 rows, the native GEMV: the adapter's
+    effect survives on both (log-probs near PEFT's float32 ones, far from the base's)."""
+    from polyhead.lora.layer import LoRALinear
+
+    engine = lora_engine(lora_base, adapters, ["all"], preload=True, dtype="bfloat16")
+    wrapped = [m.base for m in engine.model.modules() if isinstance(m, LoRALinear)]
+    if getattr(wrapped[0], "gemv", None) is None:
+        pytest.skip("no native bf16 GEMV on this CPU")
+    prompts = prompts_of([9, 9, 9, 9, 9, 9], seed=7)
+    params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True, logprobs=0)
+    for rows in (1, 6):  # decode steps of 1 row run the GEMV; of 6 rows, the packed oneDNN layer
+        for i in range(rows):
+            engine.add_request(prompts[i], params, req_id=str(i), adapter="all")
+        outputs = run_until_done(engine)
+        for i in range(rows):
+            tokens, logprobs = outputs[str(i)]
+            ids = prompts[i] + tokens
+            with torch.no_grad():
+                ref = torch.log_softmax(references["all"](input_ids=torch.tensor([ids])).logits[0], -1)
+                base = torch.log_softmax(references[None](input_ids=torch.tensor([ids])).logits[0], -1)
+            for step, token in enumerate(tokens):
+                position = len(prompts[i]) - 1 + step
+                assert abs(logprobs[step] - float(ref[position, token])) < 0.1
+                assert (ref[position] - base[position]).abs().max() > 0.5  # the adapter matters at this tolerance
+
+
+def test_loaded_adapters_waiting_for_a_slot_are_bounded(lora_base, adapters):
+    """With every slot serving a running request, adapters asked for are loaded ahead, but at
+    most max_loras of them are held; each request still finishes with its own adapter."""
+    engine = lora_engine(lora_base, adapters, ["qv", "all", "mlp", "ko"], preload=True, max_loras=1)
+    (prompt,) = prompts_of([7], seed=8)
+    alone = {name: run_alone(engine, prompt, name) for name in ("qv", "all", "mlp", "ko")}
+    long = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    engine.add_request(prompt, long, req_id="runner", adapter="ko")  # holds the one slot
+    engine.step()
+    for name in ("qv", "all", "mlp"):
+        engine.add_request(prompt, GREEDY, req_id=name, adapter=name)
+    peak = 0
+    results = {}
+    while engine.has_unfinished_requests():
+        results.update({o.req_id: (o.token_ids, [lp.logprob for lp in o.logprobs or []])
+                        for o in engine.step() if o.finished})
+        peak = max(peak, len(engine.lora.loading) + len(engine.lora.resident))
+    assert peak == 2  # one resident, one loaded ahead
+    for name in ("qv", "all", "mlp"):
+        assert_same(results[name], alone[name])
+
+
+def test_a_loaded_adapter_nobody_waits_for_gives_way(lora_base, adapters):
+    engine = lora_engine(lora_base, adapters, ["qv", "all", "ko"], preload=True, max_loras=1)
+    (prompt,) = prompts_of([7], seed=9)
+    expected = run_alone(engine, prompt, "all")
+    while not engine.lora.is_ready("ko"):
+        engine.lora.wait_loaded("ko")
+    engine.add_request(prompt, SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True), req_id="runner",
+                       adapter="ko")  # holds the one slot
+    engine.add_request(prompt, GREEDY, req_id="q", adapter="qv")
+    engine.step()
+    engine.lora.wait_loaded("qv", timeout=30)
+    engine.abort_request("q")  # qv is loaded, waits for a slot, and nobody wants it any more
+    engine.add_request(prompt, GREEDY, req_id="a", adapter="all")
+    for _ in range(3):
+        engine.step()
+    assert "qv" not in engine.lora.loading and "all" in engine.lora.loading
+    results = {}
+    while engine.has_unfinished_requests():
+        results.update({o.req_id: (o.token_ids, [lp.logprob for lp in o.logprobs or []])
+                        for o in engine.step() if o.finished})
+    assert_same(results["a"], expected)

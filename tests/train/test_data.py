@@ -7,6 +7,7 @@ import torch
 from polyhead.train.config import DataFiles, TaskConfig
 from polyhead.train.data import IGNORE_INDEX, DataError, TaskDataset, collate
 from polyhead.train.encode import encode_row
+from tests.conftest import tiny_tokenizer
 
 LABELS = ["negative", "neutral", "positive"]
 CLASSIFY_ROWS = [{"text": "I loved it", "label": "positive"}, {"text": "Not good at all", "label": "negative"},
@@ -216,3 +217,30 @@ def test_encoder_tokenizers_keep_cls_and_sep_like_the_encoder_engine(minilm_toke
     assert classify.input_ids == minilm_tokenizer("I loved it")["input_ids"]  # with [CLS] and [SEP]
     smol = TaskDataset.load(classify_task(tmp_path / "c.jsonl"), "train", smol_tokenizer, tmp_path / "cache")[0]
     assert smol.input_ids == smol_tokenizer.encode("I loved it", add_special_tokens=False)
+
+
+def test_cache_format_round_trips_every_kind(byte_tokenizer):
+    from polyhead.train.example_store import pack_examples, unpack_examples
+
+    cases = [(classify_task("x"), CLASSIFY_ROWS), (tag_task("x"), TAG_ROWS),
+             (TaskConfig(name="chat", kind="generate", data=DataFiles(train="x")),
+              [{"prompt": "Hi", "response": "Yo"}, {"prompt": "Name one", "response": "Ada"}]),
+             (TaskConfig(name="pairs", kind="embed", data=DataFiles(train="x")),
+              [{"text": "a cat", "positive": "a small cat"}, {"text": "dog", "positive": "hound"}])]
+    for task, rows in cases:
+        examples = [encode_row(task, byte_tokenizer, r, "x:1") for r in rows]
+        restored = unpack_examples(pack_examples(examples))
+        assert [vars(e) for e in restored] == [vars(e) for e in examples], task.kind
+
+
+def test_fingerprint_ignores_and_keeps_the_truncation_state(smol_tokenizer):
+    from polyhead.train.data import tokenizer_fingerprint
+
+    smol_tokenizer("some text", truncation=True, max_length=7)
+    truncation = smol_tokenizer.backend_tokenizer.truncation
+    assert truncation is not None and truncation["max_length"] == 7
+    first = tokenizer_fingerprint(smol_tokenizer)
+    assert smol_tokenizer.backend_tokenizer.truncation == truncation  # restored
+    smol_tokenizer("some text")  # no truncation now
+    assert tokenizer_fingerprint(smol_tokenizer) == first
+    assert tokenizer_fingerprint(tiny_tokenizer()) != first
