@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from polyhead.train import checkpoint as ckpt
 from polyhead.train.distributed import DistContext, any_rank, barrier, init_distributed
-from polyhead.train.evaluate import evaluate, format_table, results_to_dict, save_results, selection_score
+from polyhead.train.evaluate import evaluate, format_table, results_to_dict, selection_score
 from polyhead.train.export import export_run
 from polyhead.train.metrics import is_better
 from polyhead.train.optim import build_optimizer, build_scheduler
@@ -270,4 +270,4 @@ def save_results_all(results: dict, path: Path, extra: dict) -> Path:
     return path
 
 
-__all__ = ["Trainer", "TrainingInterrupted", "save_results", "trainable_tasks"]
+__all__ = ["Trainer", "TrainingInterrupted", "trainable_tasks"]
