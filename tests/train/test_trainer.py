@@ -41,9 +41,11 @@ def test_a_run_writes_results_packs_plot_and_metrics(tiny_folder, tmp_path):
 
 def test_resume_continues_to_the_same_parameters(tiny_folder, tmp_path):
     cfg_a = TrainConfig.from_yaml(write_run_config(tmp_path / "a", tiny_folder, ["sentiment", "topic"],
-                                                   mode="lora", steps=8, eval_every=2, checkpoint_every=0))
+                                                   mode="lora", steps=8, eval_every=2, checkpoint_every=0,
+                                                   log_every=3))
     cfg_b = TrainConfig.from_yaml(write_run_config(tmp_path / "b", tiny_folder, ["sentiment", "topic"],
-                                                   mode="lora", steps=8, eval_every=2, checkpoint_every=0))
+                                                   mode="lora", steps=8, eval_every=2, checkpoint_every=0,
+                                                   log_every=3))
     whole = Trainer(cfg_a, show_progress=False)
     whole.train()
     first = Trainer(cfg_b, show_progress=False)
