@@ -133,8 +133,9 @@ def build_task_registry(args, default_name: str):
         name = default_name if model is None else model
         if model is None:
             return AsyncEngine.from_config(replace(base, kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory)))
-        # another backbone: its own context length (an encoder's is its max_seq_length)
-        config = replace(base, model=model, max_model_len=None,
+        # another backbone: its own context length (an encoder's is its max_seq_length); --lora-modules
+        # adapters are for the default backbone (a task's own adapter is registered on its backbone)
+        config = replace(base, model=model, max_model_len=None, adapters={},
                          kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory))
         return AsyncEngine.from_config(config)
 

@@ -95,9 +95,10 @@ class EncoderEngine:
 
     def new_request(self, prompt: str | list[int], params: PoolingParams | None, req_id: str, *,
                     task: str = "", adapter: str | None = None, priority: int = 0, tenant: str = "",
-                    deadline: float | None = None) -> EncoderRequestState:
+                    deadline: float | None = None, after: str | None = None) -> EncoderRequestState:
         """Tokenize and validate, touching no engine state: safe from any thread. Text gets
-        [CLS] ... [SEP] as sentence-transformers adds them; token ids are taken as they are."""
+        [CLS] ... [SEP] as sentence-transformers adds them; token ids are taken as they are.
+        `after` (LLMEngine's shared-prefill hint) has nothing to share here: no KV cache."""
         params = params if params is not None else PoolingParams(kind="embed")
         self._check_params(params, adapter)
         if isinstance(prompt, str):
