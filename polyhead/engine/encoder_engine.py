@@ -17,7 +17,7 @@ import torch
 
 from polyhead.config import EngineConfig
 from polyhead.engine.encoder_runner import EncoderRunner
-from polyhead.engine.outputs import RequestOutput, StepStats
+from polyhead.engine.outputs import EngineStats, RequestOutput, StepStats
 from polyhead.engine.params import PoolingParams
 from polyhead.engine.policy import make_policy
 from polyhead.engine.pooler import resolve_pooling_params
@@ -38,6 +38,14 @@ class EncoderRequestState:
     prompt: str | None  # the text, when it came as text
     pooled: list[float] | list[list[float]] | None = None  # the result, once computed
     error: str | None = None  # why it failed, when a step failed
+
+    @property
+    def req_id(self) -> str:
+        return self.request.req_id
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return self.request.num_prompt_tokens
 
 
 class EncoderEngine:
@@ -166,6 +174,11 @@ class EncoderEngine:
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._states)
+
+    def stats(self) -> EngineStats:
+        """No KV cache and no preemption here: only the request and token counts mean anything."""
+        return EngineStats(len(self._states), 0, 0, 0, 0, 0, self.last_step_num_tokens,
+                           dict(self.last_step_stats.rows))
 
     # --- steps ------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
