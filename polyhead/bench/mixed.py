@@ -11,6 +11,7 @@ target per second of the run; the report also gives chat tok/s and per-kind p50/
 
 import asyncio
 import json
+import os
 import random
 import shlex
 import sys
@@ -161,18 +162,19 @@ def markdown_table(runs: dict[str, dict]) -> str:
     """One row per labelled run (a summary from `summarize`)."""
     lines = [("| system | goodput (req/s) | chat: met / done | chat tok/s | chat TTFT p50 / p99 (s) "
              "| chat TPOT p50 / p99 (ms) | classify: met / done | classify p50 / p99 (s) | embed: met / done "
-             "| embed p50 / p99 (s) | errors |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| embed p50 / p99 (s) | errors | load avg before / after |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, s in runs.items():
         chat, cls, emb = s["chat"], s["classify"], s["embed"]
         errors = sum(s[k]["num_errors"] for k in KINDS)
+        load = s.get("load_average") or {}
         lines.append(
             f"| {label} | {s['goodput_per_s']:.2f} | {chat['num_met']} / {chat['num_requests']} "
             f"| {chat['output_tok_s']:.1f} | {_fmt(chat['ttft_p50_s'], 3)} / {_fmt(chat['ttft_p99_s'], 3)} "
             f"| {_fmt(chat['tpot_p50_ms'], 1)} / {_fmt(chat['tpot_p99_ms'], 1)} "
             f"| {cls['num_met']} / {cls['num_requests']} | {_fmt(cls['e2e_p50_s'], 3)} / {_fmt(cls['e2e_p99_s'], 3)} "
             f"| {emb['num_met']} / {emb['num_requests']} | {_fmt(emb['e2e_p50_s'], 3)} / {_fmt(emb['e2e_p99_s'], 3)} "
-            f"| {errors} |")
+            f"| {errors} | {_fmt(load.get('before_1min'), 1)} / {_fmt(load.get('after_1min'), 1)} |")
     return "\n".join(lines)
 
 
@@ -219,12 +221,17 @@ def run_bench_mixed(args) -> int:
     args.chat_url = (args.chat_url or args.url).rstrip("/")
     args.task_url = (args.task_url or args.url).rstrip("/")
     targets = Targets(args.chat_ttft, args.chat_tpot, args.task_e2e)
+    load_before = os.getloadavg()
     results = asyncio.run(run_mixed(args))
     summary = summarize(results, args.wall_s, targets)
+    # how busy the machine was: the servers' own work plus anything else running
+    summary["load_average"] = {"before_1min": load_before[0], "after_1min": os.getloadavg()[0]}
     label = args.label or args.url
     command = shlex.join(sys.argv)
     print(f"\n{label}: {args.chat_streams} chat streams ({args.output_len} tokens), classify {args.classify_rate}/s, "
-          f"embed {args.embed_rate}/s for {args.duration:g} s; targets {asdict(targets)}\n$ {command}")
+          f"embed {args.embed_rate}/s for {args.duration:g} s; targets {asdict(targets)}; load average "
+          f"{summary['load_average']['before_1min']:.1f} before, {summary['load_average']['after_1min']:.1f} after"
+          f"\n$ {command}")
     print(markdown_table({label: summary}))
     for kind in KINDS:
         if summary[kind]["num_errors"]:
