@@ -209,10 +209,11 @@ def run_bench_mixed(args) -> int:
                 report = json.load(f)
             runs[report["label"]] = report["summary"]
         print(markdown_table(runs))
-        labels = list(runs)
-        if len(labels) >= 2 and runs[labels[1]]["goodput_per_s"] > 0:
-            print(f"\ngoodput ratio {labels[0]} / {labels[1]}: "
-                  f"{runs[labels[0]]['goodput_per_s'] / runs[labels[1]]['goodput_per_s']:.2f}x")
+        first, *others = list(runs)
+        for other in others:
+            base = runs[other]["goodput_per_s"]
+            ratio = f"{runs[first]['goodput_per_s'] / base:.2f}x" if base > 0 else "infinite (the other met no target)"
+            print(f"goodput ratio {first} / {other}: {ratio}")
         if args.plot:
             plot(runs, args.plot)
         return 0
@@ -271,5 +272,6 @@ def add_mixed_parser(commands) -> None:
     p.add_argument("--json", default=None, help="write the summary, args and machine to this file")
     p.add_argument("--plot", default=None, help="write the goodput / p99 bars to this PNG")
     p.add_argument("--compare", nargs="+", default=None, metavar="JSON",
-                   help="no load: print the table (and --plot) of earlier runs' JSON files, first / second ratio")
+                   help="no load: print the table (and --plot) of earlier runs' JSON files, and the first's "
+                   "goodput over each other's")
     p.set_defaults(func=run_bench_mixed)
