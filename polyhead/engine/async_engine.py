@@ -19,7 +19,7 @@ from polyhead.config import EngineConfig
 from polyhead.engine.engine import LLMEngine, TrackedRequest
 from polyhead.engine.factory import build_engine
 from polyhead.engine.outputs import RequestOutput
-from polyhead.engine.params import SamplingParams
+from polyhead.engine.params import PoolingParams, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -103,16 +103,17 @@ class AsyncEngine:
         return len(self._streams)
 
     # --- requests --------------------------------------------------------------------------------
-    def generate(self, prompt: str | list[int], params: SamplingParams,
-                 req_id: str | None = None) -> AsyncIterator[RequestOutput]:
-        """Queue a request now and return an iterator over its outputs; the last has finished=True.
-        Bad input raises ValueError here, before anything is queued."""
-        return self.stream(self.prepare(prompt, params, req_id))
+    def generate(self, prompt: str | list[int], params: SamplingParams | PoolingParams,
+                 req_id: str | None = None, **routing) -> AsyncIterator[RequestOutput]:
+        """Queue a request now and return an iterator over its outputs; the last has finished=True
+        (a pooling request yields just that one, with `pooled`). Bad input raises ValueError here,
+        before anything is queued. `routing`: task, adapter, priority, tenant, deadline, after."""
+        return self.stream(self.prepare(prompt, params, req_id, **routing))
 
-    def prepare(self, prompt: str | list[int], params: SamplingParams, req_id: str | None = None,
+    def prepare(self, prompt: str | list[int], params: SamplingParams | PoolingParams, req_id: str | None = None,
                 **routing) -> TrackedRequest:
         """Tokenize and validate (ValueError names the limit); nothing is queued yet.
-        `routing`: task, adapter, priority, tenant, deadline (see Request)."""
+        `routing`: task, adapter, priority, tenant, deadline (see Request), after (see LLMEngine)."""
         if not self.is_running:
             raise EngineDeadError(self.dead_reason or "the engine loop is not running")
         return self.engine.new_request(prompt, params, req_id or uuid.uuid4().hex, **routing)

@@ -9,16 +9,15 @@ from torch import nn
 
 from polyhead.engine.request import Request
 from polyhead.models.bert import EncoderModel
+from polyhead.models.encoder_inference import prepare_encoder_for_inference
 from polyhead.models.heads import ClassifyHead
-from polyhead.models.packed_linear import can_pack, pack_linear_layers
 
 Pooled = list[float] | list[list[float]]
 
 
 class EncoderRunner:
     def __init__(self, model: EncoderModel):
-        weight = next(model.parameters())
-        self.model = pack_linear_layers(model) if can_pack(weight.device) else model
+        self.model = prepare_encoder_for_inference(model)
 
     @torch.inference_mode()
     def execute(self, requests: list[Request], heads: dict[str, nn.Module]) -> list[Pooled]:

@@ -204,10 +204,10 @@ class LLMEngine:
             return outputs + self._take_pending()
         self.last_step_stats = StepStats.of(sched, result.pooling_rows)
         finished = self.scheduler.update(sched, result.sampled_token_ids)
-        if result.pooled:
-            for request in finished:
+        for request in finished:  # finished pooling requests: generation ones are handled below
+            if request.is_pooling:
                 state = self._states.get(request.req_id)
-                if state is not None and request.is_pooling:
+                if state is not None:
                     state.pooled = result.pooled.get(request.req_id)
                     outputs.append(self._make_output(state))
         for req_id, token in result.sampled_token_ids.items():

@@ -163,6 +163,11 @@ def resolve_pooling_params(params: PoolingParams, task: str, heads: dict[str, nn
     task (params.task, else the request's routing task when a head is registered under it) and the
     pooling and normalize (the classify/embed head's own, else last and no normalizing: a decoder's
     defaults). Raises ValueError naming the field."""
+    if params.kind == "score":  # the LM head scores; `task` only names the request's task (metrics)
+        if params.num_scored_tokens > num_prompt_tokens - 1:
+            raise ValueError(f"num_scored_tokens ({params.num_scored_tokens}) must be at most the prompt's "
+                             f"length - 1 ({num_prompt_tokens - 1}): a scored token needs a token before it")
+        return replace(params, pooling="last", normalize=False)
     name = params.task
     if name is not None and name not in heads:
         known = ", ".join(sorted(heads)) or "none registered"
@@ -170,19 +175,14 @@ def resolve_pooling_params(params: PoolingParams, task: str, heads: dict[str, nn
     if name is None and task in heads:
         name = task
     head = heads.get(name) if name is not None else None
-    wanted = {"classify": ClassifyHead, "tag": TagHead, "embed": EmbedPooler}.get(params.kind)
+    wanted = {"classify": ClassifyHead, "tag": TagHead, "embed": EmbedPooler}[params.kind]
     if params.kind in ("classify", "tag") and head is None:
         raise ValueError(f"a {params.kind} request needs a task with a registered {wanted.__name__} "
                          f"(task); for zero-shot classification score the label verbalizers "
                          f"(polyhead.tasks.zero_shot)")
-    if head is not None and params.kind != "score" and not isinstance(head, wanted):
+    if head is not None and not isinstance(head, wanted):
         raise ValueError(f"task {name!r} has a {type(head).__name__}, but a {params.kind} request needs "
                          f"a {wanted.__name__}")
-    if params.kind == "score":
-        name = None  # the LM head scores; `task` is only the request's label for metrics
-        if params.num_scored_tokens > num_prompt_tokens - 1:
-            raise ValueError(f"num_scored_tokens ({params.num_scored_tokens}) must be at most the prompt's "
-                             f"length - 1 ({num_prompt_tokens - 1}): a scored token needs a token before it")
     head_pooling = getattr(head, "pooling", None)
     pooling = params.pooling or head_pooling or "last"
     if params.pooling is not None and head_pooling is not None and params.pooling != head_pooling:

@@ -104,8 +104,8 @@ class Scheduler:
 
         # Waiting requests, in the policy's order, only if nobody had to give blocks back this step.
         # The first that cannot get blocks stops the admissions (no overtaking by smaller ones).
-        if not preempted:
-            for request in self.policy.waiting_order(self.waiting):
+        if not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            for request in self.policy.waiting_order(self.waiting):  # (ordering costs: only when one can go)
                 if budget <= 0 or len(self.running) >= self.max_num_seqs:
                     break
                 if not self.is_adapter_ready(request.adapter):

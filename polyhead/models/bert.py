@@ -1,13 +1,17 @@
 """The BERT family (BERT, MiniLM, RoBERTa) as an encoder on a flat ragged batch.
 
-The batch is several whole sequences concatenated without padding. Attention is
-bidirectional within a sequence and never crosses into a neighbour: the batch is laid out
-so that sequences of equal length sit next to each other, and each such run is one
-`scaled_dot_product_attention` call over a [sequences, heads, length, head_dim] view of the
-flat tensor, with no mask and no padding. For batches of short sentences this beats both a
-call per sequence (per-call overhead times hundreds of sequences) and one padded call with a
-key mask (padding work, a mask tensor, and a slower masked kernel); BENCHMARKS.md has the
-numbers. Post-LN layers as in the original BERT: x = LN(x + attn(x)), x = LN(x + mlp(x)).
+The batch is several whole sequences concatenated without padding, and every linear layer,
+norm and activation runs on that flat [T, hidden] tensor. Attention is bidirectional within a
+sequence and never crosses into a neighbour. The runner lays sequences out longest first, and
+attention takes them in buckets of similar length: a bucket of equal lengths is a plain
+[sequences, heads, length, head_dim] view of the flat tensor (no copy, no mask); a bucket of
+mixed lengths is padded to its longest for that one call, with a key mask. For batches of
+short sentences this keeps both the work and the number of calls small: a call per sequence
+pays per-call overhead hundreds of times (and on a busy 2-core machine each multi-threaded
+call can wait a scheduler slice for its second thread), a block-diagonal mask over the whole
+batch computes every pair of tokens, and padding only the attention (not the linears) to
+similar lengths wastes little. BENCHMARKS.md has the numbers. Post-LN layers as in the
+original BERT: x = LN(x + attn(x)), x = LN(x + mlp(x)).
 """
 
 from dataclasses import dataclass
@@ -17,6 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 ENCODER_ARCHITECTURES = ("bert", "roberta", "xlm-roberta")
+# A bucket takes sequences down to this fraction of its longest: attention on a padded sequence
+# then costs at most (1 / 0.75)^2 = 1.8x its own, and only attention sees the padding...
+BUCKET_MIN_FILL = 0.75
+# ...except that sequences up to this long share one bucket whatever their lengths: their
+# attention is < 3% of a token's work in MiniLM even padded, and every extra call costs more.
+SHORT_BUCKET_LEN = 64
 _ACTIVATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}  # F.gelu's `approximate`
 
 
@@ -71,21 +81,41 @@ def check_encoder_architecture(model_type: str | None) -> None:
                          f"supported: {', '.join(ENCODER_ARCHITECTURES)}")
 
 
-def length_groups(seq_lens: list[int]) -> list[tuple[int, int, int]]:
-    """Runs of equal-length neighbours in a flat batch: (first row, sequences, tokens each).
-    Sorting the sequences by length before concatenating them makes the runs as long as they
-    can be; any order is correct."""
-    groups, row = [], 0
+@dataclass(slots=True)
+class AttentionBucket:
+    """Neighbouring sequences of similar length that attend in one call."""
+
+    first_row: int  # its first token's row in the flat batch
+    num_rows: int  # its tokens in the flat batch (sum of its sequences' lengths)
+    num_seqs: int
+    length: int  # its longest sequence; shorter ones are padded to it for the call
+    slots: torch.Tensor | None  # [num_rows] each token's row in the padded [num_seqs * length]; None: no padding
+    key_mask: torch.Tensor | None  # [num_seqs, 1, 1, length] bool, True = a real key; None: no padding
+
+
+def attention_buckets(seq_lens: list[int]) -> list[AttentionBucket]:
+    """Cut the batch (sequences in batch order) into buckets of neighbours whose lengths lie
+    within BUCKET_MIN_FILL of the bucket's longest (all lengths, when that is at most
+    SHORT_BUCKET_LEN). Longest-first order makes them as full as they can be; any order is correct."""
+    runs: list[list[int]] = []
     for length in seq_lens:
         if length < 1:
             raise ValueError(f"a sequence in the batch has {length} tokens; each needs at least 1")
-        if groups and groups[-1][2] == length:
-            start, count, _ = groups[-1]
-            groups[-1] = (start, count + 1, length)
+        longest = max(runs[-1]) if runs else 0
+        if length <= longest and (longest <= SHORT_BUCKET_LEN or length >= BUCKET_MIN_FILL * longest):
+            runs[-1].append(length)
         else:
-            groups.append((row, 1, length))
-        row += length
-    return groups
+            runs.append([length])
+    buckets, row = [], 0
+    for lens in runs:
+        longest, num_rows = max(lens), sum(lens)
+        slots = key_mask = None
+        if min(lens) != longest:
+            slots = torch.cat([torch.arange(n) + i * longest for i, n in enumerate(lens)])
+            key_mask = (torch.arange(longest)[None, :] < torch.tensor(lens)[:, None])[:, None, None, :]
+        buckets.append(AttentionBucket(row, num_rows, len(lens), longest, slots, key_mask))
+        row += num_rows
+    return buckets
 
 
 class Embeddings(nn.Module):
@@ -114,17 +144,33 @@ class SelfAttention(nn.Module):
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, x: torch.Tensor, groups: list[tuple[int, int, int]]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, buckets: list[AttentionBucket]) -> torch.Tensor:
         # x: [T, hidden] -> [T, hidden]
         qkv = self.qkv_proj(x)  # [T, 3 * heads * D]
-        out = torch.empty_like(x)
-        for start, count, length in groups:
-            rows = slice(start, start + count * length)
-            # [count, length, 3, heads, D] -> 3 x [count, heads, length, D], views of qkv
-            q, k, v = qkv[rows].view(count, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            o = F.scaled_dot_product_attention(q, k, v)  # [count, heads, length, D]
-            out[rows] = o.transpose(1, 2).reshape(count * length, -1)
-        return self.o_proj(out)
+        return self.o_proj(ragged_attention(qkv, buckets, self.num_heads, self.head_dim))
+
+
+def ragged_attention(qkv: torch.Tensor, buckets: list[AttentionBucket], num_heads: int, head_dim: int) -> torch.Tensor:
+    """Bidirectional attention of each sequence over itself. qkv: [T, 3 * heads * D] (q|k|v) -> [T, heads * D]."""
+    # Few calls per bucket on purpose: on 2 busy cores each multi-threaded call can wait for its
+    # second thread, so a copy saved is worth more than its bytes.
+    out = qkv.new_empty(qkv.shape[0], num_heads * head_dim) if len(buckets) > 1 else None
+    for b in buckets:
+        rows = slice(b.first_row, b.first_row + b.num_rows)
+        qkv_b = qkv[rows]  # [num_rows, 3 * heads * D]
+        if b.slots is not None:  # pad to the bucket's longest: [num_seqs * length, 3 * heads * D]
+            qkv_b = qkv_b.new_zeros(b.num_seqs * b.length, qkv.shape[1]).index_copy_(0, b.slots, qkv_b)
+        # [num_seqs, length, 3, heads, D] -> 3 x [num_seqs, heads, length, D], views
+        q, k, v = qkv_b.view(b.num_seqs, b.length, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=b.key_mask)  # [num_seqs, heads, length, D]
+        o = o.transpose(1, 2).reshape(b.num_seqs * b.length, -1)  # a view: the CPU kernel writes [.., length, heads, D]
+        if out is None:  # one bucket: its result is the whole output
+            return o if b.slots is None else o.index_select(0, b.slots)
+        if b.slots is None:
+            out[rows] = o
+        else:
+            torch.index_select(o, 0, b.slots, out=out[rows])
+    return out
 
 
 class EncoderLayer(nn.Module):
@@ -136,12 +182,15 @@ class EncoderLayer(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size)
         self.output_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.approximate = _ACTIVATIONS[config.hidden_act]
+        self.is_activation_fused = False  # up_proj applies the GELU itself (set for inference)
 
-    def forward(self, x: torch.Tensor, groups: list[tuple[int, int, int]]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, buckets: list[AttentionBucket]) -> torch.Tensor:
         # x: [T, hidden] -> [T, hidden]
-        x = self.attention_norm(x + self.attention(x, groups))
-        mlp = self.down_proj(F.gelu(self.up_proj(x), approximate=self.approximate))
-        return self.output_norm(x + mlp)
+        x = self.attention_norm(x + self.attention(x, buckets))
+        up = self.up_proj(x)  # [T, intermediate]
+        if not self.is_activation_fused:
+            up = F.gelu(up, approximate=self.approximate)
+        return self.output_norm(x + self.down_proj(up))
 
 
 class EncoderModel(nn.Module):
@@ -161,10 +210,10 @@ class EncoderModel(nn.Module):
         seq_lens: list[int],  # tokens of each sequence, in batch order; sum == T
         token_type_ids: torch.Tensor | None = None,  # [T]; None: all 0
     ) -> torch.Tensor:  # [T, hidden]
-        groups = length_groups(seq_lens)
+        buckets = attention_buckets(seq_lens)  # once for all layers
         x = self.embeddings(input_ids, positions, token_type_ids)
         for layer in self.layers:
-            x = layer(x, groups)
+            x = layer(x, buckets)
         return x
 
 

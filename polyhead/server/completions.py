@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from polyhead.engine.outputs import RequestOutput
 from polyhead.engine.params import SamplingParams
-from polyhead.server.errors import APIError, error_chunk
+from polyhead.server.errors import APIError, deadline_error, error_chunk
 from polyhead.server.protocol import ChatCompletionRequest, CompletionRequest, new_id
 
 router = APIRouter()
@@ -104,11 +104,13 @@ async def _respond(state, served, request, body, prompt, params: list[SamplingPa
             finals = await asyncio.gather(*(_last(s, clock) for s in streams))
     except TimeoutError:
         clock.done("timeout", 0)
-        raise APIError(408, f"request exceeded its deadline of {timeout:g} s (timeout) and was aborted",
-                       "timeout", "timeout") from None
+        raise deadline_error(timeout) from None
     finally:
         for stream in streams:  # a timeout or a disconnect: free whatever still runs
             await stream.aclose()
+    if any(out.finish_reason == "timeout" for out in finals):  # the engine's deadline, the same one
+        clock.done("timeout", 0)
+        raise deadline_error(timeout)
     response = _full_response(finals, body.model, kind, response_id, state.tokenizer)
     clock.done("ok", response["usage"]["completion_tokens"])
     return JSONResponse(response)
@@ -174,9 +176,10 @@ async def _sse(streams, body, kind: str, response_id: str, timeout: float, clock
                 async with asyncio.timeout_at(deadline):
                     index, output = await merged.get()
             except TimeoutError:
-                status = "timeout"
-                yield _event(error_chunk(f"request exceeded its deadline of {timeout:g} s (timeout) and was aborted",
-                                         408))
+                output = None
+            if output is None or getattr(output, "finish_reason", None) == "timeout":
+                status = "timeout"  # the server's timer or the engine's deadline: the same one
+                yield _event(error_chunk(deadline_error(timeout).message, 408))
                 return
             if isinstance(output, BaseException):
                 status = "error"

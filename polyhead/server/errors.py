@@ -18,6 +18,13 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
 
+def deadline_error(timeout: float) -> APIError:
+    """408: the request's deadline passed (the engine finished it with reason "timeout", or the
+    server's own timer fired first while a step ran long)."""
+    return APIError(408, f"request exceeded its deadline of {timeout:g} s (timeout) and was aborted",
+                    "timeout", "timeout")
+
+
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from polyhead.engine.outputs import RequestOutput
 from polyhead.engine.params import PoolingParams
-from polyhead.server.errors import APIError
+from polyhead.server.errors import APIError, deadline_error
 from polyhead.server.registry import Backbone
 
 
@@ -49,12 +49,14 @@ async def run_jobs(state, jobs: list[PoolingJob], routing: dict, timeout: float,
             finals = await asyncio.gather(*tasks)
     except TimeoutError:
         _record(state, jobs, "timeout", time.monotonic() - start)
-        raise APIError(408, f"request exceeded its deadline of {timeout:g} s (timeout) and was aborted",
-                       "timeout", "timeout") from None
+        raise deadline_error(timeout) from None
     finally:
         for task in tasks:  # a timeout or a disconnect: abort whatever still runs
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    if any(out.finish_reason == "timeout" for out in finals):  # the engine's deadline, the same one
+        _record(state, jobs, "timeout", time.monotonic() - start)
+        raise deadline_error(timeout)
     failed = next((out for out in finals if out.finish_reason == "error"), None)
     if failed is not None:
         _record(state, jobs, "error", time.monotonic() - start)

@@ -32,7 +32,7 @@ def init_distributed() -> DistContext:
     """Join the process group if launched by torchrun (WORLD_SIZE > 1), else a single process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return DistContext()
+        return DistContext(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)

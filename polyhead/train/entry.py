@@ -15,6 +15,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps, overriding train.steps / epochs")
     p.add_argument("--mode", choices=["heads", "lora", "full"], default=None, help="override train.mode")
     p.add_argument("--tasks", default=None, help="comma-separated task names to train (default: all of the config)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="override train.eval_every (0 = evaluate only at the end)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per process (default: torch's choice; 1 is fastest on a busy machine)")
     p.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes on this machine; >1 launches torchrun for you (default: 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
@@ -49,6 +53,8 @@ def load_config(args):
         config.train.steps, config.train.epochs = args.steps, None
     if args.mode is not None:
         config.train.mode = args.mode
+    if args.eval_every is not None:
+        config.train.eval_every = args.eval_every
     if args.tasks:
         wanted = [t.strip() for t in args.tasks.split(",") if t.strip()]
         unknown = sorted(set(wanted) - {t.name for t in config.tasks})
@@ -69,6 +75,12 @@ def train_command(args) -> int:
     from polyhead.train.trainer import Trainer, TrainingInterrupted
 
     config = load_config(args)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     ctx = init_distributed()
     try:
         Trainer(config, resume=args.resume, ctx=ctx, show_progress=not args.no_progress).train()

@@ -48,17 +48,18 @@ def evaluate_task(model: MultiTaskModel, name: str, examples, pad_token_id: int,
     was_training = model.training
     model.eval()
     spec = model.tasks[name]
+    device = next(model.parameters()).device
     losses, preds, golds, probs, anchors, positives = [], [], [], [], [], []
     nll = num_tokens = 0.0
     try:
         for start in range(0, len(examples), batch_size):
             batch = collate([examples[i] for i in range(start, min(start + batch_size, len(examples)))],
-                            pad_token_id, task=name)
-            with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                            pad_token_id, task=name).to(device)
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 out = model([batch])[0]
             losses.append(out.loss.item() * batch.size)
             if spec.kind == "classify":
-                probs.append(out.logits.float().softmax(-1))
+                probs.append(out.logits.float().softmax(-1).cpu())
                 preds += out.logits.argmax(-1).tolist()
                 golds += batch.labels.tolist()
             elif spec.kind == "tag":
@@ -72,8 +73,8 @@ def evaluate_task(model: MultiTaskModel, name: str, examples, pad_token_id: int,
                 nll, num_tokens = nll + out.loss.item() * n, num_tokens + n
             else:
                 half = out.embeddings.shape[0] // 2
-                anchors.append(out.embeddings[:half].float())
-                positives.append(out.embeddings[half:].float())
+                anchors.append(out.embeddings[:half].float().cpu())
+                positives.append(out.embeddings[half:].float().cpu())
     finally:
         model.train(was_training)
     return _finish(spec, len(examples), losses, preds, golds, probs, anchors, positives, nll, num_tokens)

@@ -218,13 +218,16 @@ class Trainer:
             (self.run_dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in self.history))
 
     def _finish(self, wall_s: float, counts: dict) -> dict:
+        last = None
         if self.best is None or self.best[1] != self.step:
-            self._evaluate_and_keep_best()  # the last step is judged too
+            last = self._evaluate_and_keep_best()  # the last step is judged too
         self.save()  # the last step's state, before the best weights replace it in memory
         best_path = self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.BEST
-        if best_path.is_file():  # export and report the best checkpoint, not merely the last step
+        last_is_best = last is not None and self.best[1] == self.step
+        if best_path.is_file() and not last_is_best:  # report and export the best checkpoint
             self.model.load_trainable_state_dict(ckpt.load_checkpoint(best_path)["model"])
-        results = {split: self.evaluate(split) for split in ("validation", "test")}
+        results = {"validation": last if last_is_best else self.evaluate("validation"),
+                   "test": self.evaluate("test")}
         if self.ctx.is_main:
             for split, res in results.items():
                 if res:

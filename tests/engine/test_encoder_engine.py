@@ -226,6 +226,9 @@ def test_minilm_embeddings_equal_sentence_transformers(minilm_reference, dtype):
     assert len(outs[10].prompt_token_ids) == 256  # the long one was cut to max_seq_length
     cosine = F.cosine_similarity(got, reference.float(), dim=-1)
     assert cosine.min() > (0.99999 if dtype == "float32" else 0.9995), cosine.tolist()
-    # batching independence: alone, or among 15 others in one step
-    alone = torch.tensor(llm.embed(MINILM_SENTENCES[3])[0].pooled)
-    torch.testing.assert_close(alone, got[3], atol=1e-6, rtol=0)
+    # batching independence: alone, or among 11 others in one step. Exact up to float32 rounding;
+    # in bfloat16 the attention of a sequence padded within its bucket rounds differently (~1e-3).
+    for i in (3, 7):
+        alone = torch.tensor(llm.embed(MINILM_SENTENCES[i])[0].pooled)
+        torch.testing.assert_close(alone, got[i], atol=1e-6 if dtype == "float32" else 5e-3, rtol=0)
+        assert F.cosine_similarity(alone, got[i], dim=0) > (0.999999 if dtype == "float32" else 0.9998)

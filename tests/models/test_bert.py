@@ -7,18 +7,19 @@ import json
 import pytest
 import torch
 
-from polyhead.models.bert import length_groups
+from polyhead.models.bert import attention_buckets
 from polyhead.models.encoder_loader import load_encoder
 from tests.conftest import TINY_ENCODERS, make_tiny_encoder
 
-# lengths in batch order: equal neighbours share one attention call, the lone 1-token one too
-LENGTHS = [9, 9, 9, 5, 17, 1, 5]
+# lengths in batch order -> buckets [9, 9, 9, 5] (short: padded), [90, 70] (padded), [66, 66]
+# (no padding), [17, 14, 1, 5, 5]: any order is correct, longest first packs buckets better
+LENGTHS = [9, 9, 9, 5, 90, 70, 66, 66, 17, 14, 1, 5, 5]
 
 
 @pytest.mark.parametrize("arch", list(TINY_ENCODERS))
 @pytest.mark.parametrize("with_token_types", [False, True])
 def test_token_states_match_transformers_on_a_ragged_batch(tmp_path, arch, with_token_types):
-    hf = make_tiny_encoder(tmp_path, arch)
+    hf = make_tiny_encoder(tmp_path, arch, max_position_embeddings=96)
     ours = load_encoder(str(tmp_path), torch.float32)
     assert ours.config.position_offset == (0 if arch == "bert" else 2)
     torch.manual_seed(1)
@@ -42,10 +43,18 @@ def test_bfloat16_stays_close_to_float32(tmp_path):
     assert torch.nn.functional.cosine_similarity(a, b.float(), dim=-1).min() > 0.99
 
 
-def test_length_groups_are_runs_of_equal_neighbours():
-    assert length_groups([3, 3, 2, 3]) == [(0, 2, 3), (6, 1, 2), (8, 1, 3)]
+def test_attention_buckets_pad_only_similar_lengths():
+    buckets = attention_buckets([100, 100, 90, 80, 70, 70, 20, 3, 40])
+    assert [(b.first_row, b.num_rows, b.num_seqs, b.length) for b in buckets] == [
+        (0, 370, 4, 100), (370, 140, 2, 70), (510, 23, 2, 20), (533, 40, 1, 40)]
+    assert buckets[0].slots.tolist() == [*range(290), *range(300, 380)]
+    assert buckets[0].key_mask[:, 0, 0].sum(1).tolist() == [100, 100, 90, 80]
+    assert buckets[1].slots is None and buckets[1].key_mask is None  # equal lengths: a plain view
+    assert buckets[2].key_mask[:, 0, 0].sum(1).tolist() == [20, 3]  # short ones share a bucket anyway
+    (short,) = attention_buckets([18, 15, 12, 12, 7, 2])
+    assert short.num_seqs == 6 and short.length == 18
     with pytest.raises(ValueError, match="at least 1"):
-        length_groups([3, 0])
+        attention_buckets([3, 0])
 
 
 def test_sentence_transformers_pipeline_is_read(tmp_path):

@@ -96,3 +96,40 @@ def test_loss_weighting_strategies_train_and_log_their_weights(tiny_folder, tmp_
     weights = [r["loss_weights"] for r in trainer.history if r["type"] == "eval"]
     assert len(weights) == 3 and set(weights[-1]) == {"sentiment", "topic"}
     assert weights[-1] != {"sentiment": 1.0, "topic": 1.0}  # the weights moved away from their start
+
+
+def test_eval_command_reproduces_the_runs_test_table(tiny_folder, tmp_path, capsys):
+    from polyhead.cli import main
+
+    config = TrainConfig.from_yaml(write_run_config(tmp_path, tiny_folder, ["sentiment", "ner"], steps=3))
+    Trainer(config, show_progress=False).train()
+    run = Path(config.output_dir)
+    assert main(["eval", str(run), "--split", "test"]) == 0
+    assert "span_f1" in capsys.readouterr().out
+    saved = json.loads((run / "eval-test.json").read_text())["tasks"]
+    expected = json.loads((run / "results.json").read_text())["splits"]["test"]
+    for task in ("sentiment", "ner"):
+        for metric, value in expected[task].items():
+            assert saved[task][metric] == pytest.approx(value, abs=1e-5)
+    assert main(["eval", str(tmp_path), "--split", "test"]) == 2  # not a run folder: a clear error
+
+
+def test_distill_from_a_trained_run(tiny_folder, tmp_path):
+    teacher_config = TrainConfig.from_yaml(write_run_config(tmp_path / "teacher", tiny_folder, ["sentiment"],
+                                                            mode="lora", steps=6))
+    Trainer(teacher_config, show_progress=False).train()
+    path = write_run_config(tmp_path / "student", tiny_folder, ["sentiment"], mode="heads", steps=4, eval_every=0)
+    config = TrainConfig.from_yaml(path)
+    from polyhead.train.config import DistillConfig
+
+    config.distill = DistillConfig(teacher=teacher_config.output_dir, temperature=2.0, alpha=1.0)
+    config.validate()
+    student = Trainer(config, show_progress=False)
+    batch = student.streams.next_batches()[0]
+    out = student.model([batch])[0]
+    teacher_logits = student.teacher[0].logits("sentiment", batch.input_ids, batch.attention_mask)
+    from polyhead.train.distill import kd_kl
+
+    expected = kd_kl(out.logits, teacher_logits, 2.0)  # alpha 1: the loss is the soft term alone
+    torch.testing.assert_close(student._task_loss(batch, out), expected)
+    assert not torch.allclose(expected, out.loss)
