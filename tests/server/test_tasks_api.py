@@ -72,7 +72,8 @@ def test_zero_shot_scores_each_label_answer(task_server, tiny_llama):
         answer_ids = tokenizer.encode(answer, add_special_tokens=False)
         with torch.no_grad():
             logprobs = tiny_llama[1](torch.tensor([ids + answer_ids])).logits[0].log_softmax(-1)
-        scores.append(sum(logprobs[len(ids) - 1 + i, t] for i, t in enumerate(answer_ids)))
+        # mean log-prob per answer token: " no way" is 7 byte tokens, " yes" 4
+        scores.append(sum(logprobs[len(ids) - 1 + i, t] for i, t in enumerate(answer_ids)) / len(answer_ids))
     expected = torch.stack(scores).softmax(-1)
     torch.testing.assert_close(torch.tensor(item["probs"]), expected, atol=1e-4, rtol=1e-4)
 
