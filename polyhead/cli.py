@@ -129,12 +129,20 @@ def build_task_registry(args, default_name: str):
             raise ValueError(f"--backbone-kv-cache-memory takes NAME=SIZE (e.g. all-MiniLM-L6-v2=64MiB), got {item!r}")
         kv_budgets[name] = parse_size(size, f"--backbone-kv-cache-memory {name}")
 
+    if args.engine_mode == "process" and args.tasks:
+        raise ValueError("--engine-mode process serves the model alone; --tasks needs --engine-mode thread")
+    if args.engine_mode == "process" or (args.engine_mode == "auto" and not args.tasks):
+        from polyhead.engine.process_engine import ProcessEngine
+
+        return TaskRegistry.single(ProcessEngine.from_config(base), default_name)
+
     def make_engine(model: str | None):
         name = default_name if model is None else model
         if model is None:
             return AsyncEngine.from_config(replace(base, kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory)))
-        # another backbone: its own context length (an encoder's is its max_seq_length)
-        config = replace(base, model=model, max_model_len=None,
+        # another backbone: its own context length (an encoder's is its max_seq_length); --lora-modules
+        # adapters are for the default backbone (a task's own adapter is registered on its backbone)
+        config = replace(base, model=model, max_model_len=None, adapters={},
                          kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory))
         return AsyncEngine.from_config(config)
 
@@ -170,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="require this bearer key on /v1 (or set POLYHEAD_API_KEY)")
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the model's)")
     p.add_argument("--default-max-tokens", type=int, default=256, help="when a request sets none (default: 256)")
+    p.add_argument("--engine-mode", default="auto", choices=["auto", "thread", "process"],
+                   help="step the engine in a child process (the model alone) or on a thread of the server "
+                   "process (needed by --tasks); auto: process without --tasks, else thread; see BENCHMARKS.md "
+                   "(default: auto)")
     p.add_argument("--tasks", default=None, metavar="MANIFEST",
                    help="serve the tasks of a tasks.yaml manifest, or `default` for the shipped set (chat, "
                    "summarize, translate, sentiment, topic, embed); each backbone gets its own engine")

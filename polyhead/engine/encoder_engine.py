@@ -17,7 +17,7 @@ import torch
 
 from polyhead.config import EngineConfig
 from polyhead.engine.encoder_runner import EncoderRunner
-from polyhead.engine.outputs import RequestOutput, StepStats
+from polyhead.engine.outputs import EngineStats, RequestOutput, StepStats
 from polyhead.engine.params import PoolingParams
 from polyhead.engine.policy import make_policy
 from polyhead.engine.pooler import resolve_pooling_params
@@ -38,6 +38,14 @@ class EncoderRequestState:
     prompt: str | None  # the text, when it came as text
     pooled: list[float] | list[list[float]] | None = None  # the result, once computed
     error: str | None = None  # why it failed, when a step failed
+
+    @property
+    def req_id(self) -> str:
+        return self.request.req_id
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return self.request.num_prompt_tokens
 
 
 class EncoderEngine:
@@ -95,9 +103,10 @@ class EncoderEngine:
 
     def new_request(self, prompt: str | list[int], params: PoolingParams | None, req_id: str, *,
                     task: str = "", adapter: str | None = None, priority: int = 0, tenant: str = "",
-                    deadline: float | None = None) -> EncoderRequestState:
+                    deadline: float | None = None, after: str | None = None) -> EncoderRequestState:
         """Tokenize and validate, touching no engine state: safe from any thread. Text gets
-        [CLS] ... [SEP] as sentence-transformers adds them; token ids are taken as they are."""
+        [CLS] ... [SEP] as sentence-transformers adds them; token ids are taken as they are.
+        `after` (LLMEngine's shared-prefill hint) has nothing to share here: no KV cache."""
         params = params if params is not None else PoolingParams(kind="embed")
         self._check_params(params, adapter)
         if isinstance(prompt, str):
@@ -165,6 +174,11 @@ class EncoderEngine:
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._states)
+
+    def stats(self) -> EngineStats:
+        """No KV cache and no preemption here: only the request and token counts mean anything."""
+        return EngineStats(len(self._states), 0, 0, 0, 0, 0, self.last_step_num_tokens,
+                           dict(self.last_step_stats.rows))
 
     # --- steps ------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:

@@ -8,7 +8,8 @@ import torch
 from polyhead.config import EngineConfig
 from polyhead.engine.detokenizer import IncrementalDetokenizer
 from polyhead.engine.kv_cache import KVCacheManager
-from polyhead.engine.outputs import RequestOutput, StepStats
+from polyhead.engine.limits import RequestLimits
+from polyhead.engine.outputs import EngineStats, RequestOutput, StepStats
 from polyhead.engine.params import PoolingParams, SamplingParams
 from polyhead.engine.policy import make_policy
 from polyhead.engine.pooler import Pooled, resolve_pooling_params
@@ -35,6 +36,14 @@ class TrackedRequest:
     after: str | None = None  # req_id of the request whose prompt this one waits for (shared prefill)
     pooled: Pooled | None = None  # a pooling request's result, once it finished
 
+    @property
+    def req_id(self) -> str:
+        return self.request.req_id
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return self.request.num_prompt_tokens
+
 
 class LLMEngine:
     def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None):
@@ -57,6 +66,8 @@ class LLMEngine:
         if config.max_model_len is not None and config.max_model_len > context:
             raise ValueError(f"max_model_len ({config.max_model_len}) exceeds the model's context ({context})")
         self.max_model_len = min(config.max_model_len or context, self.kv_capacity_tokens)
+        self.limits = RequestLimits(self.model_config.vocab_size, context, self.kv_capacity_tokens,
+                                    self.max_model_len)
 
         self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens,
@@ -153,25 +164,10 @@ class LLMEngine:
                         self.scheduler.add(tracked.request)
 
     def validate_prompt(self, token_ids: list[int]) -> None:
-        if not token_ids:
-            raise ValueError("prompt is empty: it must have at least 1 token")
-        vocab = self.model_config.vocab_size
-        if not all(isinstance(t, int) and 0 <= t < vocab for t in token_ids):
-            raise ValueError(f"prompt token ids must be integers in [0, {vocab}) (vocab_size)")
-        if len(token_ids) >= self.max_model_len:
-            raise ValueError(
-                f"prompt has {len(token_ids)} tokens, but the limit is {self.max_model_len - 1} "
-                f"(max_model_len {self.max_model_len} = min(model context {self.model_config.max_position_embeddings}, "
-                f"KV cache capacity {self.kv_capacity_tokens} tokens), leaving room for 1 new token)")
+        self.limits.validate_prompt(token_ids)
 
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
-        """For APIs that refuse rather than truncate: prompt + max_tokens within max_model_len."""
-        if num_prompt_tokens + max_tokens > self.max_model_len:
-            raise ValueError(
-                f"prompt ({num_prompt_tokens} tokens) + max_tokens ({max_tokens}) = "
-                f"{num_prompt_tokens + max_tokens} exceeds max_model_len {self.max_model_len} "
-                f"(model context {self.model_config.max_position_embeddings}, KV cache capacity "
-                f"{self.kv_capacity_tokens} tokens)")
+        self.limits.check_fits(num_prompt_tokens, max_tokens)
 
     def abort_request(self, req_id: str) -> bool:
         """Cancel a request; its blocks are freed now and its final output comes with the next step."""
@@ -179,6 +175,12 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._states)
+
+    def stats(self) -> EngineStats:
+        kv, scheduler = self.kv_cache, self.scheduler
+        return EngineStats(len(self._states), len(scheduler.running), kv.num_free_blocks, kv.num_blocks,
+                           kv.num_prefix_hit_tokens, scheduler.num_preemptions, self.last_step_num_tokens,
+                           dict(self.last_step_stats.rows))
 
     def step(self) -> list[RequestOutput]:
         if self.lora.failed:

@@ -46,3 +46,21 @@ class StepStats:
         num_generate = len(sched.scheduled) - sum(pooling_rows.values()) if pooling_rows else len(sched.scheduled)
         rows = {"generate": num_generate, **pooling_rows} if num_generate else dict(pooling_rows)
         return cls(sched.num_batched_tokens, rows)
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """The engine's own figures, for /metrics and tests; the process mode sends one with each step."""
+
+    num_unfinished: int  # requests admitted and not yet finished (waiting or running)
+    num_running: int  # sequences the scheduler is running
+    num_free_blocks: int  # KV blocks free (a free block may still hold a cached prefix)
+    num_blocks: int  # KV blocks in all
+    num_prefix_hit_tokens: int  # running total of prompt tokens served from the prefix cache
+    num_preemptions: int  # running total of sequences preempted for lack of KV blocks
+    last_step_num_tokens: int  # tokens the last step computed
+    last_step_rows: dict[str, int]  # the last step's rows by kind (generate | classify | tag | embed | score)
+
+    @property
+    def kv_usage(self) -> float:
+        return 1.0 - self.num_free_blocks / self.num_blocks if self.num_blocks else 0.0

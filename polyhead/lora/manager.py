@@ -93,7 +93,7 @@ class LoRAManager:
             return False
         try:
             weights = future.result()
-        except Exception as err:  # the request fails (engine.take_failed), the loop goes on
+        except Exception as err:  # its requests fail (LLMEngine._fail_unloadable_adapters), the loop goes on
             logger.exception("loading adapter %r failed", name)
             del self.loading[name]
             self.failed[name] = f"{type(err).__name__}: {err}"

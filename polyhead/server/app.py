@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from polyhead.engine.async_engine import AsyncEngine
+from polyhead.engine.engine_client import EngineClient
 from polyhead.server.classify import router as classify_router
 from polyhead.server.completions import router as completions_router
 from polyhead.server.embeddings import router as embeddings_router
@@ -75,7 +75,7 @@ class ServerState(TaskRouting):
         return limit if requested is None else min(requested, limit)
 
 
-def build_app(engine: AsyncEngine, settings: ServerSettings, registry: TaskRegistry | None = None) -> FastAPI:
+def build_app(engine: EngineClient, settings: ServerSettings, registry: TaskRegistry | None = None) -> FastAPI:
     """`engine` serves `settings.model_names`; `registry` adds the tasks and any other backbones
     (built by TaskRegistry.from_specs with `engine` as the default backbone's)."""
     registry = registry or TaskRegistry.single(engine, settings.model_names[0])

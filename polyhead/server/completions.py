@@ -89,10 +89,10 @@ async def _respond(state, served, request, body, prompt, params: list[SamplingPa
     except ValueError as err:
         raise APIError(400, str(err), param) from err
     try:
-        engine.engine.check_fits(tracked[0].request.num_prompt_tokens, params[0].max_tokens)
+        engine.check_fits(tracked[0].num_prompt_tokens, params[0].max_tokens)
     except ValueError as err:
         raise APIError(400, str(err), param, "context_length_exceeded") from err
-    state.admit(len(tracked), tracked[0].request.num_prompt_tokens)  # 429 when the queue is full
+    state.admit(len(tracked), tracked[0].num_prompt_tokens)  # 429 when the queue is full
     timeout = state.timeout_for(body.timeout)
     streams = _share_prefill(engine, tracked)
     clock = _Clock(task, state.metrics)

@@ -6,6 +6,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from polyhead.engine.engine_client import EngineDeadError
+
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           405: "invalid_request_error", 408: "timeout_error", 413: "invalid_request_error",
           429: "rate_limit_error", 500: "server_error", 503: "service_unavailable"}
@@ -41,6 +43,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, err: APIError):
         return error_response(err.status, err.message, err.param, err.code, err.headers)
+
+    @app.exception_handler(EngineDeadError)
+    async def _engine_dead(_: Request, err: EngineDeadError):
+        return error_response(503, f"the engine is not running: {err}", None, "engine_dead")
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, err: RequestValidationError):

@@ -68,12 +68,11 @@ class Metrics:
 
 def step_rows(engine) -> dict[str, int]:
     """The last step's rows by kind, from the engine's own per-step figures."""
-    stats = getattr(engine.engine, "last_step_stats", None)
-    return dict(stats.rows) if stats is not None else {}
+    return engine.stats().last_step_rows
 
 
 class _EngineCollector:
-    """Figures the engines keep themselves, read at scrape time so they are never stale."""
+    """Figures the engines keep themselves, read at scrape time (in process mode: as of the child's last report)."""
 
     def __init__(self, tasks):
         self.tasks = tasks
@@ -91,12 +90,10 @@ class _EngineCollector:
                                              labels=["backbone"]),
         }
         for name, backbone in self.tasks.backbones.items():
-            loop, engine = backbone.engine, backbone.engine.engine
-            families["queue"].add_metric([name], loop.num_queued)
-            scheduler = getattr(engine, "scheduler", None)  # an encoder has neither scheduler nor KV cache
-            kv = getattr(engine, "kv_cache", None)
-            families["running"].add_metric([name], len(scheduler.running) if scheduler is not None else 0)
-            families["kv"].add_metric([name], kv.usage if kv is not None else 0.0)
-            families["hits"].add_metric([name], kv.num_prefix_hit_tokens if kv is not None else 0)
-            families["preempted"].add_metric([name], scheduler.num_preemptions if scheduler is not None else 0)
+            stats = backbone.engine.stats()  # an encoder has neither scheduler nor KV cache: zeros
+            families["queue"].add_metric([name], backbone.engine.num_queued)
+            families["running"].add_metric([name], stats.num_running)
+            families["kv"].add_metric([name], stats.kv_usage)
+            families["hits"].add_metric([name], stats.num_prefix_hit_tokens)
+            families["preempted"].add_metric([name], stats.num_preemptions)
         yield from families.values()

@@ -31,7 +31,7 @@ class Backbone:
 
     @property
     def tokenizer(self):
-        return self.engine.engine.tokenizer
+        return self.engine.tokenizer
 
 
 @dataclass
@@ -113,15 +113,14 @@ class TaskRegistry:
 
 
 def _describe(name: str, engine) -> Backbone:
-    inner = engine.engine
-    is_generative = hasattr(inner, "kv_cache")  # a causal LM keeps a KV cache; an encoder computes prompts whole
-    prefix_cache = is_generative and inner.kv_cache.enable_prefix_caching
-    return Backbone(name, engine, is_generative, inner.model_config.hidden_size,
-                    add_special_tokens=not is_generative, has_prefix_cache=prefix_cache)
+    return Backbone(name, engine, engine.is_generative, engine.hidden_size,
+                    add_special_tokens=not engine.is_generative, has_prefix_cache=engine.has_prefix_cache)
 
 
 def _bind(spec: TaskSpec, backbone: Backbone) -> ServedTask:
-    engine = backbone.engine.engine
+    engine = getattr(backbone.engine, "engine", None)  # the in-process engine (thread mode)
+    if engine is None:
+        raise ValueError("task heads and adapters need the engine in this process (--engine-mode thread)")
     if spec.kind == "generate" and not backbone.is_generative:
         raise ValueError("a generate task needs a generative backbone, and this one is an encoder")
     if spec.is_zero_shot and not backbone.is_generative:

@@ -2,7 +2,7 @@
 
 import uvicorn
 
-from polyhead.engine.async_engine import AsyncEngine
+from polyhead.engine.engine_client import EngineClient
 from polyhead.server.app import ServerSettings, build_app
 
 
@@ -19,7 +19,7 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(engine: AsyncEngine, settings: ServerSettings, host: str, port: int, grace_s: float,
+def serve(engine: EngineClient, settings: ServerSettings, host: str, port: int, grace_s: float,
           registry=None) -> None:
     app = build_app(engine, settings, registry)
     config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=grace_s)

@@ -29,7 +29,7 @@ def plot_losses(history: list[dict], path: str | Path, title: str = "") -> Path:
         if train[task]:
             steps, losses = zip(*train[task])
             ax.plot(steps, losses, alpha=0.3, color="tab:blue", label="train")
-            ax.plot(steps, _moving_average(losses, 10), color="tab:blue", label="train (avg 10)")
+            ax.plot(steps, _moving_average(losses, 3), color="tab:blue", label="train (mean of 3 records)")
         if val[task]:
             steps, losses = zip(*val[task])
             ax.plot(steps, losses, "o-", color="tab:orange", label="validation")

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from polyhead.train import checkpoint as ckpt
 from polyhead.train.distributed import DistContext, any_rank, barrier, init_distributed
-from polyhead.train.evaluate import evaluate, format_table, results_to_dict, save_results, selection_score
+from polyhead.train.evaluate import evaluate, format_table, results_to_dict, selection_score
 from polyhead.train.export import export_run
 from polyhead.train.metrics import is_better
 from polyhead.train.optim import build_optimizer, build_scheduler
@@ -61,6 +61,7 @@ class Trainer:
         self.net = (DDP(self.model, find_unused_parameters=True) if self.ctx.is_distributed else self.model)
         self.teacher = self._build_teacher()
         self.step, self.history, self.best = 0, [], None  # best: (score, step)
+        self.log_window: dict[str, list[float]] = {}  # task -> its step losses since the last log record
         self._stop_signal = None
         self.stop_at_step = None
 
@@ -80,10 +81,15 @@ class Trainer:
         stop_at_step: save a checkpoint there and raise TrainingInterrupted, as Ctrl-C would (a
         time-boxed run continues later with --resume)."""
         self.stop_at_step = stop_at_step
-        if self.ctx.is_main:
-            save_run_config(self.config, self.run_dir)
         if self.resume:
             self._resume()
+        elif ckpt.latest_checkpoint(self.run_dir) is not None:
+            raise ValueError(f"{str(self.run_dir)!r} holds a previous run's checkpoints: continue it with --resume, "
+                             "or train into another --output-dir")
+        elif self.ctx.is_main:
+            (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
+        if self.ctx.is_main:
+            save_run_config(self.config, self.run_dir)
         counts = self.model.parameter_counts()
         self._log({"type": "start", "step": self.step, "parameters": counts, "mode": self.config.train.mode,
                    "world_size": self.ctx.world_size, "total_steps": self.total_steps})
@@ -108,9 +114,14 @@ class Trainer:
                 self.step += 1
                 for task, loss in losses.items():
                     running[task] = loss if task not in running else 0.9 * running[task] + 0.1 * loss
-                    if self.step % settings.log_every == 0 or self.step == 1:
-                        self._log({"type": "train", "step": self.step, "task": task, "loss": loss,
+                    self.log_window.setdefault(task, []).append(loss)
+                if self.step % settings.log_every == 0 or self.step == self.total_steps:
+                    # one record per task: its mean loss over the steps since the last record
+                    for task, window in self.log_window.items():
+                        self._log({"type": "train", "step": self.step, "task": task,
+                                   "loss": sum(window) / len(window), "num_steps": len(window),
                                    "lr": self.scheduler.get_last_lr()[0]})
+                    self.log_window = {}
                 bar.set_postfix({t: f"{v:.3f}" for t, v in running.items()}, refresh=False)
                 bar.update(1)
                 if settings.eval_every and self.step % settings.eval_every == 0 and self.step < self.total_steps:
@@ -186,7 +197,7 @@ class Trainer:
         return {"step": self.step, "model": self.model.trainable_state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "streams": self.streams.state_dict(), "per_rank": gathered, "history": list(self.history),
-                "best": self.best, "world_size": self.ctx.world_size}
+                "best": self.best, "world_size": self.ctx.world_size, "log_window": dict(self.log_window)}
 
     def save(self, best: bool = False) -> None:
         state = self.state_dict()  # every rank takes part in the gather
@@ -206,6 +217,7 @@ class Trainer:
         self.streams.load_data_state(mine["data"])
         ckpt.set_rng_state(mine["rng"])
         self.step, self.history, self.best = state["step"], list(state["history"]), state["best"]
+        self.log_window = {k: list(v) for k, v in state["log_window"].items()}
 
     def _resume(self) -> None:
         path = ckpt.latest_checkpoint(self.run_dir)
@@ -270,4 +282,4 @@ def save_results_all(results: dict, path: Path, extra: dict) -> Path:
     return path
 
 
-__all__ = ["Trainer", "TrainingInterrupted", "save_results", "trainable_tasks"]
+__all__ = ["Trainer", "TrainingInterrupted", "trainable_tasks"]

@@ -194,8 +194,11 @@ def test_llm_embed_and_generate_on_an_encoder(tiny_encoder):
     assert not llm.engine.has_unfinished_requests()
 
 
-def test_async_engine_drives_the_encoder(engine):
-    async_engine = AsyncEngine(engine).start()
+def test_async_engine_drives_the_encoder(tiny_encoder):
+    from polyhead.config import EngineConfig
+
+    async_engine = AsyncEngine.from_config(EngineConfig(model=str(tiny_encoder[0]), dtype="float32"))
+    assert isinstance(async_engine.engine, EncoderEngine)
 
     async def embed_all():
         async def one(text):

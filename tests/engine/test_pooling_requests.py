@@ -24,8 +24,11 @@ def engine(tiny_llama):
 def test_fan_out_second_task_computes_only_the_uncached_tail(engine, tiny_llama):
     hf = tiny_llama[1]
     text = prompts_of([21], seed=20)[0]
+    torch.manual_seed(1)
+    heads = {**HEADS, "intent": ClassifyHead(64, 6)}
+    engine.register_head("intent", heads["intent"])
     engine.add_request(text, PoolingParams("classify", task="sentiment"), req_id="a")
-    engine.add_request(text, PoolingParams("embed"), req_id="b", after="a")  # waits for a's prompt
+    engine.add_request(text, PoolingParams("classify", task="intent"), req_id="b", after="a")  # waits for a's prompt
     steps = []
     while engine.has_unfinished_requests():
         steps.append({o.req_id: o for o in engine.step()})
@@ -34,7 +37,7 @@ def test_fan_out_second_task_computes_only_the_uncached_tail(engine, tiny_llama)
     assert steps[0]["tokens"] == 21 and steps[1]["tokens"] == 1  # 5 full blocks were hits for b
     assert steps[0]["a"].num_cached_tokens == 0 and steps[1]["b"].num_cached_tokens == 20
     assert_pooled_close(steps[0]["a"].pooled, reference(hf, HEADS, text, "classify", "sentiment"))
-    assert_pooled_close(steps[1]["b"].pooled, reference(hf, HEADS, text, "embed"))
+    assert_pooled_close(steps[1]["b"].pooled, reference(hf, heads, text, "classify", "intent"))
 
 
 def test_mean_cls_and_tag_take_no_prefix_hits(engine, tiny_llama):

@@ -108,3 +108,16 @@ def test_missing_files(adapters, model_config, tmp_path):
     (folder / "adapter_model.safetensors").unlink()
     with pytest.raises(ValueError, match="has no adapter_model.safetensors"):
         check_adapter(folder, model_config, max_rank=64)
+
+
+def test_benchmark_adapters_are_valid_peft_folders(lora_base, model_config, tmp_path):
+    """The step benchmark's random adapters (polyhead/bench/lora.py) load as PEFT's own do."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from polyhead.bench.lora import write_random_adapter
+
+    folder = write_random_adapter(tmp_path / "bench", model_config, rank=8, seed=0)
+    assert check_adapter(folder, model_config, max_rank=8).r == 8
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(lora_base), folder)
+    assert sum("lora_B" in name for name, _ in model.named_parameters()) == 7 * model_config.num_layers

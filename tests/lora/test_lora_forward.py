@@ -6,7 +6,7 @@ import torch
 
 from polyhead.lora.adapter import load_adapter
 from polyhead.lora.layer import LoRABatch, LoRALinear, attach_lora
-from polyhead.models.attention import AttentionMetadata, PrefillChunk
+from polyhead.models.attention import AttentionMetadata, PrefillChunk, build_prefill_mask
 from polyhead.models.inference import prepare_for_inference
 from polyhead.models.loader import load_model
 from tests.lora.conftest import ADAPTERS
@@ -26,8 +26,10 @@ def flat_forward(loaded, sequences: list[list[int]], adapters: list) -> list[tor
     lens = [len(s) for s in sequences]
     kv = [torch.zeros(2, config.num_kv_heads, sum(lens), config.head_dim) for _ in range(config.num_layers)]
     starts = [sum(lens[:i]) for i in range(len(lens))]
+    window = config.sliding_window
     meta = AttentionMetadata(torch.arange(sum(lens)), sum(lens), 0, None, None, None,
-                             [PrefillChunk(s, n, n, None, None) for s, n in zip(starts, lens)])
+                             [PrefillChunk(s, n, n, None, build_prefill_mask(0, n, window)) for s, n in zip(starts, lens)],
+                             window)
     ids = torch.tensor([t for s in sequences for t in s])
     positions = torch.cat([torch.arange(n) for n in lens])
     state = loaded.model.lora_state
@@ -104,3 +106,27 @@ def test_fused_layout(ours, adapters):
     assert qkv.b[:q_size].abs().max() == 0 and qkv.b[q_size + kv_size:].abs().max() == 0
     assert weights.modules["model.layers.1.self_attn.o_proj"].a.shape == (6, 64)  # rank_pattern
     assert "model.layers.0.mlp.gate_up_proj" not in weights.modules
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "mistral-sliding-window"])
+def test_other_architectures_equal_peft(tmp_path, arch):
+    """qkv biases (Qwen2) stay outside the LoRA update; the sliding window does not touch it."""
+    from tests.conftest import make_tiny_model
+    from tests.lora.conftest import make_adapter, peft_reference
+
+    make_tiny_model(tmp_path / "base", arch, seed=4)
+    folder = make_adapter(tmp_path / "base", tmp_path / "adapter", seed=4, r=4, lora_alpha=8,
+                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    loaded = load_model(str(tmp_path / "base"), torch.float32)
+    prepare_for_inference(loaded.model)
+    attach_lora(loaded.model)
+    weights = load_adapter("a", folder, loaded.config, torch.float32, max_rank=64)
+    seqs = prompts([20, 15], seed=5)
+    for logits, seq, adapter in zip(flat_forward(loaded, seqs, [weights, None]), seqs, ["a", None]):
+        reference = peft_reference(tmp_path / "base", folder)
+        if adapter is None:
+            with reference.disable_adapter():
+                expected = reference_logits(reference, seq)
+        else:
+            expected = reference_logits(reference, seq)
+        torch.testing.assert_close(logits, expected, atol=2e-4, rtol=1e-4)

@@ -10,8 +10,9 @@ import sys
 import time
 
 import httpx
+import pytest
 
-from tests.server.conftest import MODEL, free_port, running_server
+from tests.server.conftest import MODEL, MODES, free_port, running_server, wait_until_idle
 
 LONG = {"model": MODEL, "prompt": "long", "max_tokens": 100, "temperature": 0, "ignore_eos": True}
 
@@ -65,27 +66,38 @@ def test_deadline_is_408_and_the_request_is_aborted(tiny_llama):
     with running_server(tiny_llama[0], request_timeout_s=0.05) as (url, app):
         response = completion(url, max_tokens=120, temperature=0, ignore_eos=True)
         assert response.status_code == 408 and response.json()["error"]["param"] == "timeout"
-        engine = app.state.server.engine.engine
-        deadline = time.monotonic() + 10
-        while engine.has_unfinished_requests() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not engine.has_unfinished_requests()
-        assert engine.kv_cache.num_free_blocks == engine.kv_cache.num_blocks
+        stats = wait_until_idle(app.state.server.engine)
+        assert stats.num_unfinished == 0 and stats.num_free_blocks == stats.num_blocks
 
 
-def test_client_disconnect_mid_stream_frees_the_request(tiny_llama):
-    with running_server(tiny_llama[0]) as (url, app):
+@pytest.mark.parametrize("mode", MODES)
+def test_client_disconnect_mid_stream_frees_the_request(tiny_llama, mode):
+    with running_server(tiny_llama[0], mode) as (url, app):
+        engine = app.state.server.engine
         with httpx.stream("POST", f"{url}/v1/completions", json={**LONG, "max_tokens": 120, "stream": True},
                           timeout=30) as response:
             for line in response.iter_lines():
                 if line.startswith("data: "):
+                    assert engine.stats().num_unfinished == 1
                     break  # leave after the first chunk
-        engine = app.state.server.engine.engine
-        deadline = time.monotonic() + 10
-        while engine.has_unfinished_requests() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not engine.has_unfinished_requests()
+        stats = wait_until_idle(engine)
+        assert stats.num_unfinished == 0 and stats.num_free_blocks == stats.num_blocks
         assert completion(url, max_tokens=3).status_code == 200
+
+
+def test_engine_process_death_fails_streams_and_health_not_hangs(tiny_llama):
+    with running_server(tiny_llama[0], "process") as (url, app):
+        engine = app.state.server.engine
+        os.kill(engine.pid, signal.SIGSTOP)  # frozen: the request below waits in the pipe, in flight
+        with httpx.stream("POST", f"{url}/v1/completions", json={**LONG, "stream": True}, timeout=30) as response:
+            os.kill(engine.pid, signal.SIGKILL)
+            events = [line for line in response.iter_lines() if line.startswith("data: ")]
+        error = json.loads(events[-1][6:])["error"]
+        assert "the engine process died (exit code -9)" in error["message"]
+        health = httpx.get(f"{url}/health", timeout=30)
+        assert health.status_code == 503 and "exit code -9" in health.json()["reason"]
+        response = completion(url, max_tokens=3)
+        assert response.status_code == 503 and response.json()["error"]["code"] == "engine_dead"
 
 
 def test_metrics_count_requests_tokens_and_latency(server):

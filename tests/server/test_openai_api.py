@@ -1,4 +1,5 @@
-"""The official openai client against a live polyhead server (tiny random model, local port)."""
+"""The official openai client against a live polyhead server (tiny random model, local port);
+the `client` and `any_server` tests run against both engine modes."""
 
 import asyncio
 
@@ -10,8 +11,8 @@ from tests.server.conftest import MODEL
 
 
 @pytest.fixture
-def client(server):
-    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", timeout=30, max_retries=0)
+def client(any_server):
+    return openai.OpenAI(base_url=f"{any_server}/v1", api_key="unused", timeout=30, max_retries=0)
 
 
 def test_completion_and_usage(client):
@@ -68,8 +69,8 @@ def test_async_client_concurrent_requests(server):
     ({"model": MODEL, "prompt": "x" * 200}, 400, "prompt"),
     ({"model": "nope", "prompt": "x"}, 404, "model"),
 ])
-def test_errors_have_openai_shape_and_name_the_field(server, body, status, param):
-    response = httpx.post(f"{server}/v1/completions", json=body, timeout=30)
+def test_errors_have_openai_shape_and_name_the_field(any_server, body, status, param):
+    response = httpx.post(f"{any_server}/v1/completions", json=body, timeout=30)
     assert response.status_code == status
     error = response.json()["error"]
     assert error["param"] == param and error["message"] and error["type"]
@@ -83,7 +84,9 @@ def test_malformed_json_and_health_and_models(server):
     assert [m["id"] for m in httpx.get(f"{server}/v1/models", timeout=30).json()["data"]] == [MODEL]
 
 
-def test_n_choices_share_one_prefill(server):
+def test_n_choices_share_one_prefill(any_server):
+    server = any_server
+
     def hits():
         text = httpx.get(f"{server}/metrics", timeout=30).text
         line = next(x for x in text.splitlines() if x.startswith("polyhead_prefix_cache_hit_tokens_total"))

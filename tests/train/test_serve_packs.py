@@ -71,3 +71,27 @@ def test_engine_serves_the_exported_packs_with_the_trainers_predictions(tiny_fol
     with torch.no_grad():
         out = trainer.model.forward_task("pairs", ids, mask, positive_ids=ids, positive_mask=mask)
     torch.testing.assert_close(served, out.embeddings[:4], atol=1e-4, rtol=1e-4)
+
+
+def test_the_task_server_answers_with_the_trainers_predictions(tiny_folder, tmp_path):
+    """`polyhead serve --tasks <run>/tasks.yaml`'s /v1/classify on the validation texts."""
+    import json
+
+    import httpx
+
+    from tests.server.task_fixtures import running_task_server
+
+    path = write_run_config(tmp_path, tiny_folder, ["sentiment"], mode="lora", steps=4, eval_every=0)
+    config = TrainConfig.from_yaml(path)
+    trainer = Trainer(config, show_progress=False)
+    trainer.train()
+    expected = trainer.evaluate("validation")["sentiment"]
+    with open(config.tasks[0].data.validation) as f:
+        texts = [json.loads(line)["text"] for line in f]
+    with running_task_server(tmp_path / "run" / "tasks.yaml", tiny_folder) as (url, _):
+        reply = httpx.post(f"{url}/v1/classify", json={"task": "sentiment", "input": texts}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    data = reply.json()["data"]
+    torch.testing.assert_close(torch.tensor([d["probs"] for d in data]), expected.probabilities,
+                               atol=1e-4, rtol=1e-4)
+    assert [d["label"] for d in data] == [["neg", "pos"][i] for i in expected.predictions]

@@ -41,9 +41,11 @@ def test_a_run_writes_results_packs_plot_and_metrics(tiny_folder, tmp_path):
 
 def test_resume_continues_to_the_same_parameters(tiny_folder, tmp_path):
     cfg_a = TrainConfig.from_yaml(write_run_config(tmp_path / "a", tiny_folder, ["sentiment", "topic"],
-                                                   mode="lora", steps=8, eval_every=2, checkpoint_every=0))
+                                                   mode="lora", steps=8, eval_every=2, checkpoint_every=0,
+                                                   log_every=3))
     cfg_b = TrainConfig.from_yaml(write_run_config(tmp_path / "b", tiny_folder, ["sentiment", "topic"],
-                                                   mode="lora", steps=8, eval_every=2, checkpoint_every=0))
+                                                   mode="lora", steps=8, eval_every=2, checkpoint_every=0,
+                                                   log_every=3))
     whole = Trainer(cfg_a, show_progress=False)
     whole.train()
     first = Trainer(cfg_b, show_progress=False)
@@ -112,6 +114,8 @@ def test_eval_command_reproduces_the_runs_test_table(tiny_folder, tmp_path, caps
         for metric, value in expected[task].items():
             assert saved[task][metric] == pytest.approx(value, abs=1e-5)
     assert main(["eval", str(tmp_path), "--split", "test"]) == 2  # not a run folder: a clear error
+    with pytest.raises(ValueError, match="--resume"):  # a finished run is not trained over by accident
+        Trainer(config, show_progress=False).train()
 
 
 def test_distill_from_a_trained_run(tiny_folder, tmp_path):
@@ -133,3 +137,25 @@ def test_distill_from_a_trained_run(tiny_folder, tmp_path):
     expected = kd_kl(out.logits, teacher_logits, 2.0)  # alpha 1: the loss is the soft term alone
     torch.testing.assert_close(student._task_loss(batch, out), expected)
     assert not torch.allclose(expected, out.loss)
+
+
+def test_distill_a_generate_task_from_a_plain_backbone(tiny_folder, tmp_path):
+    from polyhead.train.config import DistillConfig
+    from polyhead.train.distill import distill_loss
+
+    config = TrainConfig.from_yaml(write_run_config(tmp_path, tiny_folder, ["reply"], mode="lora", steps=2,
+                                                    eval_every=0))
+    config.distill = DistillConfig(teacher=str(tiny_folder), temperature=1.5, alpha=0.5)
+    config.validate()
+    trainer = Trainer(config, show_progress=False)
+    batch = trainer.streams.next_batches()[0]
+    with torch.no_grad():
+        out = trainer.model([batch])[0]
+        teacher = trainer.teacher[0].logits("reply", batch.input_ids, batch.attention_mask)  # [B, T, V]
+        # LoRA B starts at zero: the student is still its base, the same backbone as the teacher
+        torch.testing.assert_close(out.logits, teacher, atol=1e-5, rtol=1e-5)
+        expected = distill_loss("generate", out.logits, teacher, out.loss, batch.labels, 1.5, 0.5)
+        torch.testing.assert_close(trainer._task_loss(batch, out), expected)
+        torch.testing.assert_close(expected, 0.5 * out.loss, atol=1e-5, rtol=1e-5)  # KL to itself is 0
+    trainer.train()
+    assert trainer.step == 2

@@ -1,0 +1,165 @@
+"""What the HTTP layer sees of an engine that steps elsewhere: submit a request, iterate its
+outputs on the caller's event loop, cancel it by leaving the iteration.
+
+Two kinds share this: `AsyncEngine` steps the engine on a thread of this process,
+`ProcessEngine` in a child process. Each hands over one step's outputs per event loop in one
+callback (`_deliver`); this class turns them into per-request asyncio queues.
+"""
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from polyhead.engine.outputs import EngineStats, RequestOutput
+from polyhead.engine.params import PoolingParams, SamplingParams
+
+
+class EngineDeadError(RuntimeError):
+    """The step loop is not running (stopped or crashed); no request can be served."""
+
+
+@dataclass(slots=True)
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    outputs: asyncio.Queue  # RequestOutput items, or an exception that ends the stream
+
+
+class EngineClient:
+    """Subclasses provide: tokenizer, check_fits, stats, is_running, start, stop, and
+    _new_request / _send_add / _send_abort. A prepared request has `req_id` and `num_prompt_tokens`."""
+
+    tokenizer = None  # the model's tokenizer (the server applies chat templates with it)
+    is_generative = True  # a causal LM (generate, zero-shot scoring) or an encoder (pooling only)
+    hidden_size = 0  # width of the backbone's final hidden states (task heads read them)
+    has_prefix_cache = False  # requests sharing a prompt prefix reuse its KV blocks
+
+    def __init__(self):
+        self._streams: dict[str, _Stream] = {}
+        self.last_step_at = time.monotonic()  # when the loop last stepped or checked for work
+        self.dead_reason: str | None = None
+        # Requests submitted that have produced nothing yet, and their prompt tokens (admission
+        # control reads these). Only the event loop's thread changes them.
+        self.num_queued = 0
+        self.num_queued_tokens = 0
+        self.on_step = None  # called after each step with its token count (metrics); not on the event loop
+
+    def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
+        raise NotImplementedError
+
+    def stats(self) -> EngineStats:
+        raise NotImplementedError
+
+    @property
+    def is_running(self) -> bool:
+        raise NotImplementedError
+
+    def seconds_since_last_step(self) -> float:
+        return time.monotonic() - self.last_step_at
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._streams)
+
+    # --- requests --------------------------------------------------------------------------------
+    def generate(self, prompt: str | list[int], params: SamplingParams | PoolingParams,
+                 req_id: str | None = None, **routing) -> AsyncIterator[RequestOutput]:
+        """Queue a request now and return an iterator over its outputs; the last has finished=True
+        (a pooling request yields just that one, with `pooled`). Bad input raises ValueError here,
+        before anything is queued. `routing`: task, adapter, priority, tenant, deadline, after."""
+        return self.stream(self.prepare(prompt, params, req_id, **routing))
+
+    def prepare(self, prompt: str | list[int], params: SamplingParams | PoolingParams, req_id: str | None = None,
+                **routing):
+        """Tokenize and validate (ValueError names the limit); nothing is queued yet.
+        `routing`: task, adapter, priority, tenant, deadline (see Request), after (see LLMEngine)."""
+        if not self.is_running:
+            raise EngineDeadError(self.dead_reason or "the engine loop is not running")
+        return self._new_request(prompt, params, req_id or uuid.uuid4().hex, **routing)
+
+    def stream(self, prepared) -> AsyncIterator[RequestOutput]:
+        """Queue a prepared request; leaving the iteration early (client gone, timeout,
+        cancellation) aborts it, and its blocks are freed at the next step."""
+        if prepared.req_id in self._streams:
+            raise ValueError(f"req_id {prepared.req_id!r} is already in use")
+        self.num_queued += 1
+        self.num_queued_tokens += prepared.num_prompt_tokens
+        return self._iterate(prepared, self.submit(prepared))
+
+    async def _iterate(self, prepared, stream: _Stream) -> AsyncIterator[RequestOutput]:
+        finished, queued = False, True
+        try:
+            while True:
+                item = await stream.outputs.get()
+                if queued:  # its first output (or error) means it is no longer waiting
+                    self._leave_queue(prepared)
+                    queued = False
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            if queued:
+                self._leave_queue(prepared)
+            if not finished:
+                self.abort(prepared.req_id)
+
+    def _leave_queue(self, prepared) -> None:
+        self.num_queued -= 1
+        self.num_queued_tokens -= prepared.num_prompt_tokens
+
+    def submit(self, prepared) -> _Stream:
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        self._streams[prepared.req_id] = stream
+        self._send_add(prepared)
+        return stream
+
+    def abort(self, req_id: str) -> None:
+        self._send_abort(req_id)
+
+    def _new_request(self, prompt, params: SamplingParams, req_id: str, **routing):
+        raise NotImplementedError
+
+    def _send_add(self, prepared) -> None:
+        raise NotImplementedError
+
+    def _send_abort(self, req_id: str) -> None:
+        raise NotImplementedError
+
+    # --- outputs (called on the thread that receives them) -------------------------------------------
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        # One callback per event loop per step, not one per request: waking the loop 32 times a
+        # step cost the step loop GIL time it needs for its own Python.
+        batches: dict[asyncio.AbstractEventLoop, list] = {}
+        for output in outputs:
+            stream = self._streams.get(output.req_id)
+            if stream is None:
+                continue
+            if output.finished:
+                del self._streams[output.req_id]
+            batches.setdefault(stream.loop, []).append((stream.outputs, output))
+        for loop, items in batches.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # the caller's event loop is closed: nobody is waiting any more
+                pass
+
+    def _fail(self, req_id: str, error: BaseException) -> None:
+        stream = self._streams.pop(req_id, None)
+        if stream is not None:
+            try:
+                stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, error)
+            except RuntimeError:  # the caller's event loop is closed: nobody is waiting any more
+                pass
+
+    def _fail_all(self, reason: str) -> None:
+        for req_id in list(self._streams):
+            self._fail(req_id, EngineDeadError(reason))
+
+
+def _put_all(items: list) -> None:
+    for outputs, item in items:
+        outputs.put_nowait(item)

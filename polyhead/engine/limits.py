@@ -1,0 +1,31 @@
+"""What a request may ask for, checkable without the engine (the process mode checks it in the
+HTTP process, so bad input is refused before anything is queued)."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    vocab_size: int  # token ids must be in [0, vocab_size)
+    context_len: int  # the model's max_position_embeddings
+    kv_capacity_tokens: int  # tokens the paged KV cache can hold
+    max_model_len: int  # longest prompt + output: min(configured, context, KV capacity)
+
+    def validate_prompt(self, token_ids: list[int]) -> None:
+        if not token_ids:
+            raise ValueError("prompt is empty: it must have at least 1 token")
+        if not all(isinstance(t, int) and 0 <= t < self.vocab_size for t in token_ids):
+            raise ValueError(f"prompt token ids must be integers in [0, {self.vocab_size}) (vocab_size)")
+        if len(token_ids) >= self.max_model_len:
+            raise ValueError(
+                f"prompt has {len(token_ids)} tokens, but the limit is {self.max_model_len - 1} "
+                f"(max_model_len {self.max_model_len} = min(model context {self.context_len}, "
+                f"KV cache capacity {self.kv_capacity_tokens} tokens), leaving room for 1 new token)")
+
+    def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
+        """For APIs that refuse rather than truncate: prompt + max_tokens within max_model_len."""
+        if num_prompt_tokens + max_tokens > self.max_model_len:
+            raise ValueError(
+                f"prompt ({num_prompt_tokens} tokens) + max_tokens ({max_tokens}) = "
+                f"{num_prompt_tokens + max_tokens} exceeds max_model_len {self.max_model_len} "
+                f"(model context {self.context_len}, KV cache capacity {self.kv_capacity_tokens} tokens)")

@@ -1,0 +1,210 @@
+"""The engine in a child process (`--engine-mode process`).
+
+The child builds the LLMEngine and steps it on its main thread; the HTTP process only tokenizes,
+validates and talks to it over two pipes. Commands go in (`PreparedRequest`, aborts); after each
+step one `StepReport` comes back with every request's new tokens and text (deltas, never the
+whole output again) and the engine's stats. A reader thread in this process rebuilds each
+request's RequestOutput from the deltas and hands the step to each event loop in one callback.
+If the child dies, its end of the pipe closes and every open stream fails with EngineDeadError.
+"""
+
+import logging
+import multiprocessing as mp
+import threading
+import time
+from dataclasses import dataclass, field
+
+from polyhead.config import EngineConfig
+from polyhead.engine.engine_client import EngineClient, EngineDeadError
+from polyhead.engine.limits import RequestLimits
+from polyhead.engine.outputs import EngineStats, RequestOutput
+from polyhead.engine.params import SamplingParams
+from polyhead.engine.process_worker import StepReport, run_engine_process
+
+logger = logging.getLogger(__name__)
+__all__ = ["EngineDeadError", "PreparedRequest", "ProcessEngine"]
+
+
+@dataclass(slots=True)
+class PreparedRequest:
+    """A tokenized, validated request: what crosses to the child."""
+
+    req_id: str
+    prompt: str | None  # the prompt text, when it was given as text (stays in this process)
+    token_ids: list[int]
+    params: SamplingParams
+    routing: dict  # task, adapter, priority, tenant, deadline (see Request); checked in the child
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def to_wire(self) -> tuple:
+        return self.req_id, self.token_ids, self.params, self.routing
+
+
+@dataclass(slots=True)
+class _Assembly:
+    """What this process keeps of a running request to rebuild full outputs from deltas."""
+
+    prepared: PreparedRequest
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    logprobs: list | None = None
+
+
+class ProcessEngine(EngineClient):
+    def __init__(self, config: EngineConfig, idle_wait_s: float = 0.5):
+        super().__init__()
+        self.config = config
+        self.idle_wait_s = idle_wait_s  # the child reports at least this often, so health stays fresh
+        self.limits: RequestLimits | None = None
+        self._assemblies: dict[str, _Assembly] = {}
+        self._stats: EngineStats | None = None
+        self._process = None
+        self._commands = None  # our sending end
+        self._send_lock = threading.Lock()
+        self._reader: threading.Thread | None = None
+        self._stopping = False
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> "ProcessEngine":
+        return cls(config).start()
+
+    def start(self) -> "ProcessEngine":
+        """Start the child and wait until its engine is built; a load error is raised here."""
+        from transformers import AutoTokenizer
+
+        context = mp.get_context("spawn")  # a fresh interpreter: no inherited OpenMP or torch state
+        child_commands, self._commands = context.Pipe(duplex=False)
+        reports, child_reports = context.Pipe(duplex=False)
+        self._process = context.Process(target=run_engine_process, name="polyhead-engine", daemon=True,
+                                        args=(self.config, child_commands, child_reports, self.idle_wait_s))
+        self._process.start()
+        child_commands.close()  # only the child holds these now, so its death closes our ends
+        child_reports.close()
+        try:
+            message = reports.recv()
+        except EOFError:
+            self._process.join(5)
+            raise RuntimeError(f"the engine process exited while loading (exit code {self._process.exitcode})")
+        if message[0] == "failed":
+            self._process.join(5)
+            raise message[1]
+        _, self.limits, folder, self._stats, self.hidden_size, self.has_prefix_cache = message
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self._stopping, self.dead_reason = False, None
+        self.last_step_at = time.monotonic()
+        self._reader = threading.Thread(target=self._read, args=(reports,), name="polyhead-engine-reader",
+                                        daemon=True)
+        self._reader.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._process is None:
+            return
+        self._stopping = True
+        self._send(("stop",))
+        self._process.join(timeout)
+        if self._process.is_alive():  # stuck in a step: it ignores SIGTERM (see process_worker)
+            self._process.kill()
+            self._process.join(timeout)
+        if self._reader is not None:
+            self._reader.join(timeout)
+
+    @property
+    def is_running(self) -> bool:
+        return (self._process is not None and self._process.is_alive() and self._reader is not None
+                and self._reader.is_alive() and self.dead_reason is None)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
+        self.limits.check_fits(num_prompt_tokens, max_tokens)
+
+    def stats(self) -> EngineStats:
+        return self._stats  # as of the child's last report
+
+    # --- requests (event loop thread) ------------------------------------------------------------
+    def _new_request(self, prompt: str | list[int], params: SamplingParams, req_id: str,
+                     **routing) -> PreparedRequest:
+        text = prompt if isinstance(prompt, str) else None
+        token_ids = self.tokenizer.encode(prompt, add_special_tokens=False) if text is not None else list(prompt)
+        self.limits.validate_prompt(token_ids)
+        return PreparedRequest(req_id, text, token_ids, params, routing)
+
+    def _send_add(self, prepared: PreparedRequest) -> None:
+        self._assemblies[prepared.req_id] = _Assembly(prepared, logprobs=None if prepared.params.logprobs is None
+                                                      else [])
+        if not self._send(("add", prepared.to_wire())):
+            self._assemblies.pop(prepared.req_id, None)
+            self._fail(prepared.req_id, EngineDeadError(self.dead_reason or "the engine process is gone"))
+
+    def _send_abort(self, req_id: str) -> None:
+        # Nobody reads this request any more: forget it now; the child frees its blocks at its next step.
+        self._assemblies.pop(req_id, None)
+        self._streams.pop(req_id, None)
+        self._send(("abort", req_id))
+
+    def _send(self, command: tuple) -> bool:
+        try:
+            with self._send_lock:
+                self._commands.send(command)
+            return True
+        except (OSError, ValueError):  # the child is gone (broken pipe) or we closed the pipe
+            return False
+
+    # --- outputs (reader thread) -------------------------------------------------------------------
+    def _read(self, reports) -> None:
+        reason = None
+        try:
+            while True:
+                message = reports.recv()
+                if message[0] == "died":
+                    reason = message[1]
+                    break
+                self._on_report(message[1])
+        except (EOFError, OSError):
+            pass
+        except BaseException as err:  # a bug here must still fail everyone, never hang them
+            logger.exception("the engine reader died")
+            reason = f"the engine reader died: {type(err).__name__}: {err}"
+        finally:
+            reports.close()
+            if self._stopping and reason is None:
+                self.dead_reason = "the engine stopped"
+            else:
+                self._process.join(2)
+                self.dead_reason = reason or f"the engine process died (exit code {self._process.exitcode})"
+                logger.error("%s", self.dead_reason)
+            self._assemblies.clear()
+            self._fail_all(self.dead_reason)
+
+    def _on_report(self, report: StepReport) -> None:
+        self.last_step_at = report.at
+        self._stats = report.stats
+        for req_id, why in report.rejected:
+            self._assemblies.pop(req_id, None)
+            self._fail(req_id, ValueError(why))
+        outputs = []
+        for delta in report.outputs:
+            assembly = (self._assemblies.pop if delta.finished else self._assemblies.get)(delta.req_id, None)
+            if assembly is None:
+                continue  # aborted here already
+            assembly.token_ids.extend(delta.new_token_ids)
+            assembly.text = delta.text if delta.text is not None else assembly.text + delta.new_text
+            if assembly.logprobs is not None:
+                assembly.logprobs.extend(delta.new_logprobs)
+            prepared = assembly.prepared
+            outputs.append(RequestOutput(
+                req_id=delta.req_id, prompt=prepared.prompt, prompt_token_ids=prepared.token_ids,
+                text=assembly.text, token_ids=list(assembly.token_ids), new_text=delta.new_text,
+                new_token_ids=delta.new_token_ids, finished=delta.finished, finish_reason=delta.finish_reason,
+                stop_reason=delta.stop_reason, num_cached_tokens=delta.num_cached_tokens, error=delta.error,
+                logprobs=None if assembly.logprobs is None else list(assembly.logprobs), pooled=delta.pooled))
+        if report.stepped and self.on_step is not None:
+            self.on_step(report.stats.last_step_num_tokens)
+        self._deliver(outputs)

@@ -1,0 +1,92 @@
+"""ProcessEngine: the engine in a child process, driven over pipes from this one."""
+
+import asyncio
+import os
+
+import pytest
+
+from polyhead.config import EngineConfig
+from polyhead.engine.async_engine import AsyncEngine
+from polyhead.engine.engine_client import EngineDeadError
+from polyhead.engine.params import SamplingParams
+from polyhead.engine.process_engine import ProcessEngine
+from tests.conftest import make_engine
+
+
+def test_serves_like_the_engine_from_a_child_process(tiny_llama):
+    engine = ProcessEngine.from_config(EngineConfig(model=str(tiny_llama[0]), dtype="float32",
+                                                    kv_cache_memory="16MiB"))
+    try:
+        assert engine.is_running and engine.pid != os.getpid()
+        seen = []
+        engine.on_step = seen.append
+
+        async def collect():
+            greedy = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logprobs=1)
+            stop = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, stop=["zz"])
+            outs = await asyncio.gather(*(_all(engine.generate(p, greedy)) for p in ([1, 2, 3], "hello")))
+            return outs, await _all(engine.generate("hello", stop))
+
+        (ids_run, text_run), stop_run = asyncio.run(collect())
+        final = text_run[-1]
+        assert final.finished and len(final.token_ids) == 6 and final.prompt == "hello"
+        assert final.token_ids == [t for o in text_run for t in o.new_token_ids]
+        assert final.text == "".join(o.new_text for o in text_run) and len(final.logprobs) == 6
+        assert ids_run[-1].prompt is None and ids_run[-1].prompt_token_ids == [1, 2, 3]
+        assert stop_run[-1].finished and seen and all(n >= 1 for n in seen)
+        stats = engine.stats()
+        assert stats.num_unfinished == 0 and stats.num_free_blocks == stats.num_blocks
+        with pytest.raises(ValueError, match="prompt is empty"):
+            engine.generate([], SamplingParams())
+        with pytest.raises(ValueError, match="max_model_len"):
+            engine.check_fits(10, 10**6)
+    finally:
+        engine.stop()
+    assert not engine.is_running
+    with pytest.raises(EngineDeadError, match="stopped"):
+        engine.generate([1], SamplingParams())
+
+
+def test_outputs_match_the_in_process_engine(tiny_llama):
+    params = SamplingParams(temperature=0.8, seed=3, max_tokens=12, ignore_eos=True)
+    expected = make_engine(tiny_llama[0])
+    expected.add_request("the same prompt", params, "r")
+    while expected.has_unfinished_requests():
+        done = [o for o in expected.step() if o.finished]
+    engine = ProcessEngine.from_config(EngineConfig(model=str(tiny_llama[0]), dtype="float32",
+                                                    kv_cache_memory="16MiB"))
+    try:
+        async def run():
+            return await _all(engine.generate("the same prompt", params))
+
+        got = asyncio.run(run())[-1]
+    finally:
+        engine.stop()
+    assert got.token_ids == done[0].token_ids and got.text == done[0].text
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_duplicate_request_id_is_refused_before_queueing(tiny_llama, mode):
+    config = EngineConfig(model=str(tiny_llama[0]), dtype="float32", kv_cache_memory="16MiB")
+    engine = (ProcessEngine if mode == "process" else AsyncEngine).from_config(config)
+    try:
+        async def twice():
+            params = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
+            first = engine.stream(engine.prepare([1, 2], params, "same"))
+            with pytest.raises(ValueError, match="already in use"):
+                engine.stream(engine.prepare([1, 2], params, "same"))
+            return await _all(first)
+
+        outputs = asyncio.run(asyncio.wait_for(twice(), 30))
+    finally:
+        engine.stop()
+    assert outputs[-1].finished and len(outputs[-1].token_ids) == 20 and engine.num_queued == 0
+
+
+def test_load_errors_are_raised_on_the_caller():
+    with pytest.raises(ValueError, match="not found"):
+        ProcessEngine.from_config(EngineConfig(model="/no/such/model"))
+
+
+async def _all(stream) -> list:
+    return [output async for output in stream]
