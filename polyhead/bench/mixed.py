@@ -6,11 +6,12 @@ Chat is a closed loop of `--chat-streams` clients, each streaming its next reque
 previous one ends; classify and embed requests arrive open-loop (seeded Poisson) at their rates for
 `--duration` seconds. A request meets its target when it succeeds within the per-kind latency
 targets (chat: TTFT and TPOT; classify/embed: end to end). Goodput = requests meeting their
-target per second of the run; the report also gives chat tok/s and per-kind p50/p99.
+target per second of the load window; the report also gives chat tok/s and per-kind p50/p99.
 """
 
 import asyncio
 import json
+import os
 import random
 import shlex
 import sys
@@ -125,16 +126,18 @@ async def run_mixed(args) -> dict[str, list[RequestResult]]:
     return results
 
 
-def summarize(results: dict[str, list[RequestResult]], wall_s: float, targets: Targets) -> dict:
-    """Per kind: counts, goodput, latency percentiles; plus the totals."""
-    summary = {"wall_s": wall_s}
+def summarize(results: dict[str, list[RequestResult]], wall_s: float, targets: Targets, duration_s: float) -> dict:
+    """Per kind: counts, goodput, latency percentiles; plus the totals. Goodput is over the load
+    window (`duration_s`, when requests were offered), not the wall time, which also holds the
+    drain of the last requests: a system slow to drain would otherwise be charged twice."""
+    summary = {"wall_s": wall_s, "duration_s": duration_s}
     total_met = 0
     for kind, items in results.items():
         ok = [r for r in items if r.error is None]
         met = sum(targets.met(kind, r) for r in items)
         total_met += met
         row = {"num_requests": len(items), "num_ok": len(ok), "num_errors": len(items) - len(ok), "num_met": met,
-               "goodput_per_s": met / wall_s, "share_met": met / len(items) if items else None,
+               "goodput_per_s": met / duration_s, "share_met": met / len(items) if items else None,
                "e2e_p50_s": percentile([r.e2e_s for r in ok], 50), "e2e_p99_s": percentile([r.e2e_s for r in ok], 99),
                "error_samples": sorted({r.error for r in items if r.error})[:3]}
         if kind == "chat":
@@ -145,7 +148,7 @@ def summarize(results: dict[str, list[RequestResult]], wall_s: float, targets: T
                     "tpot_p50_ms": _ms(percentile([r.tpot_s for r in ok if r.tpot_s is not None], 50)),
                     "tpot_p99_ms": _ms(percentile([r.tpot_s for r in ok if r.tpot_s is not None], 99))}
         summary[kind] = row
-    summary["goodput_per_s"] = total_met / wall_s
+    summary["goodput_per_s"] = total_met / duration_s
     return summary
 
 
@@ -161,18 +164,19 @@ def markdown_table(runs: dict[str, dict]) -> str:
     """One row per labelled run (a summary from `summarize`)."""
     lines = [("| system | goodput (req/s) | chat: met / done | chat tok/s | chat TTFT p50 / p99 (s) "
              "| chat TPOT p50 / p99 (ms) | classify: met / done | classify p50 / p99 (s) | embed: met / done "
-             "| embed p50 / p99 (s) | errors |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| embed p50 / p99 (s) | errors | load avg before / after |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, s in runs.items():
         chat, cls, emb = s["chat"], s["classify"], s["embed"]
         errors = sum(s[k]["num_errors"] for k in KINDS)
+        load = s.get("load_average") or {}
         lines.append(
             f"| {label} | {s['goodput_per_s']:.2f} | {chat['num_met']} / {chat['num_requests']} "
             f"| {chat['output_tok_s']:.1f} | {_fmt(chat['ttft_p50_s'], 3)} / {_fmt(chat['ttft_p99_s'], 3)} "
             f"| {_fmt(chat['tpot_p50_ms'], 1)} / {_fmt(chat['tpot_p99_ms'], 1)} "
             f"| {cls['num_met']} / {cls['num_requests']} | {_fmt(cls['e2e_p50_s'], 3)} / {_fmt(cls['e2e_p99_s'], 3)} "
             f"| {emb['num_met']} / {emb['num_requests']} | {_fmt(emb['e2e_p50_s'], 3)} / {_fmt(emb['e2e_p99_s'], 3)} "
-            f"| {errors} |")
+            f"| {errors} | {_fmt(load.get('before_1min'), 1)} / {_fmt(load.get('after_1min'), 1)} |")
     return "\n".join(lines)
 
 
@@ -207,10 +211,11 @@ def run_bench_mixed(args) -> int:
                 report = json.load(f)
             runs[report["label"]] = report["summary"]
         print(markdown_table(runs))
-        labels = list(runs)
-        if len(labels) >= 2 and runs[labels[1]]["goodput_per_s"] > 0:
-            print(f"\ngoodput ratio {labels[0]} / {labels[1]}: "
-                  f"{runs[labels[0]]['goodput_per_s'] / runs[labels[1]]['goodput_per_s']:.2f}x")
+        first, *others = list(runs)
+        for other in others:
+            base = runs[other]["goodput_per_s"]
+            ratio = f"{runs[first]['goodput_per_s'] / base:.2f}x" if base > 0 else "infinite (the other met no target)"
+            print(f"goodput ratio {first} / {other}: {ratio}")
         if args.plot:
             plot(runs, args.plot)
         return 0
@@ -219,12 +224,17 @@ def run_bench_mixed(args) -> int:
     args.chat_url = (args.chat_url or args.url).rstrip("/")
     args.task_url = (args.task_url or args.url).rstrip("/")
     targets = Targets(args.chat_ttft, args.chat_tpot, args.task_e2e)
+    load_before = os.getloadavg()
     results = asyncio.run(run_mixed(args))
-    summary = summarize(results, args.wall_s, targets)
+    summary = summarize(results, args.wall_s, targets, args.duration)
+    # how busy the machine was: the servers' own work plus anything else running
+    summary["load_average"] = {"before_1min": load_before[0], "after_1min": os.getloadavg()[0]}
     label = args.label or args.url
     command = shlex.join(sys.argv)
     print(f"\n{label}: {args.chat_streams} chat streams ({args.output_len} tokens), classify {args.classify_rate}/s, "
-          f"embed {args.embed_rate}/s for {args.duration:g} s; targets {asdict(targets)}\n$ {command}")
+          f"embed {args.embed_rate}/s for {args.duration:g} s; targets {asdict(targets)}; load average "
+          f"{summary['load_average']['before_1min']:.1f} before, {summary['load_average']['after_1min']:.1f} after"
+          f"\n$ {command}")
     print(markdown_table({label: summary}))
     for kind in KINDS:
         if summary[kind]["num_errors"]:
@@ -264,5 +274,6 @@ def add_mixed_parser(commands) -> None:
     p.add_argument("--json", default=None, help="write the summary, args and machine to this file")
     p.add_argument("--plot", default=None, help="write the goodput / p99 bars to this PNG")
     p.add_argument("--compare", nargs="+", default=None, metavar="JSON",
-                   help="no load: print the table (and --plot) of earlier runs' JSON files, first / second ratio")
+                   help="no load: print the table (and --plot) of earlier runs' JSON files, and the first's "
+                   "goodput over each other's")
     p.set_defaults(func=run_bench_mixed)

@@ -2,11 +2,10 @@
 
 A task with a trained head is one pooling row per input; a zero-shot task (no head) is one score
 row per label, each the prompt followed by that label's answer tokens, and the labels'
-probabilities are the softmax of the answers' log-probabilities. Every row of one input on one
+probabilities are the softmax of the answers' mean log-probability per token
+(polyhead/tasks/zero_shot.py). Every row of one input on one
 backbone starts with the same tokens, so they share one prefill (polyhead/server/pooling.py).
 """
-
-import math
 
 from fastapi import APIRouter, Request
 
@@ -16,6 +15,7 @@ from polyhead.server.pooling import PoolingJob, run_jobs
 from polyhead.server.protocol import new_id
 from polyhead.server.registry import ServedTask
 from polyhead.server.task_protocol import ClassifyRequest, LabelScore, UsageInfo
+from polyhead.tasks.zero_shot import ZeroShotPlan
 
 router = APIRouter()
 
@@ -59,15 +59,10 @@ def _jobs(task: ServedTask, text: str, group) -> list[PoolingJob]:
 def _answer(index: int, task: ServedTask, outputs: list) -> LabelScore:
     labels = list(task.spec.labels)
     if task.spec.is_zero_shot:  # one summed log-prob per label -> probabilities over the labels
-        probs = softmax([float(out.pooled) for out in outputs])
+        plan = ZeroShotPlan(task.name, labels, [], list(task.verbalizer_ids.values()))
+        by_label = plan.probabilities([float(out.pooled) for out in outputs])
+        probs = [by_label[label] for label in labels]
     else:
         probs = [float(p) for p in outputs[0].pooled]
     best = max(range(len(labels)), key=probs.__getitem__)
     return LabelScore(index=index, task=task.name, label=labels[best], score=probs[best], probs=probs, labels=labels)
-
-
-def softmax(scores: list[float]) -> list[float]:
-    top = max(scores)
-    weights = [math.exp(s - top) for s in scores]
-    total = sum(weights)
-    return [w / total for w in weights]

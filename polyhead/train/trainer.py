@@ -81,10 +81,15 @@ class Trainer:
         stop_at_step: save a checkpoint there and raise TrainingInterrupted, as Ctrl-C would (a
         time-boxed run continues later with --resume)."""
         self.stop_at_step = stop_at_step
-        if self.ctx.is_main:
-            save_run_config(self.config, self.run_dir)
         if self.resume:
             self._resume()
+        elif ckpt.latest_checkpoint(self.run_dir) is not None:
+            raise ValueError(f"{str(self.run_dir)!r} holds a previous run's checkpoints: continue it with --resume, "
+                             "or train into another --output-dir")
+        elif self.ctx.is_main:
+            (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
+        if self.ctx.is_main:
+            save_run_config(self.config, self.run_dir)
         counts = self.model.parameter_counts()
         self._log({"type": "start", "step": self.step, "parameters": counts, "mode": self.config.train.mode,
                    "world_size": self.ctx.world_size, "total_steps": self.total_steps})

@@ -41,9 +41,14 @@ def write_manifest(folder, llama_folder, bert_folder) -> str:
     with torch.no_grad():
         head.linear.weight.mul_(20)  # confident tags, so spans form
     save_head(head, folder / "ner.safetensors")
+    from tests.lora.conftest import make_adapter
+
+    make_adapter(llama_folder, folder / "adapter", seed=5, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     tasks = [
         {"name": "chat", "kind": "generate"},
         {"name": "shout", "kind": "generate", "prompt_template": "Say loudly: {input}",
+         "sampling": {"max_tokens": 5, "temperature": 0.0}},
+        {"name": "shout-lora", "kind": "generate", "prompt_template": "Say loudly: {input}", "adapter": "adapter",
          "sampling": {"max_tokens": 5, "temperature": 0.0}},
         {"name": "sentiment", "kind": "classify", "labels": ["neg", "neu", "pos"], "head": "sentiment.safetensors",
          "prompt_template": SHARED + "{input}"},

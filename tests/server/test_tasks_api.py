@@ -36,7 +36,8 @@ def hf_states(hf_model, tokenizer, text):
 def test_tasks_are_listed_with_kind_labels_and_backbone(task_server, bert):  # noqa: F811
     url, _ = task_server
     cards = {c["id"]: c for c in httpx.get(f"{url}/v1/tasks", timeout=30).json()["data"]}
-    assert set(cards) == {"chat", "shout", "sentiment", "yesno", "ner", "embed", "embed-llm"}
+    assert set(cards) == {"chat", "shout", "shout-lora", "sentiment", "yesno", "ner", "embed", "embed-llm"}
+    assert cards["shout-lora"]["adapter"] and not cards["shout"]["adapter"]
     assert cards["sentiment"]["kind"] == "classify" and cards["sentiment"]["labels"] == ["neg", "neu", "pos"]
     assert cards["yesno"]["zero_shot"] and not cards["sentiment"]["zero_shot"]
     assert cards["embed"]["backbone"] == str(bert[0]) and cards["embed"]["dimensions"] == 32
@@ -71,7 +72,8 @@ def test_zero_shot_scores_each_label_answer(task_server, tiny_llama):
         answer_ids = tokenizer.encode(answer, add_special_tokens=False)
         with torch.no_grad():
             logprobs = tiny_llama[1](torch.tensor([ids + answer_ids])).logits[0].log_softmax(-1)
-        scores.append(sum(logprobs[len(ids) - 1 + i, t] for i, t in enumerate(answer_ids)))
+        # mean log-prob per answer token: " no way" is 7 byte tokens, " yes" 4
+        scores.append(sum(logprobs[len(ids) - 1 + i, t] for i, t in enumerate(answer_ids)) / len(answer_ids))
     expected = torch.stack(scores).softmax(-1)
     torch.testing.assert_close(torch.tensor(item["probs"]), expected, atol=1e-4, rtol=1e-4)
 
@@ -165,6 +167,24 @@ def test_chat_with_a_generate_task_applies_its_template_and_defaults(task_server
                                              max_tokens=5, temperature=0)
     assert by_task.choices[0].message.content == by_hand.choices[0].message.content
     assert by_task.usage.completion_tokens == 5 and by_task.usage.prompt_tokens == by_hand.usage.prompt_tokens
+
+
+def test_a_generate_task_runs_with_its_adapter(task_server, manifest_dir, tiny_llama):  # noqa: F811
+    from tests.lora.conftest import peft_reference
+
+    url, app = task_server
+    client = OpenAI(base_url=f"{url}/v1", api_key="none")
+    reply = client.chat.completions.create(model="shout-lora", messages=[{"role": "user", "content": "hi"}])
+    plain = client.chat.completions.create(model="shout", messages=[{"role": "user", "content": "hi"}])
+    tokenizer = app.state.server.tokenizer
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Say loudly: hi"}], add_generation_prompt=True,
+                                        tokenize=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    reference = peft_reference(tiny_llama[0], manifest_dir[0] / "adapter")
+    with torch.no_grad():
+        out = reference.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False)
+    assert reply.choices[0].message.content == tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+    assert reply.choices[0].message.content != plain.choices[0].message.content
 
 
 def test_metrics_carry_task_rows_by_kind_and_mixed_steps(task_server):

@@ -109,3 +109,25 @@ def test_manifest_errors_name_the_task(tmp_path, tiny_llama, bert):  # noqa: F81
     for spec, message in cases:
         with pytest.raises(ValueError, match=message):
             TaskRegistry.from_specs([spec], lambda model: None, MODEL, engines)
+
+
+def test_a_pooling_request_past_its_deadline_is_408(server):
+    error = error_of(post(server, "/v1/classify", task="yesno", input=["a", "b", "c", "d"], timeout=1e-4), 408)
+    assert error["code"] == "timeout" and "deadline" in error["message"]
+    assert post(server, "/v1/classify", task="yesno", input="still fine").status_code == 200
+
+
+def test_tenant_is_the_user_else_the_api_key():
+    from types import SimpleNamespace
+
+    from polyhead.server.tasks import TaskRouting
+
+    def request(key):
+        return SimpleNamespace(headers={"authorization": f"Bearer {key}"} if key else {})
+
+    routing = TaskRouting()
+    assert routing.tenant(request("sekret"), SimpleNamespace(user="alice")) == "user:alice"
+    by_key = routing.tenant(request("sekret"), SimpleNamespace(user=None))
+    assert by_key.startswith("key:") and "sekret" not in by_key
+    assert by_key != routing.tenant(request("other"), SimpleNamespace(user=None))
+    assert routing.tenant(request(None), SimpleNamespace(user=None)) == ""

@@ -114,6 +114,8 @@ def test_eval_command_reproduces_the_runs_test_table(tiny_folder, tmp_path, caps
         for metric, value in expected[task].items():
             assert saved[task][metric] == pytest.approx(value, abs=1e-5)
     assert main(["eval", str(tmp_path), "--split", "test"]) == 2  # not a run folder: a clear error
+    with pytest.raises(ValueError, match="--resume"):  # a finished run is not trained over by accident
+        Trainer(config, show_progress=False).train()
 
 
 def test_distill_from_a_trained_run(tiny_folder, tmp_path):
