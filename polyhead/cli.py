@@ -128,6 +128,12 @@ def build_task_registry(args, default_name: str):
         if not sep or not name:
             raise ValueError(f"--backbone-kv-cache-memory takes NAME=SIZE (e.g. all-MiniLM-L6-v2=64MiB), got {item!r}")
         kv_budgets[name] = parse_size(size, f"--backbone-kv-cache-memory {name}")
+    thread_budgets = {}
+    for item in args.backbone_threads or []:
+        name, sep, count = item.rpartition("=")
+        if not sep or not name or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--backbone-threads takes NAME=N with N >= 1 (e.g. all-MiniLM-L6-v2=2), got {item!r}")
+        thread_budgets[name] = int(count)
 
     if args.engine_mode == "process" and args.tasks:
         raise ValueError("--engine-mode process serves the model alone; --tasks needs --engine-mode thread")
@@ -141,9 +147,14 @@ def build_task_registry(args, default_name: str):
         if model is None:
             return AsyncEngine.from_config(replace(base, kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory)))
         # another backbone: its own context length (an encoder's is its max_seq_length); --lora-modules
-        # adapters are for the default backbone (a task's own adapter is registered on its backbone)
+        # adapters are for the default backbone (a task's own adapter is registered on its backbone).
+        # One thread unless told otherwise: each engine loop runs its own OpenMP team, and a second
+        # team spinning on the cores the default backbone's steps use stalled them (quiet 2-core
+        # machine, 16 chat streams + classify + embed: chat TPOT p50 125 -> 63 ms with the embedding
+        # backbone on one thread; BENCHMARKS.md, mixed workload).
         config = replace(base, model=model, max_model_len=None, adapters={},
-                         kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory))
+                         kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory),
+                         num_threads=thread_budgets.get(name, 1))
         return AsyncEngine.from_config(config)
 
     if not args.tasks:
@@ -187,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "summarize, translate, sentiment, topic, embed); each backbone gets its own engine")
     p.add_argument("--backbone-kv-cache-memory", action="append", metavar="NAME=SIZE",
                    help="KV cache for one backbone of the manifest (repeatable; others get --kv-cache-memory)")
+    p.add_argument("--backbone-threads", action="append", metavar="NAME=N",
+                   help="torch threads for a backbone of the manifest other than --model (repeatable; "
+                   "default 1, so a small second backbone does not contend for the cores of the first)")
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-queued-requests", type=int, default=256,
                         help="requests waiting for their first token before new ones get 429 (default: 256)")
