@@ -117,6 +117,8 @@ def build_task_registry(args, default_name: str):
 
     from polyhead.config import parse_size
     from polyhead.engine.async_engine import AsyncEngine
+    from polyhead.engine.factory import is_encoder_model
+    from polyhead.engine.process_engine import ProcessEngine
     from polyhead.server.registry import TaskRegistry
     from polyhead.tasks.default import resolve_manifest
     from polyhead.tasks.manifest import load_manifest
@@ -135,17 +137,18 @@ def build_task_registry(args, default_name: str):
             raise ValueError(f"--backbone-threads takes NAME=N with N >= 1 (e.g. all-MiniLM-L6-v2=2), got {item!r}")
         thread_budgets[name] = int(count)
 
-    if args.engine_mode == "process" and args.tasks:
-        raise ValueError("--engine-mode process serves the model alone; --tasks needs --engine-mode thread")
-    if args.engine_mode == "process" or (args.engine_mode == "auto" and not args.tasks):
-        from polyhead.engine.process_engine import ProcessEngine
-
-        return TaskRegistry.single(ProcessEngine.from_config(base), default_name)
+    def start(config):
+        # A decoder's step loop runs Python between its kernels every step; in its own process it
+        # does not take turns on one GIL with the HTTP event loop (BENCHMARKS.md: 1.20x tok/s at 32
+        # clients). An encoder's steps are single forwards, cheap to keep on a thread here.
+        if args.engine_mode == "process" and not is_encoder_model(config.model):
+            return ProcessEngine.from_config(config)
+        return AsyncEngine.from_config(config)
 
     def make_engine(model: str | None):
         name = default_name if model is None else model
         if model is None:
-            return AsyncEngine.from_config(replace(base, kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory)))
+            return start(replace(base, kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory)))
         # another backbone: its own context length (an encoder's is its max_seq_length); --lora-modules
         # adapters are for the default backbone (a task's own adapter is registered on its backbone).
         # One thread unless told otherwise: each engine loop runs its own OpenMP team, and a second
@@ -155,7 +158,7 @@ def build_task_registry(args, default_name: str):
         config = replace(base, model=model, max_model_len=None, adapters={},
                          kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory),
                          num_threads=thread_budgets.get(name, 1))
-        return AsyncEngine.from_config(config)
+        return start(config)
 
     if not args.tasks:
         return TaskRegistry.single(make_engine(None), default_name)
@@ -189,10 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="require this bearer key on /v1 (or set POLYHEAD_API_KEY)")
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the model's)")
     p.add_argument("--default-max-tokens", type=int, default=256, help="when a request sets none (default: 256)")
-    p.add_argument("--engine-mode", default="auto", choices=["auto", "thread", "process"],
-                   help="step the engine in a child process (the model alone) or on a thread of the server "
-                   "process (needed by --tasks); auto: process without --tasks, else thread; see BENCHMARKS.md "
-                   "(default: auto)")
+    p.add_argument("--engine-mode", default="process", choices=["thread", "process"],
+                   help="step each decoder backbone's engine in its own child process, or on a thread of the "
+                   "server process; an encoder backbone (e.g. the embedding model) always steps on a thread "
+                   "here; see BENCHMARKS.md (default: process)")
     p.add_argument("--tasks", default=None, metavar="MANIFEST",
                    help="serve the tasks of a tasks.yaml manifest, or `default` for the shipped set (chat, "
                    "summarize, translate, sentiment, topic, embed); each backbone gets its own engine")

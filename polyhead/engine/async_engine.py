@@ -83,6 +83,17 @@ class AsyncEngine(EngineClient):
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
         self.engine.check_fits(num_prompt_tokens, max_tokens)
 
+    # Registration happens at start-up, before requests name the task: the step loop reads the
+    # head and adapter tables, and a dict insert is atomic under the GIL.
+    def register_head(self, task: str, head) -> None:
+        self.engine.register_head(task, head)
+
+    def register_adapter(self, name: str, folder: str) -> None:
+        if hasattr(self.engine, "register_adapter"):
+            self.engine.register_adapter(name, folder)
+        else:
+            super().register_adapter(name, folder)  # raises: an encoder engine serves no adapters
+
     def stats(self) -> EngineStats:
         return self.engine.stats()
 

@@ -8,11 +8,11 @@ import torch
 from polyhead.config import EngineConfig
 from polyhead.engine.detokenizer import IncrementalDetokenizer
 from polyhead.engine.kv_cache import KVCacheManager
-from polyhead.engine.limits import RequestLimits
+from polyhead.engine.limits import RequestLimits, check_request
 from polyhead.engine.outputs import EngineStats, RequestOutput, StepStats
 from polyhead.engine.params import PoolingParams, SamplingParams
 from polyhead.engine.policy import make_policy
-from polyhead.engine.pooler import Pooled, resolve_pooling_params
+from polyhead.engine.pooler import Pooled
 from polyhead.engine.request import Request, RequestStatus
 from polyhead.engine.runner import ModelRunner
 from polyhead.engine.sampler import TokenLogprobs, make_generator
@@ -119,13 +119,10 @@ class LLMEngine:
         params = params or SamplingParams()
         text = prompt if isinstance(prompt, str) else None
         token_ids = self.tokenizer.encode(prompt, add_special_tokens=False) if text is not None else list(prompt)
-        if isinstance(params, PoolingParams) and params.truncate and params.kind != "score":
-            token_ids = token_ids[: self.max_model_len - 1]  # keep the start, as sentence-transformers does
-        self.validate_prompt(token_ids)
-        self.lora.check_known(adapter)
+        token_ids, params = check_request(self.limits, token_ids, params, task, adapter, self.heads,
+                                          self.lora.check_known)
         routing = {"task": task, "adapter": adapter, "priority": priority, "tenant": tenant, "deadline": deadline}
         if isinstance(params, PoolingParams):
-            params = resolve_pooling_params(params, task, self.heads, len(token_ids))
             return TrackedRequest(Request(req_id, token_ids, params, frozenset(), **routing), text, None, None,
                                   after=after)
         eos = frozenset() if params.ignore_eos else frozenset(self.model_config.eos_token_ids)

@@ -48,6 +48,16 @@ class EngineClient:
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
         raise NotImplementedError
 
+    def register_head(self, task: str, head) -> None:
+        """Serve a task's ClassifyHead / TagHead / EmbedPooler on this backbone's hidden states
+        (pooling requests name it by `task`). ValueError when the backbone cannot take it."""
+        raise NotImplementedError
+
+    def register_adapter(self, name: str, folder: str) -> None:
+        """Make a PEFT LoRA adapter folder usable as `adapter=name`; its config and shapes are
+        checked now (ValueError), its weights load on first use without blocking the steps."""
+        raise ValueError("this backbone's engine does not load LoRA adapters")
+
     def stats(self) -> EngineStats:
         raise NotImplementedError
 

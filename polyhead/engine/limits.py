@@ -1,7 +1,11 @@
 """What a request may ask for, checkable without the engine (the process mode checks it in the
 HTTP process, so bad input is refused before anything is queued)."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from polyhead.engine.params import PoolingParams, SamplingParams
+from polyhead.engine.pooler import resolve_pooling_params
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,3 +33,19 @@ class RequestLimits:
                 f"prompt ({num_prompt_tokens} tokens) + max_tokens ({max_tokens}) = "
                 f"{num_prompt_tokens + max_tokens} exceeds max_model_len {self.max_model_len} "
                 f"(model context {self.context_len}, KV cache capacity {self.kv_capacity_tokens} tokens)")
+
+
+def check_request(limits: RequestLimits, token_ids: list[int], params: SamplingParams | PoolingParams, task: str,
+                  adapter: str | None, heads: dict, check_adapter: Callable[[str | None], None],
+                  ) -> tuple[list[int], SamplingParams | PoolingParams]:
+    """Everything a decoder backbone checks before queueing a request, from what both processes
+    know: its limits, the task heads and adapters registered on it. Returns the prompt (a pooling
+    prompt that asked for truncation cut to fit, keeping its start as sentence-transformers does)
+    and the params with the head's defaults filled in. Raises ValueError naming the field or limit."""
+    if isinstance(params, PoolingParams) and params.truncate and params.kind != "score":
+        token_ids = token_ids[: limits.max_model_len - 1]
+    limits.validate_prompt(token_ids)
+    check_adapter(adapter)
+    if isinstance(params, PoolingParams):
+        params = resolve_pooling_params(params, task, heads, len(token_ids))
+    return token_ids, params

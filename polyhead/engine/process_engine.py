@@ -1,24 +1,30 @@
 """The engine in a child process (`--engine-mode process`).
 
 The child builds the LLMEngine and steps it on its main thread; the HTTP process only tokenizes,
-validates and talks to it over two pipes. Commands go in (`PreparedRequest`, aborts); after each
-step one `StepReport` comes back with every request's new tokens and text (deltas, never the
-whole output again) and the engine's stats. A reader thread in this process rebuilds each
+validates and talks to it over two pipes. Commands go in (`PreparedRequest`, aborts, and at
+start-up the task heads and adapters to register, each answered); after each step one
+`StepReport` comes back with every request's new tokens and text (deltas, never the whole output
+again), pooling results, and the engine's stats. This process keeps the heads and adapter names
+it registered, so it checks a request exactly as the engine would before queueing it. A reader thread in this process rebuilds each
 request's RequestOutput from the deltas and hands the step to each event loop in one callback.
 If the child dies, its end of the pipe closes and every open stream fails with EngineDeadError.
 """
 
+import io
+import itertools
 import logging
 import multiprocessing as mp
 import threading
 import time
 from dataclasses import dataclass, field
 
+import torch
+
 from polyhead.config import EngineConfig
 from polyhead.engine.engine_client import EngineClient, EngineDeadError
-from polyhead.engine.limits import RequestLimits
+from polyhead.engine.limits import RequestLimits, check_request
 from polyhead.engine.outputs import EngineStats, RequestOutput
-from polyhead.engine.params import SamplingParams
+from polyhead.engine.params import PoolingParams, SamplingParams
 from polyhead.engine.process_worker import StepReport, run_engine_process
 
 logger = logging.getLogger(__name__)
@@ -32,7 +38,7 @@ class PreparedRequest:
     req_id: str
     prompt: str | None  # the prompt text, when it was given as text (stays in this process)
     token_ids: list[int]
-    params: SamplingParams
+    params: SamplingParams | PoolingParams
     routing: dict  # task, adapter, priority, tenant, deadline (see Request); checked in the child
 
     @property
@@ -66,6 +72,10 @@ class ProcessEngine(EngineClient):
         self._send_lock = threading.Lock()
         self._reader: threading.Thread | None = None
         self._stopping = False
+        self.heads: dict = {}  # task -> head registered in the child (request checks read it)
+        self.adapters: set[str] = set()  # adapter names registered in the child
+        self._replies: dict[int, tuple[threading.Event, list]] = {}  # command token -> (done, [error])
+        self._tokens = itertools.count()
 
     # --- lifecycle -------------------------------------------------------------------------------
     @classmethod
@@ -92,7 +102,8 @@ class ProcessEngine(EngineClient):
         if message[0] == "failed":
             self._process.join(5)
             raise message[1]
-        _, self.limits, folder, self._stats, self.hidden_size, self.has_prefix_cache = message
+        _, self.limits, folder, self._stats, self.hidden_size, self.has_prefix_cache, adapters = message
+        self.adapters = set(adapters)  # the config's own (--lora-modules)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self._stopping, self.dead_reason = False, None
         self.last_step_at = time.monotonic()
@@ -125,6 +136,33 @@ class ProcessEngine(EngineClient):
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
         self.limits.check_fits(num_prompt_tokens, max_tokens)
 
+    def register_head(self, task: str, head) -> None:
+        blob = io.BytesIO()
+        torch.save(head, blob)  # a whole module: the child needs its class, sizes and weights
+        self._call("register_head", task, blob.getvalue())
+        self.heads[task] = head
+
+    def register_adapter(self, name: str, folder: str) -> None:
+        self._call("register_adapter", name, str(folder))
+        self.adapters.add(name)
+
+    def _call(self, command: str, *args, timeout: float = 300.0) -> None:
+        """Send a command the child answers, and wait for the answer; its error is a ValueError here."""
+        token, done = next(self._tokens), threading.Event()
+        self._replies[token] = (done, reply := [])
+        try:
+            if not self._send((command, token, *args)):
+                raise EngineDeadError(self.dead_reason or "the engine process is gone")
+            while not done.wait(0.5):
+                if not self.is_running:
+                    raise EngineDeadError(self.dead_reason or "the engine process is gone")
+                if (timeout := timeout - 0.5) <= 0:
+                    raise TimeoutError(f"the engine process did not answer {command} in time")
+        finally:
+            self._replies.pop(token, None)
+        if reply and reply[0] is not None:
+            raise ValueError(reply[0])
+
     def stats(self) -> EngineStats:
         return self._stats  # as of the child's last report
 
@@ -133,12 +171,18 @@ class ProcessEngine(EngineClient):
                      **routing) -> PreparedRequest:
         text = prompt if isinstance(prompt, str) else None
         token_ids = self.tokenizer.encode(prompt, add_special_tokens=False) if text is not None else list(prompt)
-        self.limits.validate_prompt(token_ids)
+        token_ids, params = check_request(self.limits, token_ids, params, routing.get("task", ""),
+                                          routing.get("adapter"), self.heads, self._check_adapter)
         return PreparedRequest(req_id, text, token_ids, params, routing)
 
+    def _check_adapter(self, name: str | None) -> None:
+        if name is not None and name not in self.adapters:
+            known = ", ".join(sorted(self.adapters)) or "none"
+            raise ValueError(f"adapter {name!r} is not registered (registered adapters: {known})")
+
     def _send_add(self, prepared: PreparedRequest) -> None:
-        self._assemblies[prepared.req_id] = _Assembly(prepared, logprobs=None if prepared.params.logprobs is None
-                                                      else [])
+        wants_logprobs = getattr(prepared.params, "logprobs", None) is not None  # PoolingParams have none
+        self._assemblies[prepared.req_id] = _Assembly(prepared, logprobs=[] if wants_logprobs else None)
         if not self._send(("add", prepared.to_wire())):
             self._assemblies.pop(prepared.req_id, None)
             self._fail(prepared.req_id, EngineDeadError(self.dead_reason or "the engine process is gone"))
@@ -166,6 +210,12 @@ class ProcessEngine(EngineClient):
                 if message[0] == "died":
                     reason = message[1]
                     break
+                if message[0] == "done":  # the answer to a _call: (token, error or None)
+                    done, reply = self._replies.get(message[1], (None, None))
+                    if done is not None:
+                        reply.append(message[2])
+                        done.set()
+                    continue
                 self._on_report(message[1])
         except (EOFError, OSError):
             pass

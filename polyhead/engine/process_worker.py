@@ -3,10 +3,13 @@ to stop (or until the parent's end of the pipe closes). What crosses back is lis
 dataclasses, never tensors.
 """
 
+import io
 import pickle
 import signal
 import time
 from dataclasses import dataclass
+
+import torch
 
 from polyhead.config import EngineConfig
 from polyhead.engine.engine import LLMEngine
@@ -51,7 +54,7 @@ def run_engine_process(config: EngineConfig, commands, reports, idle_wait_s: flo
         reports.send(("failed", _picklable(err)))
         return
     reports.send(("ready", engine.limits, str(engine.model_folder), engine.stats(),
-                  engine.model_config.hidden_size, engine.kv_cache.enable_prefix_caching))
+                  engine.model_config.hidden_size, engine.kv_cache.enable_prefix_caching, engine.lora.names))
     try:
         _serve(engine, commands, reports, idle_wait_s)
     except (EOFError, BrokenPipeError):
@@ -76,14 +79,30 @@ def _serve(engine: LLMEngine, commands, reports, idle_wait_s: float) -> None:
                     engine.admit(engine.new_request(token_ids, params, req_id, **routing))
                 except ValueError as err:  # e.g. a duplicate req_id
                     rejected.append((req_id, str(err)))
-            else:
+            elif command[0] == "abort":
                 engine.abort_request(command[1])
+            else:  # a registration, answered on its own so the parent can wait for it
+                reports.send(("done", command[1], _register(engine, command[0], *command[2:])))
             got_commands = commands.poll(0)
         if engine.has_unfinished_requests():
             outputs = [_delta(out) for out in engine.step()]
             reports.send(("step", StepReport(outputs, engine.stats(), time.monotonic(), True, rejected)))
         else:  # idle: check in, and let the parent see the blocks that aborts freed
             reports.send(("step", StepReport([], engine.stats(), time.monotonic(), False, rejected)))
+
+
+def _register(engine: LLMEngine, what: str, name: str, payload) -> str | None:
+    """Register a task head (a module saved by torch.save) or an adapter folder; the error, if any."""
+    try:
+        if what == "register_head":
+            engine.register_head(name, torch.load(io.BytesIO(payload), weights_only=False))
+        elif what == "register_adapter":
+            engine.register_adapter(name, payload)
+        else:
+            return f"unknown command {what!r}"
+    except Exception as err:  # noqa: BLE001 - a bad head or adapter must not end the engine
+        return str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+    return None
 
 
 def _delta(out: RequestOutput) -> OutputDelta:

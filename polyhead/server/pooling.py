@@ -40,7 +40,7 @@ async def run_jobs(state, jobs: list[PoolingJob], routing: dict, timeout: float,
                                                         adapter=job.adapter, **after))
         except ValueError as err:
             raise APIError(400, f"{param}: {err}", param) from err
-    state.admit_total(len(prepared), sum(p.request.num_prompt_tokens for p in prepared))
+    state.admit_total(len(prepared), sum(p.num_prompt_tokens for p in prepared))
     start = time.monotonic()
     # queued in job order, so every leader reaches its engine before the jobs that follow it
     tasks = [asyncio.ensure_future(_last(job.backbone.engine.stream(item))) for job, item in zip(jobs, prepared)]

@@ -1,8 +1,9 @@
 """The served tasks and the backbones they run on.
 
 A manifest names tasks; each task names a backbone (None: the default generative one). Every
-distinct backbone gets one engine (its own step loop and KV budget, all in this process); each
-task's head and adapter are registered on its backbone's engine. Everything a request needs to
+distinct backbone gets one engine (its own step loop and KV budget; a decoder's steps in a child
+process by default, an encoder's on a thread here); each task's head and adapter are registered
+on its backbone's engine. Everything a request needs to
 know about its task at serving time is resolved here once, at start-up, with errors naming the
 task.
 """
@@ -22,7 +23,7 @@ class Backbone:
     """One model loaded once, serving every task that names it."""
 
     name: str  # what /v1/models lists and what a request's `model` may name
-    engine: object  # its AsyncEngine: own step loop, own KV cache
+    engine: object  # its EngineClient (AsyncEngine or ProcessEngine): own step loop, own KV cache
     is_generative: bool  # a causal LM (generate, zero-shot scoring) or an encoder (pooling only)
     hidden_size: int  # width of the final hidden states the heads read
     add_special_tokens: bool  # encoders wrap inputs in their [CLS] ... [SEP]; causal LMs add nothing
@@ -118,9 +119,7 @@ def _describe(name: str, engine) -> Backbone:
 
 
 def _bind(spec: TaskSpec, backbone: Backbone) -> ServedTask:
-    engine = getattr(backbone.engine, "engine", None)  # the in-process engine (thread mode)
-    if engine is None:
-        raise ValueError("task heads and adapters need the engine in this process (--engine-mode thread)")
+    engine = backbone.engine  # an EngineClient: heads and adapters reach its engine in either mode
     if spec.kind == "generate" and not backbone.is_generative:
         raise ValueError("a generate task needs a generative backbone, and this one is an encoder")
     if spec.is_zero_shot and not backbone.is_generative:
@@ -128,8 +127,6 @@ def _bind(spec: TaskSpec, backbone: Backbone) -> ServedTask:
                          "encoder has not: give the task a trained head")
     adapter = None
     if spec.adapter is not None:
-        if not hasattr(engine, "register_adapter"):
-            raise ValueError("this backbone's engine does not load LoRA adapters")
         engine.register_adapter(spec.name, spec.adapter)
         adapter = spec.name
     served = ServedTask(spec, backbone, adapter)

@@ -9,7 +9,8 @@ import yaml
 
 from polyhead.config import EngineConfig
 from polyhead.engine.async_engine import AsyncEngine
-from polyhead.engine.factory import build_engine
+from polyhead.engine.factory import build_engine, is_encoder_model
+from polyhead.engine.process_engine import ProcessEngine
 from polyhead.models.heads import ClassifyHead, TagHead, save_head
 from polyhead.server.app import ServerSettings, build_app
 from polyhead.server.registry import TaskRegistry
@@ -63,18 +64,25 @@ def write_manifest(folder, llama_folder, bert_folder) -> str:
     return path
 
 
-def tiny_engine(model_folder, max_model_len: int | None = None) -> AsyncEngine:
-    return AsyncEngine(build_engine(EngineConfig(model=str(model_folder), dtype="float32", kv_cache_memory="16MiB",
-                                                 max_model_len=max_model_len, max_num_batched_tokens=128)))
+def tiny_engine(model_folder, max_model_len: int | None = None, mode: str = "thread"):
+    """The tiny model's engine on a thread here, or (mode "process", decoders only) in a child process."""
+    config = EngineConfig(model=str(model_folder), dtype="float32", kv_cache_memory="16MiB",
+                          max_model_len=max_model_len, max_num_batched_tokens=128)
+    if mode == "process" and not is_encoder_model(config.model):
+        return ProcessEngine.from_config(config)
+    return AsyncEngine(build_engine(config))
 
 
 @contextmanager
-def running_task_server(manifest, llama_folder, **settings):
+def running_task_server(manifest, llama_folder, mode: str = "thread", **settings):
     def make_engine(model):
-        return tiny_engine(llama_folder, 128) if model is None else tiny_engine(model)
+        return tiny_engine(llama_folder, 128, mode) if model is None else tiny_engine(model, mode=mode)
 
     registry = TaskRegistry.from_specs(load_manifest(manifest), make_engine, MODEL)
     settings.setdefault("default_max_tokens", 8)
     app = build_app(registry.backbones[MODEL].engine, ServerSettings(model_names=[MODEL], **settings), registry)
-    with serve_in_thread(app) as url:
-        yield url, app
+    try:
+        with serve_in_thread(app) as url:
+            yield url, app
+    finally:
+        registry.stop()

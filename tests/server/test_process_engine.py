@@ -90,3 +90,49 @@ def test_load_errors_are_raised_on_the_caller():
 
 async def _all(stream) -> list:
     return [output async for output in stream]
+
+
+def test_heads_and_adapters_register_in_the_child_and_requests_are_checked_here(tiny_llama, tmp_path):
+    """Registration is answered by the child (its errors raised here); a request naming an unknown
+    head or adapter is refused in this process, and pooling results come back over the pipe equal
+    to the in-process engine's."""
+    import torch
+
+    from polyhead.engine.params import PoolingParams
+    from polyhead.models.heads import ClassifyHead
+    from tests.lora.conftest import make_adapter
+
+    torch.manual_seed(0)
+    head = ClassifyHead(64, 3)
+    make_adapter(tiny_llama[0], tmp_path / "adapter", seed=5, r=4, lora_alpha=8, target_modules=["q_proj"])
+    expected = make_engine(tiny_llama[0])
+    expected.register_head("sentiment", head)
+    expected.add_request("fine weather", PoolingParams(kind="classify"), "r", task="sentiment")
+    while expected.has_unfinished_requests():
+        done = [o for o in expected.step() if o.finished]
+    engine = ProcessEngine.from_config(EngineConfig(model=str(tiny_llama[0]), dtype="float32",
+                                                    kv_cache_memory="16MiB"))
+    try:
+        with pytest.raises(ValueError, match="hidden size"):
+            engine.register_head("too-wide", ClassifyHead(128, 3))
+        with pytest.raises(ValueError, match="adapter_config.json"):
+            engine.register_adapter("missing", str(tmp_path / "nowhere"))
+        engine.register_head("sentiment", head)
+        engine.register_adapter("shout", str(tmp_path / "adapter"))
+        assert "too-wide" not in engine.heads and engine.adapters == {"shout"}
+        with pytest.raises(ValueError, match=r"no head registered .*known: sentiment"):
+            engine.prepare("x", PoolingParams(kind="classify", task="topic"))
+        with pytest.raises(ValueError, match=r"adapter 'loud' is not registered \(registered adapters: shout\)"):
+            engine.prepare("x", SamplingParams(max_tokens=2), adapter="loud")
+
+        async def run():
+            pooled = await _all(engine.generate("fine weather", PoolingParams(kind="classify"), task="sentiment"))
+            adapted = await _all(engine.generate("hi", SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True),
+                                                 adapter="shout"))
+            return pooled[-1], adapted[-1]
+
+        pooled, adapted = asyncio.run(asyncio.wait_for(run(), 60))
+    finally:
+        engine.stop()
+    torch.testing.assert_close(torch.tensor(pooled.pooled), torch.tensor(done[0].pooled))
+    assert adapted.finished and len(adapted.token_ids) == 4

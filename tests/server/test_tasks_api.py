@@ -17,9 +17,10 @@ from tests.conftest import tiny_bert_tokenizer, tiny_tokenizer
 from tests.server.task_fixtures import MODEL, SHARED, TAGS, bert, manifest_dir, running_task_server  # noqa: F401
 
 
-@pytest.fixture(scope="module")
-def task_server(manifest_dir, tiny_llama):  # noqa: F811
-    with running_task_server(manifest_dir[1], tiny_llama[0]) as (url, app):
+@pytest.fixture(scope="module", params=["thread", "process"])
+def task_server(request, manifest_dir, tiny_llama):  # noqa: F811
+    """The same server with the tiny Llama's engine on a thread here and in a child process."""
+    with running_task_server(manifest_dir[1], tiny_llama[0], request.param) as (url, app):
         yield url, app
 
 

@@ -10,9 +10,9 @@ from openai import NotFoundError, OpenAI
 from tests.server.task_fixtures import MODEL, bert, manifest_dir, running_task_server  # noqa: F401 - fixtures
 
 
-@pytest.fixture(scope="module")
-def server(manifest_dir, tiny_llama):  # noqa: F811
-    with running_task_server(manifest_dir[1], tiny_llama[0], max_inputs_per_request=4) as (url, _):
+@pytest.fixture(scope="module", params=["thread", "process"])
+def server(request, manifest_dir, tiny_llama):  # noqa: F811
+    with running_task_server(manifest_dir[1], tiny_llama[0], request.param, max_inputs_per_request=4) as (url, _):
         yield url
 
 
