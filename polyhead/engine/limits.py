@@ -45,6 +45,8 @@ def check_request(limits: RequestLimits, token_ids: list[int], params: SamplingP
     if isinstance(params, PoolingParams) and params.truncate and params.kind != "score":
         token_ids = token_ids[: limits.max_model_len - 1]
     limits.validate_prompt(token_ids)
+    if isinstance(params, PoolingParams) and not all(0 <= t < limits.vocab_size for t in params.next_token_ids):
+        raise ValueError(f"next_token_ids must be token ids in [0, {limits.vocab_size}) (vocab_size)")
     check_adapter(adapter)
     if isinstance(params, PoolingParams):
         params = resolve_pooling_params(params, task, heads, len(token_ids))

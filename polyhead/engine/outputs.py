@@ -26,6 +26,7 @@ class RequestOutput:
     error: str | None = None  # why the request failed, when finish_reason == "error"
     # pooling requests: classify -> label probabilities [labels]; tag -> per-token probabilities
     # [prompt tokens][labels]; embed -> the vector [dim]; score -> summed log-prob of the scored tokens
+    # (with next_token_ids: one log-prob per candidate)
     pooled: list[float] | list[list[float]] | float | None = None
 
 

@@ -70,18 +70,29 @@ class PoolingParams:
     pooling: str | None = None
     normalize: bool | None = None  # embed: L2-normalize; None: the task's, else the backbone's own
     num_scored_tokens: int = 0  # score: how many of the prompt's last tokens to score (>= 1)
+    # score, instead: the log-prob of each of these tokens as the one after the prompt, all read from
+    # the last position (zero-shot labels whose answers are one token each: one row scores them all)
+    next_token_ids: tuple[int, ...] = ()
     truncate: bool = False  # a prompt over the backbone's limit is cut to it instead of rejected (encoders)
 
     def __post_init__(self):
         _check(self.kind in POOLING_KINDS, "kind", f"must be one of {', '.join(POOLING_KINDS)}, got {self.kind!r}")
         _check(self.pooling in (None, "last", "mean", "cls"), "pooling",
                f"must be last, mean or cls (or None for the default), got {self.pooling!r}")
-        _check(self.kind != "score" or self.num_scored_tokens >= 1, "num_scored_tokens",
-               f"must be >= 1 for a score request, got {self.num_scored_tokens}")
+        self.next_token_ids = tuple(self.next_token_ids)
+        if self.kind == "score" and self.next_token_ids:
+            _check(self.num_scored_tokens == 0, "num_scored_tokens",
+                   "must be 0 when next_token_ids are scored (one or the other)")
+        else:
+            _check(self.kind != "score" or self.num_scored_tokens >= 1, "num_scored_tokens",
+                   f"must be >= 1 for a score request, got {self.num_scored_tokens}")
+            _check(not self.next_token_ids, "next_token_ids", "are only read by score requests")
 
     def first_needed_position(self, num_prompt_tokens: int) -> int:
         """The first prompt position whose hidden state this request's result reads: a prefix-cache
         hit may cover the tokens before it, never it (cached tokens are not recomputed)."""
+        if self.kind == "score" and self.next_token_ids:  # the candidates are read at the last state
+            return num_prompt_tokens - 1
         if self.kind == "score":  # token t is scored from the state at t - 1
             return num_prompt_tokens - self.num_scored_tokens - 1
         if self.kind == "tag" or self.pooling in ("mean", "cls"):

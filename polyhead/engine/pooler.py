@@ -79,6 +79,14 @@ class Pooler:
             request = item.request
             if request.params.kind != "score":
                 continue
+            candidates = request.params.next_token_ids
+            if candidates:  # every candidate is read from the last state, in the last chunk only
+                last = item.row + item.num_new - 1
+                num = len(candidates) if item.is_last_chunk else 0
+                hidden_rows.extend([last] * num)
+                targets.extend(candidates[:num])
+                counts.append(num)
+                continue
             first = request.params.first_needed_position(request.num_tokens)
             lo, hi = max(item.start, first), min(item.end, request.num_tokens - 1)
             positions = range(lo, hi)  # states at these positions predict tokens lo+1 .. hi
@@ -103,7 +111,8 @@ class Pooler:
                 count = score_counts[score_index]
                 score_index += 1
                 if count:
-                    acc.parts.append(score_logprobs[score_offset:score_offset + count].sum())
+                    scored = score_logprobs[score_offset:score_offset + count]
+                    acc.parts.append(scored if params.next_token_ids else scored.sum())
                 score_offset += count
             elif params.kind == "tag":
                 acc.parts.append(torch.softmax(self.heads[params.task](states), dim=-1))
@@ -115,7 +124,9 @@ class Pooler:
             if not item.is_last_chunk:
                 continue
             del self._accumulators[request.req_id]
-            if params.kind == "score":
+            if params.kind == "score" and params.next_token_ids:
+                results[request.req_id] = acc.parts[-1].tolist()  # one log-prob per candidate
+            elif params.kind == "score":
                 results[request.req_id] = float(sum(acc.parts)) if acc.parts else 0.0
             elif params.kind == "tag":
                 results[request.req_id] = torch.cat(acc.parts).tolist()
@@ -164,7 +175,7 @@ def resolve_pooling_params(params: PoolingParams, task: str, heads: dict[str, nn
     pooling and normalize (the classify/embed head's own, else last and no normalizing: a decoder's
     defaults). Raises ValueError naming the field."""
     if params.kind == "score":  # the LM head scores; `task` only names the request's task (metrics)
-        if params.num_scored_tokens > num_prompt_tokens - 1:
+        if not params.next_token_ids and params.num_scored_tokens > num_prompt_tokens - 1:
             raise ValueError(f"num_scored_tokens ({params.num_scored_tokens}) must be at most the prompt's "
                              f"length - 1 ({num_prompt_tokens - 1}): a scored token needs a token before it")
         return replace(params, pooling="last", normalize=False)

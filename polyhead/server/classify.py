@@ -1,9 +1,9 @@
 """POST /v1/classify: one input or a list, one task or several (fan-out).
 
 A task with a trained head is one pooling row per input; a zero-shot task (no head) is one score
-row per label, each the prompt followed by that label's answer tokens, and the labels'
-probabilities are the softmax of the answers' mean log-probability per token
-(polyhead/tasks/zero_shot.py). Every row of one input on one
+row reading every label's one-token answer after the prompt, or (longer answers) one score row
+per label, each the prompt followed by that label's answer tokens; the labels' probabilities are
+the softmax of the answers' mean log-probability per token (polyhead/tasks/zero_shot.py). Every row of one input on one
 backbone starts with the same tokens, so they share one prefill (polyhead/server/pooling.py).
 """
 
@@ -50,17 +50,19 @@ def _jobs(task: ServedTask, text: str, group) -> list[PoolingJob]:
     if not spec.is_zero_shot:
         params = PoolingParams(kind="classify", task=spec.name, pooling=spec.pooling)
         return [PoolingJob(backbone, prompt, params, spec.name, task.adapter, group)]
-    prompt_ids = backbone.tokenizer.encode(prompt, add_special_tokens=False)
-    return [PoolingJob(backbone, prompt_ids + answer, PoolingParams(kind="score", num_scored_tokens=len(answer)),
-                       spec.name, task.adapter, group)
-            for answer in task.verbalizer_ids.values()]
+    plan = _plan(task, backbone.tokenizer.encode(prompt, add_special_tokens=False))
+    return [PoolingJob(backbone, ids, params, spec.name, task.adapter, group) for ids, params in plan.requests()]
+
+
+def _plan(task: ServedTask, prompt_ids: list[int]) -> ZeroShotPlan:
+    return ZeroShotPlan(task.name, list(task.spec.labels), prompt_ids, list(task.verbalizer_ids.values()))
 
 
 def _answer(index: int, task: ServedTask, outputs: list) -> LabelScore:
     labels = list(task.spec.labels)
     if task.spec.is_zero_shot:  # one summed log-prob per label -> probabilities over the labels
-        plan = ZeroShotPlan(task.name, labels, [], list(task.verbalizer_ids.values()))
-        by_label = plan.probabilities([float(out.pooled) for out in outputs])
+        plan = _plan(task, [])
+        by_label = plan.probabilities(plan.scores([out.pooled for out in outputs]))
         probs = [by_label[label] for label in labels]
     else:
         probs = [float(p) for p in outputs[0].pooled]

@@ -1,8 +1,10 @@
 """Zero-shot classification by label verbalizers: a classify task without a trained head asks
-the language model itself. The prompt (instruction + the text + an answer prefix) is prefilled
-once; each label's verbalizer is a `score` request on prompt + verbalizer that starts after the
-first one has computed the prompt (`after=`), so it reuses the prompt's cached blocks and
-computes only its own few tokens. The label probabilities are a softmax over the scores.
+the language model itself. When every label's answer is one token (" positive", " sports"), one
+`score` row on the prompt reads all of them from its last position: one row, one step. Otherwise
+the prompt (instruction + the text + an answer prefix) is prefilled once and each label's
+verbalizer is a `score` request on prompt + verbalizer that starts after the first one has
+computed the prompt (`after=`), so it reuses the prompt's cached blocks and computes only its own
+few tokens. The label probabilities are a softmax over the scores.
 
 Scores are length-normalized: each label's score is the mean log-probability of its verbalizer's
 tokens, not the sum. With the sum, a label whose verbalizer tokenizes into more pieces pays for
@@ -35,10 +37,23 @@ class ZeroShotPlan:
     prompt_token_ids: list[int]  # instruction + text + answer prefix, prefilled once
     continuations: list[list[int]]  # per label: its verbalizer's tokens as they follow the prompt
 
+    @property
+    def is_one_row(self) -> bool:
+        """Every answer is one token: the prompt's last position scores them all."""
+        return all(len(cont) == 1 for cont in self.continuations)
+
     def requests(self) -> list[tuple[list[int], PoolingParams]]:
-        """(prompt tokens, params) per label: score the verbalizer's tokens after the prompt."""
+        """(prompt tokens, params) of each row: the prompt with every one-token answer as a candidate
+        next token, else one row per label scoring its verbalizer's tokens after the prompt."""
+        if self.is_one_row:
+            answers = tuple(cont[0] for cont in self.continuations)
+            return [(list(self.prompt_token_ids), PoolingParams("score", task=self.task, next_token_ids=answers))]
         return [(self.prompt_token_ids + cont, PoolingParams("score", task=self.task, num_scored_tokens=len(cont)))
                 for cont in self.continuations]
+
+    def scores(self, pooled: list) -> list[float]:
+        """The rows' results (RequestOutput.pooled, in requests() order) -> each label's summed log-prob."""
+        return [float(x) for x in pooled[0]] if self.is_one_row else [float(x) for x in pooled]
 
     def probabilities(self, scores: list[float]) -> dict[str, float]:
         """scores: each label's summed log-prob (RequestOutput.pooled) -> label -> probability."""
@@ -107,13 +122,13 @@ def classify(engine, spec: TaskSpec, texts: list[str]) -> list[dict[str, float]]
                     raise RuntimeError(f"zero-shot row {out.req_id} ended without a score: "
                                        f"{out.finish_reason} {out.error or ''}")
                 scores[out.req_id] = out.pooled
-    return [plan.probabilities([scores[i] for i in ids]) for plan, ids in zip(plans, req_ids)]
+    return [plan.probabilities(plan.scores([scores[i] for i in ids])) for plan, ids in zip(plans, req_ids)]
 
 
 async def classify_async(async_engine, spec: TaskSpec, text: str, req_id: str, **routing) -> dict[str, float]:
     """Serving: the label rows of one text on an AsyncEngine; the first computes the prompt, the
     others start after it (prefix-cache hits). `routing`: priority, tenant, deadline, adapter."""
-    plan = build_plan(spec, async_engine.engine.tokenizer, text)
+    plan = build_plan(spec, async_engine.tokenizer, text)
     streams = []
     for i, (prompt, params) in enumerate(plan.requests()):
         tracked = async_engine.prepare(prompt, params, f"{req_id}-{i}", task=spec.name,
@@ -123,7 +138,7 @@ async def classify_async(async_engine, spec: TaskSpec, text: str, req_id: str, *
     for out in finals:
         if out.pooled is None:
             raise RuntimeError(f"zero-shot row {out.req_id} ended without a score: {out.finish_reason} {out.error or ''}")
-    return plan.probabilities([out.pooled for out in finals])
+    return plan.probabilities(plan.scores([out.pooled for out in finals]))
 
 
 async def _last(stream):

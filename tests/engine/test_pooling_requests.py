@@ -176,3 +176,26 @@ def test_truncate_cuts_a_long_pooling_prompt_to_the_limit(tiny_llama):
         engine.add_request(long, PoolingParams("embed"))
     engine.add_request(long, PoolingParams("embed", truncate=True), req_id="t")
     assert finish(engine)["t"].prompt_token_ids == long[:15]
+
+
+def test_next_token_candidates_are_scored_at_the_last_state_in_one_row(tiny_llama):
+    """One score row with next_token_ids gives each candidate's log-prob after the prompt (what one
+    per-label row scoring that token would give), with the prompt chunked and decodes beside it."""
+    folder, hf = tiny_llama
+    engine = make_engine(folder, block_size=4, max_num_batched_tokens=8)
+    engine.add_request([3, 4, 5], SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True), req_id="gen")
+    text = prompts_of([19], seed=30)[0]
+    candidates = (7, 42, 99)
+    engine.add_request(text, PoolingParams("score", next_token_ids=candidates), req_id="one-row")
+    out = finish(engine)["one-row"]
+    with torch.no_grad():
+        expected = torch.log_softmax(hf(torch.tensor([text])).logits[0, -1].float(), dim=-1)[list(candidates)]
+    assert_pooled_close(out.pooled, expected.tolist())
+    for token, score in zip(candidates, out.pooled):
+        assert score == pytest.approx(reference(hf, HEADS, text + [token], "score", num_scored_tokens=1), abs=1e-4)
+    with pytest.raises(ValueError, match=r"next_token_ids must be token ids in \[0, 259\)"):
+        engine.add_request(text, PoolingParams("score", next_token_ids=(259,)))
+    with pytest.raises(ValueError, match="num_scored_tokens must be 0 when next_token_ids"):
+        PoolingParams("score", num_scored_tokens=1, next_token_ids=(1,))
+    with pytest.raises(ValueError, match="next_token_ids are only read by score requests"):
+        PoolingParams("embed", next_token_ids=(1,))

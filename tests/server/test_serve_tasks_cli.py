@@ -4,6 +4,8 @@ and clear errors for a bad manifest or flag."""
 import pytest
 
 from polyhead.cli import build_parser, build_task_registry, main
+from polyhead.engine.async_engine import AsyncEngine
+from polyhead.engine.process_engine import ProcessEngine
 from tests.server.task_fixtures import MODEL, bert, manifest_dir  # noqa: F401 - fixtures
 
 
@@ -11,20 +13,30 @@ def serve_args(*argv):
     return build_parser().parse_args(["serve", *argv])
 
 
-def test_a_manifest_builds_one_engine_per_backbone(manifest_dir, tiny_llama, bert):  # noqa: F811
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_a_manifest_builds_one_engine_per_backbone(manifest_dir, tiny_llama, bert, mode):  # noqa: F811
     args = serve_args("--model", str(tiny_llama[0]), "--served-model-name", MODEL, "--tasks", str(manifest_dir[1]),
                       "--dtype", "float32", "--kv-cache-memory", "16MiB", "--max-model-len", "128",
-                      "--backbone-kv-cache-memory", f"{MODEL}=4MiB", "--backbone-threads", f"{bert[0]}=2")
+                      "--backbone-kv-cache-memory", f"{MODEL}=4MiB", "--backbone-threads", f"{bert[0]}=2",
+                      "--engine-mode", mode)
     registry = build_task_registry(args, MODEL)
     try:
         assert list(registry.backbones) == [MODEL, str(bert[0])]
-        llama = registry.backbones[MODEL].engine.engine
+        llama = registry.backbones[MODEL].engine
+        encoder = registry.backbones[str(bert[0])].engine
+        # the decoder steps in a child process unless told otherwise; an encoder always on a thread here
+        assert isinstance(llama, ProcessEngine if mode == "process" else AsyncEngine)
+        assert isinstance(encoder, AsyncEngine)
         # a block: keys and values x 2 layers x 2 KV heads x head dim 16 x 16 tokens x 4 bytes = 8 KiB
-        assert llama.kv_cache.num_blocks == (4 << 20) // (2 * 2 * 2 * 16 * 16 * 4)  # 4MiB, not --kv-cache-memory
-        assert registry.backbones[str(bert[0])].engine.engine.max_model_len == 32  # the encoder's own limit
-        assert registry.tasks["shout-lora"].adapter == "shout-lora" and "sentiment" in llama.heads
-        assert registry.backbones[str(bert[0])].engine.engine.config.num_threads == 2  # --backbone-threads
-        assert llama.config.num_threads is None  # the default backbone keeps torch's default
+        num_blocks = (4 << 20) // (2 * 2 * 2 * 16 * 16 * 4)  # 4MiB, not --kv-cache-memory
+        limits = llama.limits if mode == "process" else llama.engine.limits
+        assert limits.kv_capacity_tokens == num_blocks * 16
+        assert encoder.engine.max_model_len == 32  # the encoder's own limit
+        heads = llama.heads if mode == "process" else llama.engine.heads
+        assert registry.tasks["shout-lora"].adapter == "shout-lora" and "sentiment" in heads
+        assert encoder.engine.config.num_threads == 2  # --backbone-threads
+        config = llama.config if mode == "process" else llama.engine.config
+        assert config.num_threads is None  # the default backbone keeps torch's default
     finally:
         registry.stop()
 

@@ -38,6 +38,15 @@ def test_probabilities_are_a_softmax_over_mean_token_log_probs():
     assert probs["a"] == pytest.approx(0.8 / (0.8 + 0.2)) and list(probs) == ["a", "b"]
 
 
+def test_one_token_answers_make_one_row_scoring_them_all():
+    plan = zero_shot.ZeroShotPlan("t", ["a", "b", "c"], [1, 2], [[5], [6], [7]])
+    ((prompt, params),) = plan.requests()
+    assert prompt == [1, 2] and params.kind == "score" and params.next_token_ids == (5, 6, 7)
+    assert plan.scores([[-1.0, -2.0, -3.0]]) == [-1.0, -2.0, -3.0]
+    longer = zero_shot.ZeroShotPlan("t", ["a", "b"], [1, 2], [[5], [6, 7]])
+    assert [len(p) for p, _ in longer.requests()] == [3, 4] and longer.scores([-1.0, -2.0]) == [-1.0, -2.0]
+
+
 def test_plan_refuses_tasks_with_heads_and_empty_text():
     tok = tiny_tokenizer()
     with pytest.raises(ValueError, match="is not zero-shot"):
@@ -56,5 +65,5 @@ def test_default_model_gets_clear_sentiments_right(default_model):
     assert max(positive, key=positive.get) == "positive"
     assert max(negative, key=negative.get) == "negative"
     assert sum(positive.values()) == pytest.approx(1.0)
-    assert engine.kv_cache.num_prefix_hit_tokens > 0  # the label rows reused the prompt's blocks
+    assert zero_shot.build_plan(SENTIMENT, engine.tokenizer, texts[0]).is_one_row  # one-token answers: one row
     assert torch.tensor(list(positive.values())).min() > 0
