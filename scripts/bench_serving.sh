@@ -15,7 +15,7 @@ OUT=bench-results
 mkdir -p "$OUT"
 Q4=$("$PY" -c "from polyhead.models.registry import resolve_model_path; print(resolve_model_path(None))")
 BF16=third_party/models/SmolLM2-135M-Instruct-BF16.gguf
-PORT=18431
+PORT=${PORT:-18431}  # a free local port; set PORT when another server holds this one
 
 wait_healthy() {  # url, seconds
   for _ in $(seq 1 "$2"); do curl -sf "$1/health" > /dev/null && return 0; sleep 1; done
@@ -34,7 +34,7 @@ run() {  # label, then the server command
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
 }
 
-run polyhead "$PY" -m polyhead.cli serve --port $PORT  # the engine in a child process (--engine-mode auto)
+run polyhead "$PY" -m polyhead.cli serve --port $PORT  # the engine in a child process (--engine-mode process)
 run llama-server-bf16-p32 third_party/llama.cpp/bin/llama-server -m "$BF16" --port $PORT --parallel 32 \
   -c $((32 * 512)) -t "$(nproc)" --no-webui
 run llama-server-q4_1-p32 third_party/llama.cpp/bin/llama-server -m "$Q4" --port $PORT --parallel 32 \

@@ -205,6 +205,10 @@ async def run_levels(args, model: str, headers: dict) -> list[dict]:
 def run_serve(args) -> int:
     if args.num_requests < 1 or min(args.rate or args.concurrency) <= 0:
         raise ValueError("--num-requests, --concurrency and --rate must be positive")
+    if not args.rate and max(args.concurrency) > args.num_requests:
+        # fewer requests than clients would leave clients idle: the level would not be what it says
+        raise ValueError(f"--num-requests ({args.num_requests}) must be at least the highest --concurrency "
+                         f"({max(args.concurrency)}), or the extra clients would send nothing")
     args.url = args.url.rstrip("/")
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     model = args.model or first_model(args.url, headers, args.timeout)

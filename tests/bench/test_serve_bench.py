@@ -224,3 +224,9 @@ def test_cli_open_loop_drops_hints_for_a_strict_server(server, tmp_path):
     (row,) = report["rows"]
     assert (row["rate"], row["concurrency"], row["num_ok"], row["num_errors"]) == (200.0, None, 3, 1)
     assert row["mean_output_tokens"] == NUM_CHUNKS and report["args"]["length_hints"] is False
+
+
+def test_fewer_requests_than_clients_is_refused(capsys):
+    # 8 clients and 4 requests would measure concurrency 4 under the label 8
+    assert main(["bench", "serve", "--url", "http://127.0.0.1:9", "--concurrency", "1,8", "--num-requests", "4"]) == 2
+    assert "--num-requests (4) must be at least the highest --concurrency (8)" in capsys.readouterr().err
