@@ -19,7 +19,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-prefix-caching", action="store_true", help="turn off automatic prefix caching")
     group.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     group.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=FOLDER",
-                       help="PEFT LoRA adapters requests may name, e.g. --lora-modules sql=./sql-lora")
+                       help="PEFT LoRA adapters on the model, e.g. --lora-modules sql=./sql-lora; the server serves "
+                       "each as a model of that name (request model: sql)")
     group.add_argument("--max-loras", type=int, default=4,
                        help="adapters resident at once; the least recently used idle one is evicted (default: 4)")
     group.add_argument("--max-lora-rank", type=int, default=64, help="largest adapter rank accepted (default: 64)")
@@ -101,6 +102,7 @@ def serve(args) -> int:
 
     settings = ServerSettings(
         model_names=[args.served_model_name or args.model or DEFAULT_MODEL],
+        lora_names=list(parse_lora_modules(args.lora_modules)),
         api_key=args.api_key or os.environ.get("POLYHEAD_API_KEY"), default_max_tokens=args.default_max_tokens,
         max_queued_requests=args.max_queued_requests, max_queued_tokens=args.max_queued_tokens,
         request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes,

@@ -26,6 +26,7 @@ HEALTH_STALE_AFTER_S = 60.0  # the loop checks in at least every 0.5 s when idle
 @dataclass
 class ServerSettings:
     model_names: list[str]  # names clients may send as `model`; the first is listed first
+    lora_names: list[str] = field(default_factory=list)  # --lora-modules adapters, requestable as `model`
     api_key: str | None = None  # when set, every /v1 request needs `Authorization: Bearer <key>`
     default_max_tokens: int = 256  # when a request names no max_tokens
     max_queued_requests: int = 256  # requests waiting for their first token; beyond: 429
@@ -130,7 +131,11 @@ def build_app(engine: EngineClient, settings: ServerSettings, registry: TaskRegi
 
     @app.get("/v1/models")
     async def list_models():
-        return ModelList(data=[ModelCard(id=name) for name in app.state.server.model_ids()]).model_dump()
+        state = app.state.server
+        base = state.settings.model_names[0]
+        # an adapter's card names the model it runs on, as vLLM lists LoRA modules
+        return ModelList(data=[ModelCard(id=name, parent=base if name in state.settings.lora_names else None)
+                               for name in state.model_ids()]).model_dump()
 
     for router in (completions_router, classify_router, tag_router, embeddings_router, tasks_router):
         app.include_router(router)

@@ -82,8 +82,7 @@ async def _respond(state, served, request, body, prompt, params: list[SamplingPa
     param = "prompt" if kind == "text_completion" else "messages"
     engine = served.engine
     task = served.task_name or ("chat" if kind == "chat.completion" else "completion")
-    routing = {**state.routing(request, body), "task": served.task_name,
-               "adapter": served.task.adapter if served.task else None}
+    routing = {**state.routing(request, body), "task": served.task_name, "adapter": served.adapter}
     try:
         tracked = [engine.prepare(prompt, p, f"{response_id}-{i}", **routing) for i, p in enumerate(params)]
     except ValueError as err:

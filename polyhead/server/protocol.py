@@ -89,6 +89,7 @@ class ModelCard(BaseModel):
     object: str = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "polyhead"
+    parent: str | None = None  # a LoRA adapter's base model
 
 
 class ModelList(BaseModel):

@@ -20,18 +20,24 @@ _ENDPOINT_FOR_KIND = {"classify": "/v1/classify", "tag": "/v1/tag", "embed": "/v
 
 @dataclass(slots=True)
 class ServedModel:
-    """What a `model` field resolved to: a backbone, and the generate task when it named one."""
+    """What a `model` field resolved to: a backbone, and the generate task or adapter it named."""
 
     backbone: Backbone
-    task: ServedTask | None  # None: the backbone itself, no template, no adapter
+    task: ServedTask | None  # None: the backbone itself, no template
+    lora: str | None = None  # a --lora-modules adapter named as `model` (vLLM's way), else None
 
     @property
     def engine(self):
         return self.backbone.engine
 
     @property
+    def adapter(self) -> str | None:
+        return self.task.adapter if self.task is not None else self.lora
+
+    @property
     def task_name(self) -> str:
-        return self.task.name if self.task is not None else ""
+        """The task label of its rows (fair share, metrics): the task's, or the adapter's name."""
+        return self.task.name if self.task is not None else (self.lora or "")
 
 
 @router.get("/v1/tasks")
@@ -44,8 +50,9 @@ class TaskRouting:
     """Mixed into ServerState: needs self.registry and self.settings."""
 
     def model_ids(self) -> list[str]:
-        """Names `model` may take: the default model's, the other backbones', every generate/embed task."""
-        names = list(self.settings.model_names)
+        """Names `model` may take: the default model's, its --lora-modules adapters, the other
+        backbones', every generate/embed task."""
+        names = list(self.settings.model_names) + list(self.settings.lora_names)
         names += [b for b in self.registry.backbones if b != self.registry.default_backbone]
         names += [t.name for t in self.registry.tasks.values() if t.kind in ("generate", "embed")]
         return list(dict.fromkeys(names))
@@ -64,6 +71,8 @@ class TaskRouting:
                 raise APIError(400, f"model {name!r} is an encoder backbone and cannot generate text; "
                                "use /v1/embeddings", "model", "wrong_task_kind")
             return ServedModel(backbone, None)
+        if name in self.settings.lora_names:  # the default backbone with that adapter on its rows
+            return ServedModel(self.registry.backbones[self.registry.default_backbone], None, name)
         task = self.registry.tasks.get(name)
         if task is None:
             raise APIError(404, f"model {name!r} does not exist; available: {', '.join(self.model_ids())}",
