@@ -5,8 +5,9 @@ validates and talks to it over two pipes. Commands go in (`PreparedRequest`, abo
 start-up the task heads and adapters to register, each answered); after each step one
 `StepReport` comes back with every request's new tokens and text (deltas, never the whole output
 again), pooling results, and the engine's stats. This process keeps the heads and adapter names
-it registered, so it checks a request exactly as the engine would before queueing it. A reader thread in this process rebuilds each
-request's RequestOutput from the deltas and hands the step to each event loop in one callback.
+it registered, so it checks a request exactly as the engine would before queueing it. A reader
+thread in this process rebuilds each request's RequestOutput from the deltas and hands the step
+to each event loop in one callback.
 If the child dies, its end of the pipe closes and every open stream fails with EngineDeadError.
 """
 
