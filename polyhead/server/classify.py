@@ -3,8 +3,9 @@
 A task with a trained head is one pooling row per input; a zero-shot task (no head) is one score
 row reading every label's one-token answer after the prompt, or (longer answers) one score row
 per label, each the prompt followed by that label's answer tokens; the labels' probabilities are
-the softmax of the answers' mean log-probability per token (polyhead/tasks/zero_shot.py). Every row of one input on one
-backbone starts with the same tokens, so they share one prefill (polyhead/server/pooling.py).
+the softmax of the answers' mean log-probability per token (polyhead/tasks/zero_shot.py). Every
+row of one input on one backbone starts with the same tokens, so they share one prefill
+(polyhead/server/pooling.py).
 """
 
 from fastapi import APIRouter, Request
