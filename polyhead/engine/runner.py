@@ -82,14 +82,18 @@ class ModelRunner:
     def _execute_with_pooling(self, hidden: torch.Tensor, batch: BatchInputs) -> RunnerOutput:
         """Sampling rows and score rows share one LM-head call; the other pooling rows use their heads."""
         score_rows, score_targets, score_counts = self.pooler.score_inputs(batch.pooling_rows)
+        # A row scoring next-token candidates reads one state once per candidate: the LM head and the
+        # log-softmax run once per distinct state, and each score picks its state's row.
+        distinct_rows = list(dict.fromkeys(score_rows))
         num_sample = len(batch.sample_rows)
-        lm_rows = batch.sample_rows + score_rows
-        logits = self.model.compute_logits(hidden[lm_rows]) if lm_rows else None  # [S + N, vocab]
+        lm_rows = batch.sample_rows + distinct_rows
+        logits = self.model.compute_logits(hidden[lm_rows]) if lm_rows else None  # [S + U, vocab]
         output = self._sample(logits[:num_sample], batch.sample_requests) if num_sample else RunnerOutput({}, {})
         score_logprobs = None
         if score_rows:
-            log_probs = torch.log_softmax(logits[num_sample:], dim=-1)  # [N, vocab]
-            score_logprobs = log_probs.gather(1, torch.tensor(score_targets).unsqueeze(1)).squeeze(1)  # [N]
+            log_probs = torch.log_softmax(logits[num_sample:], dim=-1)  # [U, vocab]
+            where = {row: i for i, row in enumerate(distinct_rows)}
+            score_logprobs = log_probs[[where[row] for row in score_rows], score_targets]  # [N]
         output.pooled = self.pooler(hidden, batch.pooling_rows, score_logprobs, score_counts)
         for item in batch.pooling_rows:
             kind = item.request.params.kind
