@@ -10,6 +10,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                        help="a Hugging Face folder, a .gguf file or a known name (default: SmolLM2-135M-Instruct)")
     group.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
                        help="weights and activations; auto = bfloat16 where the CPU has native bf16 (default: auto)")
+    group.add_argument("--quantization", default="auto", choices=["auto", "none", "int8", "int4"],
+                       help="weight storage: auto keeps a file's quantized tensors (the default model's Q4_1) and "
+                       "float weights float; none = all float; int8 / int4 quantize at load (default: auto)")
+    group.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128],
+                       help="int4: weights sharing one scale (default: 32)")
     group.add_argument("--kv-cache-memory", default="2GiB", help="memory for the paged KV cache (default: 2GiB)")
     group.add_argument("--max-model-len", type=int, default=None,
                        help="longest prompt + output in tokens (default: the model's context)")
@@ -38,7 +43,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
 def engine_config(args):
     from polyhead.config import EngineConfig
 
-    return EngineConfig(model=args.model, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory,
+    return EngineConfig(model=args.model, dtype=args.dtype, quantization=args.quantization,
+                        quantization_group_size=args.group_size, kv_cache_memory=args.kv_cache_memory,
                         max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                         max_num_batched_tokens=args.max_num_batched_tokens,
                         enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,

@@ -10,6 +10,8 @@ import torch
 from polyhead.engine.policy import POLICIES
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+QUANTIZATIONS = ("auto", "none", "int8", "int4")
+QUANTIZATION_GROUP_SIZES = (32, 64, 128)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2,
                "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30}
 
@@ -18,6 +20,10 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 <
 class EngineConfig:
     model: str | None = None  # a local HF folder / .gguf path or a known name; None: the default model
     dtype: str = "auto"  # float32 | bfloat16 | auto (bfloat16 where the CPU has native bf16 matmuls)
+    # weights: auto keeps what the file stores (a GGUF's Q4_0/Q4_1/Q8_0, a `polyhead quantize` folder)
+    # and leaves float weights float; none dequantizes everything; int8 | int4 quantize at load
+    quantization: str = "auto"
+    quantization_group_size: int = 32  # int4: weights per scale (32, 64 or 128); int8 is per output channel
     max_model_len: int | None = None  # longest prompt + output; None: the model's own context
     kv_cache_memory: int | str = "2GiB"  # bytes for the paged KV cache, or a size like "512MiB"
     block_size: int = 16  # tokens per KV block
@@ -37,6 +43,11 @@ class EngineConfig:
     def __post_init__(self):
         if self.dtype not in ("auto", *_DTYPES):
             raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {self.dtype!r}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}; got {self.quantization!r}")
+        if self.quantization_group_size not in QUANTIZATION_GROUP_SIZES:
+            raise ValueError(f"quantization_group_size must be one of "
+                             f"{', '.join(map(str, QUANTIZATION_GROUP_SIZES))}; got {self.quantization_group_size}")
         self.kv_cache_memory = parse_size(self.kv_cache_memory, "kv_cache_memory")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_loras", "max_lora_rank"):
             if getattr(self, name) < 1:
