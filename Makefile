@@ -17,8 +17,11 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/polyhead run "$(PROMPT)"
 
+# The second pass runs the kernel tests as an AVX2-only CPU (a Zen 3) would: POLYHEAD_CPU_FEATURES
+# narrows polyhead's kernels, torch's dispatch and oneDNN's to AVX2 (polyhead/cpu.py).
 test: install
 	$(PY) -m pytest -q
+	POLYHEAD_CPU_FEATURES=avx2 $(PY) -m pytest -q tests/kernels tests/test_cpu.py
 
 bench: install
 	$(VENV)/bin/polyhead bench offline

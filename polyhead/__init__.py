@@ -2,6 +2,10 @@
 
 import importlib
 
+from polyhead.cpu import narrow_torch_dispatch
+
+narrow_torch_dispatch()  # POLYHEAD_CPU_FEATURES narrows torch's dispatch too, if torch has not run yet
+
 __version__ = "0.1.0"
 __all__ = ["LLM", "EngineConfig", "RequestOutput", "SamplingParams"]
 

@@ -2,11 +2,10 @@
 
 import re
 from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
 
 import torch
 
+from polyhead.cpu import check_dtype_supported, cpu_features
 from polyhead.engine.policy import POLICIES
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -19,7 +18,8 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 <
 @dataclass(slots=True)
 class EngineConfig:
     model: str | None = None  # a local HF folder / .gguf path or a known name; None: the default model
-    dtype: str = "auto"  # float32 | bfloat16 | auto (bfloat16 where the CPU has native bf16 matmuls)
+    dtype: str = "auto"  # float32 | bfloat16 | auto (bfloat16 where the CPU has native bf16 matmuls);
+    # bfloat16 elsewhere is refused: torch computes it there ~50x slower than float32
     # weights: auto keeps what the file stores (a GGUF's Q4_0/Q4_1/Q8_0, a `polyhead quantize` folder)
     # and leaves float weights float; none dequantizes everything; int8 | int4 quantize at load
     quantization: str = "auto"
@@ -43,6 +43,7 @@ class EngineConfig:
     def __post_init__(self):
         if self.dtype not in ("auto", *_DTYPES):
             raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {self.dtype!r}")
+        check_dtype_supported(self.dtype)
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}; got {self.quantization!r}")
         if self.quantization_group_size not in QUANTIZATION_GROUP_SIZES:
@@ -66,7 +67,7 @@ class EngineConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         if self.dtype == "auto":
-            return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+            return torch.bfloat16 if cpu_features().native_bf16 else torch.float32
         return _DTYPES[self.dtype]
 
 
@@ -81,10 +82,3 @@ def parse_size(value: int | str, name: str) -> int:
     if size <= 0:
         raise ValueError(f"{name} must be > 0 bytes, got {value!r}")
     return size
-
-
-@cache
-def cpu_has_native_bf16() -> bool:
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
-    return "avx512_bf16" in flags or "amx_bf16" in flags

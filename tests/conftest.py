@@ -22,7 +22,12 @@ from transformers import (
 )
 
 from polyhead.config import EngineConfig
+from polyhead.cpu import cpu_features
 from polyhead.models.loader import load_model
+
+# bfloat16 is refused where bf16 dot products are not hardware instructions (polyhead/cpu.py)
+needs_native_bf16 = pytest.mark.skipif(not cpu_features().native_bf16,
+                                       reason="needs native bf16 (AVX512-BF16): bfloat16 is refused on this CPU")
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"

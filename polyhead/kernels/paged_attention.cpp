@@ -3,8 +3,8 @@
 // The rule it keeps: sequence b's query heads attend to keys 0..context_lens[b]-1 (no further
 // back than the sliding window), found through its block table; keys and values are read once,
 // in place, with no gathered copy. Plain C ABI (no torch headers) so it compiles in a second.
-// Parallel over (sequence, kv head) with OpenMP; AVX-512 paths for head_dim 64 and 128,
-// plain loops elsewhere.
+// Parallel over (sequence, kv head) with OpenMP; AVX-512 and AVX2+FMA paths for head_dim 64
+// and 128 (whichever the compiler's flags allow), plain loops elsewhere and on other CPUs.
 
 #include <cmath>
 #include <cstdint>
@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "bf16.h"
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
 
@@ -118,11 +118,60 @@ void attend_avx512(const Item& it, const T* k_head, const T* v_head, float* acc)
 }
 #endif
 
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+inline void load8(const float* src, __m256* out) { *out = _mm256_loadu_ps(src); }
+inline void load8(const uint16_t* src, __m256* out) {  // 8 bf16 -> 8 floats
+  __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+  *out = _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+
+inline float reduce_add(__m256 v) {
+  __m128 sum = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
+  sum = _mm_add_ss(sum, _mm_movehdup_ps(sum));
+  return _mm_cvtss_f32(sum);
+}
+
+// The AVX2 twin of attend_avx512: C = head_dim / 8 vectors of 8 floats per row.
+template <typename T, int C>
+void attend_avx2(const Item& it, const T* k_head, const T* v_head, float* acc) {
+  const int64_t n = it.len - it.first;
+  for_each_row(it, k_head, [&](int64_t i, const T* key) {
+    __m256 k[C];
+    for (int c = 0; c < C; ++c) load8(key + 8 * c, &k[c]);
+    for (int64_t g = 0; g < it.group; ++g) {
+      const float* qg = it.query + g * 8 * C;
+      __m256 sum = _mm256_mul_ps(_mm256_loadu_ps(qg), k[0]);
+      for (int c = 1; c < C; ++c) sum = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 8 * c), k[c], sum);
+      it.scores[g * n + i] = reduce_add(sum);
+    }
+  });
+  softmax_rows(it.scores, it.group, n);
+  for (int64_t g = 0; g < it.group; ++g) {
+    __m256 a[C];
+    for (int c = 0; c < C; ++c) a[c] = _mm256_setzero_ps();
+    const float* p = it.scores + g * n;
+    for_each_row(it, v_head, [&](int64_t i, const T* value) {
+      const __m256 weight = _mm256_set1_ps(p[i]);
+      for (int c = 0; c < C; ++c) {
+        __m256 v;
+        load8(value + 8 * c, &v);
+        a[c] = _mm256_fmadd_ps(weight, v, a[c]);
+      }
+    });
+    for (int c = 0; c < C; ++c) _mm256_storeu_ps(acc + g * 8 * C + 8 * c, a[c]);
+  }
+}
+#endif
+
 template <typename T>
 void attend(const Item& it, const T* k_head, const T* v_head, float* acc) {
 #if defined(__AVX512F__)
   if (it.head_dim == 64) return attend_avx512<T, 4>(it, k_head, v_head, acc);
   if (it.head_dim == 128) return attend_avx512<T, 8>(it, k_head, v_head, acc);
+#elif defined(__AVX2__) && defined(__FMA__)
+  if (it.head_dim == 64) return attend_avx2<T, 8>(it, k_head, v_head, acc);
+  if (it.head_dim == 128) return attend_avx2<T, 16>(it, k_head, v_head, acc);
 #endif
   attend_generic(it, k_head, v_head, acc);
 }
@@ -165,6 +214,21 @@ void decode_attention(const T* q,                 // [B, Hq, D]
 }  // namespace
 
 extern "C" {
+
+// Which path this build compiled: the tests check each level they build runs its own.
+const char* kernel_isa() {
+#if defined(__AVX512BF16__)
+  return "avx512bf16";
+#elif defined(__AVX512F__)
+  return "avx512";
+#elif defined(__AVX2__) && defined(__FMA__)
+  return "avx2";
+#elif defined(__ARM_NEON)
+  return "neon";
+#else
+  return "scalar";
+#endif
+}
 
 void decode_attention_bf16(const uint16_t* q, const uint16_t* kv_cache, const int64_t* block_table,
                            const int64_t* context_lens, uint16_t* out, int64_t batch, int64_t num_heads,

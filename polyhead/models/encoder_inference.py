@@ -26,7 +26,8 @@ class PackedGeluLinear(nn.Module):
 
 
 def prepare_encoder_for_inference(model: EncoderModel) -> EncoderModel:
-    if not can_pack(next(model.parameters()).device):
+    weight = next(model.parameters())
+    if not can_pack(weight.device, weight.dtype):
         return model
     for layer in model.modules():
         if isinstance(layer, EncoderLayer):

@@ -11,6 +11,7 @@ weights ~1.5x faster. The swap happens on a built model, so the model code stays
 import torch
 from torch import nn
 
+from polyhead.cpu import cpu_features
 from polyhead.kernels import gemv_kernel
 
 GEMV_MAX_ROWS = 4  # up to this many rows, the native bf16 GEMV beats oneDNN (weights streamed once)
@@ -40,8 +41,12 @@ class PackedLinear(nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
 
 
-def can_pack(device: torch.device) -> bool:
-    return device.type == "cpu" and torch.backends.mkldnn.is_available()
+def can_pack(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether oneDNN can pack weights of `dtype` here: float32 on any CPU; bfloat16 needs AVX-512
+    (F/BW/DQ/VL: oneDNN raises "bf16 path needs the cpu support ..." on an AVX2-only CPU)."""
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    return dtype != torch.bfloat16 or cpu_features().level in ("avx512", "avx512bf16")
 
 
 def pack_linear_layers(model: nn.Module) -> nn.Module:

@@ -27,7 +27,7 @@ no dataclass knows are errors too, so a typo never silently falls back to a defa
       batch_size: 16
       grad_accumulation: 1
       steps: 300                   # or epochs: N (passes over the largest task's train split; default 1)
-      dtype: float32               # float32 | bfloat16
+      dtype: float32               # float32 | bfloat16 | auto (bfloat16 where native)
       seed: 0
       eval_every: 100
       checkpoint_every: 100

@@ -44,7 +44,7 @@ class Trainer:
         self.show_progress = show_progress and self.ctx.is_main
         self.eval_batch_size = eval_batch_size
         settings = config.train
-        self.autocast_dtype = torch.bfloat16 if settings.dtype == "bfloat16" else None
+        self.autocast_dtype = torch.bfloat16 if settings.uses_bfloat16 else None
         ckpt.seed_everything(settings.seed)  # the same heads on every rank, the same run on every resume
         self.model = build_model(config).to(self.ctx.device)
         from transformers import AutoTokenizer

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from polyhead.cpu import cpu_features
 from polyhead.engine.async_engine import AsyncEngine
 from polyhead.engine.encoder_engine import EncoderEngine
 from polyhead.engine.engine import LLMEngine
@@ -216,10 +217,8 @@ def test_async_engine_drives_the_encoder(tiny_encoder):
 @pytest.mark.model
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_minilm_embeddings_equal_sentence_transformers(minilm_reference, dtype):
-    from polyhead.config import cpu_has_native_bf16
-
-    if dtype == "bfloat16" and not cpu_has_native_bf16():
-        pytest.skip("this CPU has no native bf16 matmuls")
+    if dtype == "bfloat16" and not cpu_features().native_bf16:
+        pytest.skip("needs native bf16 (AVX512-BF16): bfloat16 is refused on this CPU")
     folder, reference = minilm_reference
     llm = LLM(model="all-MiniLM-L6-v2", dtype=dtype, max_num_batched_tokens=1024)
     assert llm.engine.model_folder == folder

@@ -8,7 +8,7 @@ import torch
 
 from polyhead.engine.params import SamplingParams
 from polyhead.lora.adapter import load_adapter
-from tests.conftest import make_engine
+from tests.conftest import make_engine, needs_native_bf16
 from tests.lora.conftest import GREEDY, reference_greedy, run_until_done
 
 
@@ -232,6 +232,7 @@ def test_prefix_cache_is_per_adapter(lora_base, adapters):
     assert len({tuple(result[0]) for result in fresh.values()}) == 3
 
 
+@needs_native_bf16
 def test_bfloat16_adapter_rows_on_the_packed_and_gemv_paths(lora_base, adapters, references):
     """bf16 serving wraps oneDNN-packed layers and, for 1-4 rows, the native GEMV: the adapter's
     effect survives on both (log-probs near PEFT's float32 ones, far from the base's)."""
