@@ -51,7 +51,8 @@ class LLMEngine:
             torch.set_num_threads(config.num_threads)
         torch.manual_seed(config.seed)
         self.config = config
-        loaded = loaded or load_model(config.model, config.torch_dtype)
+        loaded = loaded or load_model(config.model, config.torch_dtype, config.quantization,
+                                       config.quantization_group_size)
         self.model, self.tokenizer, self.model_config = loaded.model, loaded.tokenizer, loaded.config
         self.model_folder = loaded.folder
         dtype = next(self.model.parameters()).dtype

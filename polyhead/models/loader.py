@@ -1,8 +1,11 @@
-"""Weight loading: a Hugging Face folder (config.json + safetensors) or a GGUF file.
+"""Weight loading: a Hugging Face folder (config.json + safetensors), a `polyhead quantize`
+folder or a GGUF file, with the weights quantized as EngineConfig.quantization says.
 
-A GGUF is read once through transformers/gguf (dequantized to float32) and kept as a
-Hugging Face folder in polyhead's cache, so later starts load safetensors in a second or
-two instead of re-parsing and dequantizing the file.
+A GGUF is read once through transformers/gguf (dequantized to float32) and kept as a Hugging
+Face folder in polyhead's cache, so later starts load safetensors in a second or two instead of
+re-parsing and dequantizing the file. Its Q8_0/Q4_0/Q4_1 tensors are also kept as they are, once,
+in that folder's quantized.safetensors (polyhead/quant/gguf.py): `quantization="auto"` serves
+those, so the default model runs in the 4 bits it ships in.
 """
 
 import hashlib
@@ -14,11 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from polyhead.models.config import ModelConfig, check_architecture
 from polyhead.models.llama import LlamaForCausalLM
 from polyhead.models.registry import resolve_model_path
+from polyhead.quant.attach import QuantizationSpec, attach_quantized, quantize_model
+from polyhead.quant.checkpoint import QUANTIZED_FILE, load_quantized, save_quantized
+from polyhead.quant.format import QuantizedWeight, concat_rows
+from polyhead.quant.gguf import read_quantized_tensors
 
 
 @dataclass
@@ -33,7 +41,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("POLYHEAD_CACHE", Path.home() / ".cache" / "polyhead"))
 
 
-def load_model(model: str | None, dtype: torch.dtype) -> LoadedModel:
+def load_model(model: str | None, dtype: torch.dtype, quantization: str = "none",
+               group_size: int = 32) -> LoadedModel:
+    """`quantization`: auto keeps the weights a file stores quantized (others stay float); none
+    dequantizes them; int8 / int4 quantize every weight matrix (int4 with `group_size`)."""
     path = resolve_model_path(model)
     folder = gguf_to_hf_folder(path) if path.suffix == ".gguf" else path
     if not (folder / "config.json").is_file():
@@ -46,32 +57,61 @@ def load_model(model: str | None, dtype: torch.dtype) -> LoadedModel:
     config.eos_token_ids = _eos_token_ids(folder, config, tokenizer)
     with torch.device("meta"):
         net = LlamaForCausalLM(config)
-    state = hf_to_polyhead_state_dict(_read_safetensors(folder), config)
-    missing, unexpected = net.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True, strict=False)
-    if unexpected or set(missing) != ({"lm_head.weight"} if config.tie_word_embeddings else set()):
+    stored = _stored_quantized(path, folder, config)  # weights the file keeps quantized; {} for float files
+    keep = quantization == "auto"
+    hf = _read_safetensors(folder, skip=set(stored) if keep else set())
+    hf.update({name: w if keep else w.dequantize() for name, w in stored.items() if name not in hf})
+    state = hf_to_polyhead_state_dict(hf, config)
+    quantized = {k: v for k, v in state.items() if isinstance(v, QuantizedWeight)}
+    floats = {k: v.to(dtype) for k, v in state.items() if not isinstance(v, QuantizedWeight)}
+    missing, unexpected = net.load_state_dict(floats, assign=True, strict=False)
+    if unexpected or set(missing) != set(quantized) | ({"lm_head.weight"} if config.tie_word_embeddings else set()):
         raise ValueError(f"weights in {str(folder)!r} do not fit the model: missing {missing}, unexpected {unexpected}")
     net.tie_weights()  # assign=True replaced the shared parameter
+    if config.tie_word_embeddings and "model.embed_tokens.weight" in quantized:
+        quantized["lm_head.weight"] = quantized["model.embed_tokens.weight"]  # one weight, held once
+    attach_quantized(net, quantized, dtype)
+    if quantization in ("int8", "int4"):
+        quantize_model(net, QuantizationSpec(8, None) if quantization == "int8" else QuantizationSpec(4, group_size))
     return LoadedModel(net.eval().requires_grad_(False), tokenizer, config, folder)
+
+
+def _stored_quantized(path: Path, folder: Path, config: ModelConfig) -> dict[str, QuantizedWeight]:
+    """Hugging Face name -> QuantizedWeight of what the file stores quantized: a `polyhead quantize`
+    folder's quantized.safetensors, or a GGUF's Q8_0/Q4_0/Q4_1 tensors (repacked once into its cache)."""
+    cached = folder / QUANTIZED_FILE
+    if not cached.is_file() and path.suffix == ".gguf":
+        save_quantized(cached, read_quantized_tensors(path, config.num_heads, config.num_kv_heads))
+    return load_quantized(cached) if cached.is_file() else {}
 
 
 def hf_to_polyhead_state_dict(hf: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     """Hugging Face parameter names -> ours, concatenating q|k|v and gate|up."""
+    # values are float tensors or QuantizedWeights (kept quantized); a fused group of them stays quantized
     out = {"model.embed_tokens.weight": hf["model.embed_tokens.weight"], "model.norm.weight": hf["model.norm.weight"]}
     if not config.tie_word_embeddings:
         out["lm_head.weight"] = hf.get("lm_head.weight", hf["model.embed_tokens.weight"])
     for i in range(config.num_layers):
         src, dst = f"model.layers.{i}.", f"model.layers.{i}."
         attn = src + "self_attn."
-        out[dst + "self_attn.qkv_proj.weight"] = torch.cat([hf[attn + f"{p}_proj.weight"] for p in "qkv"])
+        out[dst + "self_attn.qkv_proj.weight"] = _cat([hf[attn + f"{p}_proj.weight"] for p in "qkv"])
         if config.attention_bias:
             out[dst + "self_attn.qkv_proj.bias"] = torch.cat([hf[attn + f"{p}_proj.bias"] for p in "qkv"])
         out[dst + "self_attn.o_proj.weight"] = hf[attn + "o_proj.weight"]
-        out[dst + "mlp.gate_up_proj.weight"] = torch.cat(
-            [hf[src + "mlp.gate_proj.weight"], hf[src + "mlp.up_proj.weight"]])
+        out[dst + "mlp.gate_up_proj.weight"] = _cat([hf[src + "mlp.gate_proj.weight"], hf[src + "mlp.up_proj.weight"]])
         out[dst + "mlp.down_proj.weight"] = hf[src + "mlp.down_proj.weight"]
         for norm in ("input_layernorm", "post_attention_layernorm"):
             out[dst + f"{norm}.weight"] = hf[src + f"{norm}.weight"]
     return out
+
+
+def _cat(parts: list) -> torch.Tensor | QuantizedWeight:
+    """Rows of `parts` in order: quantized when all are, of one layout; float otherwise."""
+    if all(isinstance(p, QuantizedWeight) for p in parts):
+        fused = concat_rows(parts)
+        if fused is not None:
+            return fused
+    return torch.cat([p.dequantize() if isinstance(p, QuantizedWeight) else p for p in parts])
 
 
 def gguf_to_hf_folder(path: Path) -> Path:
@@ -117,13 +157,15 @@ def _gguf_architecture(path: Path) -> str:
     return bytes(field.parts[field.data[0]]).decode()
 
 
-def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
+def _read_safetensors(folder: Path, skip: set[str] = frozenset()) -> dict[str, torch.Tensor]:
+    """Every float tensor of the folder's safetensors files but those named in `skip` (never read)."""
+    files = sorted(f for f in folder.glob("*.safetensors") if f.name != QUANTIZED_FILE)
+    if not files and not (folder / QUANTIZED_FILE).is_file():
         raise ValueError(f"model folder {str(folder)!r} holds no *.safetensors weights")
     state = {}
     for file in files:
-        state.update(load_file(file))
+        with safe_open(str(file), framework="pt") as tensors:
+            state.update({key: tensors.get_tensor(key) for key in tensors.keys() if key not in skip})  # noqa: SIM118
     return state
 
 
