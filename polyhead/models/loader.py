@@ -10,10 +10,12 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from polyhead.models.config import ModelConfig, check_architecture
@@ -46,8 +48,8 @@ def load_model(model: str | None, dtype: torch.dtype) -> LoadedModel:
     config.eos_token_ids = _eos_token_ids(folder, config, tokenizer)
     with torch.device("meta"):
         net = LlamaForCausalLM(config)
-    state = hf_to_polyhead_state_dict(_read_safetensors(folder), config)
-    missing, unexpected = net.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True, strict=False)
+    state = hf_to_polyhead_state_dict(SafetensorsWeights(folder, dtype), config)
+    missing, unexpected = net.load_state_dict(state, assign=True, strict=False)
     if unexpected or set(missing) != ({"lm_head.weight"} if config.tie_word_embeddings else set()):
         raise ValueError(f"weights in {str(folder)!r} do not fit the model: missing {missing}, unexpected {unexpected}")
     net.tie_weights()  # assign=True replaced the shared parameter
@@ -115,6 +117,31 @@ def _gguf_architecture(path: Path) -> str:
     if field is None:
         raise ValueError(f"GGUF file {str(path)!r} has no general.architecture field")
     return bytes(field.parts[field.data[0]]).decode()
+
+
+class SafetensorsWeights(Mapping):
+    """A folder's *.safetensors tensors, each read when asked for and cast to `dtype`: converting
+    a checkpoint then holds one layer's source tensors at a time beside the result, not the whole
+    file (a GGUF's conversion is float32, twice the bfloat16 weights) plus every cast copy."""
+
+    def __init__(self, folder: Path, dtype: torch.dtype):
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise ValueError(f"model folder {str(folder)!r} holds no *.safetensors weights")
+        self.dtype = dtype
+        self._files = {}  # tensor name -> the open file holding it
+        for file in files:
+            handle = safe_open(str(file), framework="pt")
+            self._files |= dict.fromkeys(handle.keys(), handle)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._files[name].get_tensor(name).to(self.dtype)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
 
 
 def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
