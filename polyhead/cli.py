@@ -144,7 +144,7 @@ def build_task_registry(args, default_name: str):
         name, sep, size = item.rpartition("=")
         if not sep or not name:
             raise ValueError(f"--backbone-kv-cache-memory takes NAME=SIZE (e.g. all-MiniLM-L6-v2=64MiB), got {item!r}")
-        kv_budgets[name] = size if size == "auto" else parse_size(size, f"--backbone-kv-cache-memory {name}")
+        kv_budgets[name] = parse_size(size, f"--backbone-kv-cache-memory {name}", allow_auto=True)
     thread_budgets = {}
     for item in args.backbone_threads or []:
         name, sep, count = item.rpartition("=")
@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve the tasks of a tasks.yaml manifest, or `default` for the shipped set (chat, "
                    "summarize, translate, sentiment, topic, embed); each backbone gets its own engine")
     p.add_argument("--backbone-kv-cache-memory", action="append", metavar="NAME=SIZE",
-                   help="KV cache for one backbone of the manifest (repeatable; others get --kv-cache-memory)")
+                   help="KV cache for one backbone of the manifest, a size or auto (repeatable; others get "
+                   "--kv-cache-memory)")
     p.add_argument("--backbone-threads", action="append", metavar="NAME=N",
                    help="torch threads for a backbone of the manifest other than --model (repeatable; "
                    "default 1, so a small second backbone does not contend for the cores of the first)")

@@ -50,8 +50,7 @@ class EngineConfig:
         if self.quantization_group_size not in QUANTIZATION_GROUP_SIZES:
             raise ValueError(f"quantization_group_size must be one of "
                              f"{', '.join(map(str, QUANTIZATION_GROUP_SIZES))}; got {self.quantization_group_size}")
-        if self.kv_cache_memory != "auto":
-            self.kv_cache_memory = parse_size(self.kv_cache_memory, "kv_cache_memory", allow_auto=True)
+        self.kv_cache_memory = parse_size(self.kv_cache_memory, "kv_cache_memory", allow_auto=True)
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_loras", "max_lora_rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -73,7 +72,10 @@ class EngineConfig:
         return _DTYPES[self.dtype]
 
 
-def parse_size(value: int | str, name: str, allow_auto: bool = False) -> int:
+def parse_size(value: int | str, name: str, allow_auto: bool = False) -> int | str:
+    """Bytes from a count or a size like "512MiB"; "auto" passes through where `allow_auto`."""
+    if allow_auto and value == "auto":
+        return value
     if isinstance(value, int) and not isinstance(value, bool):
         size = value
     else:

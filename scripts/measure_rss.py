@@ -76,13 +76,16 @@ def process_name(pid: int) -> str:
     except OSError:
         return "?"
     text = " ".join(a.decode(errors="replace") for a in argv if a)
+    program = Path(argv[0].decode(errors="replace")).name
+    if not program.startswith("python"):
+        return program or text[:40]  # llama-server, or a wrapper such as timeout
     if "multiprocessing.resource_tracker" in text:
         return "resource tracker"
     if "multiprocessing.spawn" in text:
         return "engine child (spawn)"
     if "polyhead.cli serve" in text or "polyhead serve" in text:
         return "polyhead serve"
-    return Path(argv[0].decode(errors="replace")).name or text[:40]
+    return text[:40]
 
 
 def snapshot(root: int) -> dict[int, dict]:
@@ -141,12 +144,12 @@ def one_request(url: str) -> None:
     httpx.post(f"{url}/v1/completions", json=body, timeout=300).raise_for_status()
 
 
-def run_load(args, url: str) -> None:
+def run_load(args, url: str) -> int:
     command = [sys.executable, "-m", "polyhead.bench.serve", "--url", url, "--concurrency", str(args.clients),
                "--num-requests", str(args.num_requests or args.clients), "--input-len", str(args.input_len),
                "--output-len", str(args.output_len)]
     print("$", shlex.join(command), file=sys.stderr)
-    subprocess.run(command, check=True, env=_env(), stdout=sys.stderr)
+    return subprocess.run(command, check=False, env=_env(), stdout=sys.stderr).returncode
 
 
 def _env() -> dict:
@@ -210,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         names = {pid: process_name(pid) for pid in readings["idle"]}
         if not args.no_load:
             with PeakSampler(root) as sampler:
-                run_load(args, args.url)
+                code = run_load(args, args.url)
+            if code != 0:
+                print(f"the load ended with exit code {code}: its peak is of what ran", file=sys.stderr)
             readings[f"{args.clients} clients (peak)"] = sampler.peak
             time.sleep(args.settle)
             readings["after"] = snapshot(root)
@@ -223,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 server.kill()
     what = "polyhead serve " + shlex.join(serve_args) if server is not None else f"pid {root} at {args.url}"
-    print(f"\nresident memory of {what}: {args.clients} clients, ~{args.input_len} prompt + {args.output_len} "
-          f"new tokens each\n$ {shlex.join(['python', 'scripts/measure_rss.py', *(argv or sys.argv[1:])])}")
+    load = "idle only" if args.no_load else (f"{args.clients} clients, {args.num_requests or args.clients} requests of "
+                                              f"~{args.input_len} prompt + {args.output_len} new tokens")
+    print(f"\nresident memory of {what}: {load}\n"
+          f"$ {shlex.join(['python', 'scripts/measure_rss.py', *(argv or sys.argv[1:])])}")
     print(table(readings, names))
     return 0
 
