@@ -15,7 +15,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                        "float weights float; none = all float; int8 / int4 quantize at load (default: auto)")
     group.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128],
                        help="int4: weights sharing one scale (default: 32)")
-    group.add_argument("--kv-cache-memory", default="2GiB", help="memory for the paged KV cache (default: 2GiB)")
+    group.add_argument("--kv-cache-memory", default="auto",
+                       help="memory for the paged KV cache, e.g. 512MiB, or auto: --max-num-seqs sequences of "
+                       "--max-model-len tokens of this model's keys and values, capped at 25%% of MemAvailable "
+                       "and never below one sequence; pages are committed as requests use them (default: auto)")
     group.add_argument("--max-model-len", type=int, default=None,
                        help="longest prompt + output in tokens (default: the model's context)")
     group.add_argument("--max-num-seqs", type=int, default=128, help="sequences per step at most (default: 128)")
@@ -114,6 +117,10 @@ def serve(args) -> int:
         request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes,
         max_inputs_per_request=args.max_inputs_per_request)
     registry = build_task_registry(args, settings.model_names[0])
+    for name, backbone in registry.backbones.items():
+        summary = getattr(backbone.engine, "kv_cache_summary", None)
+        if summary is not None:
+            print(f"polyhead: {name}: {summary}", file=sys.stderr, flush=True)
     run_server(registry.backbones[registry.default_backbone].engine, settings, args.host, args.port,
                args.shutdown_grace, registry)
     return 0
@@ -137,7 +144,7 @@ def build_task_registry(args, default_name: str):
         name, sep, size = item.rpartition("=")
         if not sep or not name:
             raise ValueError(f"--backbone-kv-cache-memory takes NAME=SIZE (e.g. all-MiniLM-L6-v2=64MiB), got {item!r}")
-        kv_budgets[name] = parse_size(size, f"--backbone-kv-cache-memory {name}")
+        kv_budgets[name] = parse_size(size, f"--backbone-kv-cache-memory {name}", allow_auto=True)
     thread_budgets = {}
     for item in args.backbone_threads or []:
         name, sep, count = item.rpartition("=")
@@ -208,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve the tasks of a tasks.yaml manifest, or `default` for the shipped set (chat, "
                    "summarize, translate, sentiment, topic, embed); each backbone gets its own engine")
     p.add_argument("--backbone-kv-cache-memory", action="append", metavar="NAME=SIZE",
-                   help="KV cache for one backbone of the manifest (repeatable; others get --kv-cache-memory)")
+                   help="KV cache for one backbone of the manifest, a size or auto (repeatable; others get "
+                   "--kv-cache-memory)")
     p.add_argument("--backbone-threads", action="append", metavar="NAME=N",
                    help="torch threads for a backbone of the manifest other than --model (repeatable; "
                    "default 1, so a small second backbone does not contend for the cores of the first)")

@@ -25,7 +25,9 @@ class EngineConfig:
     quantization: str = "auto"
     quantization_group_size: int = 32  # int4: weights per scale (32, 64 or 128); int8 is per output channel
     max_model_len: int | None = None  # longest prompt + output; None: the model's own context
-    kv_cache_memory: int | str = "2GiB"  # bytes for the paged KV cache, or a size like "512MiB"
+    # bytes for the paged KV cache, a size like "512MiB", or auto: max_num_seqs x max_model_len tokens of
+    # this model's keys and values, capped at a quarter of MemAvailable (engine/kv_memory.py)
+    kv_cache_memory: int | str = "auto"
     block_size: int = 16  # tokens per KV block
     max_num_seqs: int = 128  # sequences in one step at most
     max_num_batched_tokens: int = 512  # tokens in one step at most (decodes + prefill chunks)
@@ -49,7 +51,7 @@ class EngineConfig:
         if self.quantization_group_size not in QUANTIZATION_GROUP_SIZES:
             raise ValueError(f"quantization_group_size must be one of "
                              f"{', '.join(map(str, QUANTIZATION_GROUP_SIZES))}; got {self.quantization_group_size}")
-        self.kv_cache_memory = parse_size(self.kv_cache_memory, "kv_cache_memory")
+        self.kv_cache_memory = parse_size(self.kv_cache_memory, "kv_cache_memory", allow_auto=True)
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_loras", "max_lora_rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -71,13 +73,17 @@ class EngineConfig:
         return _DTYPES[self.dtype]
 
 
-def parse_size(value: int | str, name: str) -> int:
-    if isinstance(value, int):
+def parse_size(value: int | str, name: str, allow_auto: bool = False) -> int | str:
+    """Bytes from a count or a size like "512MiB"; "auto" passes through where `allow_auto`."""
+    if allow_auto and value == "auto":
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
         size = value
     else:
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
         if not match or match.group(2).lower() not in _SIZE_UNITS:
-            raise ValueError(f"{name} must be a byte count or a size like 512MiB or 2GiB, got {value!r}")
+            auto = "auto, " if allow_auto else ""
+            raise ValueError(f"{name} must be {auto}a byte count or a size like 512MiB or 2GiB, got {value!r}")
         size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
     if size <= 0:
         raise ValueError(f"{name} must be > 0 bytes, got {value!r}")

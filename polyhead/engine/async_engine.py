@@ -30,6 +30,7 @@ class AsyncEngine(EngineClient):
         self.is_generative = hasattr(engine, "kv_cache")  # an encoder computes prompts whole, keeping no cache
         self.hidden_size = engine.model_config.hidden_size
         self.has_prefix_cache = self.is_generative and engine.kv_cache.enable_prefix_caching
+        self.kv_cache_summary = engine.kv_cache_plan.describe() if self.is_generative else None
         self.idle_wait_s = idle_wait_s  # the loop wakes at least this often, so health stays fresh
         self._commands: queue.SimpleQueue = queue.SimpleQueue()  # ("add", TrackedRequest) | ("abort", req_id)
         self._wake = threading.Event()

@@ -7,7 +7,9 @@ import torch
 
 from polyhead.config import EngineConfig
 from polyhead.engine.detokenizer import IncrementalDetokenizer
+from polyhead.engine.heap import trim_heap
 from polyhead.engine.kv_cache import KVCacheManager
+from polyhead.engine.kv_memory import plan_kv_cache
 from polyhead.engine.limits import RequestLimits, check_request
 from polyhead.engine.outputs import EngineStats, RequestOutput, StepStats
 from polyhead.engine.params import PoolingParams, SamplingParams
@@ -57,15 +59,15 @@ class LLMEngine:
         self.model_folder = loaded.folder
         dtype = next(self.model.parameters()).dtype
 
-        bytes_per_block = ModelRunner.cache_bytes_per_block(self.model, config.block_size, dtype)
-        num_blocks = config.kv_cache_memory // bytes_per_block
-        if num_blocks < 1:
-            raise ValueError(f"kv_cache_memory ({config.kv_cache_memory} bytes) is below one KV block "
-                             f"({bytes_per_block} bytes at block_size {config.block_size})")
-        self.kv_capacity_tokens = num_blocks * config.block_size
         context = self.model_config.max_position_embeddings
         if config.max_model_len is not None and config.max_model_len > context:
             raise ValueError(f"max_model_len ({config.max_model_len}) exceeds the model's context ({context})")
+        bytes_per_block = ModelRunner.cache_bytes_per_block(self.model, config.block_size, dtype)
+        self.kv_cache_plan = plan_kv_cache(config.kv_cache_memory, bytes_per_block, config.block_size,
+                                           config.max_num_seqs, config.max_model_len or context)
+        logger.info("%s", self.kv_cache_plan.describe())
+        num_blocks = self.kv_cache_plan.num_blocks
+        self.kv_capacity_tokens = num_blocks * config.block_size
         self.max_model_len = min(config.max_model_len or context, self.kv_capacity_tokens)
         self.limits = RequestLimits(self.model_config.vocab_size, context, self.kv_capacity_tokens,
                                     self.max_model_len)
@@ -88,6 +90,7 @@ class LLMEngine:
         self._next_id = 0
         self.last_step_num_tokens = 0  # tokens the last step computed (for metrics)
         self.last_step_stats = StepStats(0, {})  # what the last step computed, by row kind (for metrics)
+        trim_heap()  # the loader's and the packing's freed temporaries
 
     def register_head(self, task: str, head) -> None:
         """Serve a task's ClassifyHead / TagHead / EmbedPooler on this backbone's hidden states;

@@ -44,6 +44,7 @@ class EngineClient:
         self.num_queued = 0
         self.num_queued_tokens = 0
         self.on_step = None  # called after each step with its token count (metrics); not on the event loop
+        self.kv_cache_summary: str | None = None  # the KV cache's size and why (KVCachePlan.describe); None: none
 
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
         raise NotImplementedError

@@ -2,11 +2,16 @@
 
 The rule it keeps: a full block is named by a hash chained over every token up to and
 including it (`hash((parent_hash, tokens))`, the first block's parent being the request's
-LoRA adapter name or None), so two requests with the same prefix and adapter find the same blocks. A block whose last user finished stays in the free queue with its hash until
-it is reused for something else; free blocks are reused least-recently-freed first, so a
-finished prompt's blocks live as long as memory allows (LRU prefix cache).
+LoRA adapter name or None), so two requests with the same prefix and adapter find the same
+blocks. A block whose last user finished keeps its hash, free, until it is reused for something
+else. A new block is, in this order: a free block holding no cached prefix, lowest id first
+(a partial tail, a duplicate, or a block never used: the cache tensor's pages are committed on
+first touch, so low ids first keeps the touched part small under light load); only when none is
+left, the least recently freed cached block (LRU prefix cache: a finished prompt's blocks live as
+long as memory allows).
 """
 
+import heapq
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -26,17 +31,18 @@ class KVCacheManager:
         self.num_blocks = num_blocks
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
-        self.free_queue: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # LRU first
+        self.free_uncached: list[int] = list(range(num_blocks))  # a heap of free blocks holding no prefix
+        self.free_cached: OrderedDict[int, None] = OrderedDict()  # free blocks holding a prefix, LRU first
         self.cached: dict[int, int] = {}  # block hash -> block id
         self.num_prefix_hit_tokens = 0  # running total, for metrics
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self.free_queue)
+        return len(self.free_uncached) + len(self.free_cached)
 
     @property
     def usage(self) -> float:
-        return 1.0 - len(self.free_queue) / self.num_blocks
+        return 1.0 - self.num_free_blocks / self.num_blocks
 
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -63,12 +69,12 @@ class KVCacheManager:
         num_evictable_hits = sum(1 for b in cached_blocks if self.blocks[b].ref_count == 0)
         num_total = request.num_computed_tokens + len(cached_blocks) * self.block_size + num_new_tokens
         num_new_blocks = self.blocks_needed(num_total) - len(request.block_ids) - len(cached_blocks)
-        if num_new_blocks + num_evictable_hits > len(self.free_queue):
+        if num_new_blocks + num_evictable_hits > self.num_free_blocks:
             return False
         for block_id in cached_blocks:
             block = self.blocks[block_id]
             if block.ref_count == 0:
-                del self.free_queue[block_id]
+                del self.free_cached[block_id]  # a hit is in the prefix cache, so it was freed cached
             block.ref_count += 1
             request.block_ids.append(block_id)
         if cached_blocks:
@@ -99,15 +105,24 @@ class KVCacheManager:
             block = self.blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
-                self.free_queue[block_id] = None
+                if block.block_hash is not None and self.cached.get(block.block_hash) == block_id:
+                    self.free_cached[block_id] = None
+                else:  # partial, or a duplicate of a block the cache already names: nothing to keep
+                    self._forget_hash(block)
+                    heapq.heappush(self.free_uncached, block_id)
         request.block_ids = []
 
     def reset_prefix_cache(self) -> None:
-        for block_id in self.free_queue:
+        for block_id in self.free_cached:
             self._forget_hash(self.blocks[block_id])
+            heapq.heappush(self.free_uncached, block_id)
+        self.free_cached.clear()
 
     def _take_free_block(self) -> int:
-        block_id, _ = self.free_queue.popitem(last=False)
+        if self.free_uncached:
+            block_id = heapq.heappop(self.free_uncached)
+        else:
+            block_id, _ = self.free_cached.popitem(last=False)
         block = self.blocks[block_id]
         self._forget_hash(block)
         block.ref_count = 1

@@ -103,7 +103,9 @@ class ProcessEngine(EngineClient):
         if message[0] == "failed":
             self._process.join(5)
             raise message[1]
-        _, self.limits, folder, self._stats, self.hidden_size, self.has_prefix_cache, adapters = message
+        _, self.limits, folder, self._stats, self.hidden_size, self.has_prefix_cache, adapters, kv_summary = message
+        self.kv_cache_summary = kv_summary
+        logger.info("engine process %d: %s", self._process.pid, kv_summary)
         self.adapters = set(adapters)  # the config's own (--lora-modules)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self._stopping, self.dead_reason = False, None

@@ -54,7 +54,8 @@ def run_engine_process(config: EngineConfig, commands, reports, idle_wait_s: flo
         reports.send(("failed", _picklable(err)))
         return
     reports.send(("ready", engine.limits, str(engine.model_folder), engine.stats(),
-                  engine.model_config.hidden_size, engine.kv_cache.enable_prefix_caching, engine.lora.names))
+                  engine.model_config.hidden_size, engine.kv_cache.enable_prefix_caching, engine.lora.names,
+                  engine.kv_cache_plan.describe()))
     try:
         _serve(engine, commands, reports, idle_wait_s)
     except (EOFError, BrokenPipeError):

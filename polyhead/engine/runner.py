@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from polyhead.engine.kv_memory import kv_bytes_per_token, lazily_zeroed
 from polyhead.engine.pooler import Pooled, Pooler, PoolingRow
 from polyhead.engine.request import Request
 from polyhead.engine.sampler import Sampler, SamplingRow, TokenLogprobs
@@ -42,9 +43,10 @@ class ModelRunner:
         self.block_size = block_size
         self.dtype = dtype
         self.sliding_window = config.sliding_window
-        # [layers, 2 (k, v), kv_heads, slots, head_dim]; zeroed so padding reads are finite
-        self.kv_cache = torch.zeros(config.num_layers, 2, config.num_kv_heads, num_blocks * block_size,
-                                    config.head_dim, dtype=dtype)
+        # [layers, 2 (k, v), kv_heads, slots, head_dim]; zeros so padding reads are finite, mapped lazily
+        # so a page is resident only once a request's block touches it
+        self.kv_cache = lazily_zeroed((config.num_layers, 2, config.num_kv_heads, num_blocks * block_size,
+                                       config.head_dim), dtype)
         self.kv_caches = list(self.kv_cache.unbind(0))
         self.native_decode = decode_attention_kernel(dtype)
         self.sampler = Sampler()
@@ -54,7 +56,7 @@ class ModelRunner:
     @staticmethod
     def cache_bytes_per_block(model: LlamaForCausalLM, block_size: int, dtype: torch.dtype) -> int:
         config = model.config
-        return 2 * config.num_layers * config.num_kv_heads * config.head_dim * block_size * dtype.itemsize
+        return kv_bytes_per_token(config.num_layers, config.num_kv_heads, config.head_dim, dtype) * block_size
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:

@@ -13,12 +13,14 @@ import json
 import os
 import shutil
 import tempfile
+from collections import ChainMap
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from polyhead.models.config import ModelConfig, check_architecture
 from polyhead.models.llama import LlamaForCausalLM
@@ -59,11 +61,11 @@ def load_model(model: str | None, dtype: torch.dtype, quantization: str = "none"
         net = LlamaForCausalLM(config)
     stored = _stored_quantized(path, folder, config)  # weights the file keeps quantized; {} for float files
     keep = quantization == "auto"
-    hf = _read_safetensors(folder, skip=set(stored) if keep else set())
-    hf.update({name: w if keep else w.dequantize() for name, w in stored.items() if name not in hf})
-    state = hf_to_polyhead_state_dict(hf, config)
+    weights = SafetensorsWeights(folder, dtype, skip=set(stored) if keep else set())
+    extra = {name: w if keep else w.dequantize().to(dtype) for name, w in stored.items() if name not in weights}
+    state = hf_to_polyhead_state_dict(ChainMap(weights, extra), config)
     quantized = {k: v for k, v in state.items() if isinstance(v, QuantizedWeight)}
-    floats = {k: v.to(dtype) for k, v in state.items() if not isinstance(v, QuantizedWeight)}
+    floats = {k: v for k, v in state.items() if not isinstance(v, QuantizedWeight)}
     missing, unexpected = net.load_state_dict(floats, assign=True, strict=False)
     if unexpected or set(missing) != set(quantized) | ({"lm_head.weight"} if config.tie_word_embeddings else set()):
         raise ValueError(f"weights in {str(folder)!r} do not fit the model: missing {missing}, unexpected {unexpected}")
@@ -157,15 +159,42 @@ def _gguf_architecture(path: Path) -> str:
     return bytes(field.parts[field.data[0]]).decode()
 
 
-def _read_safetensors(folder: Path, skip: set[str] = frozenset()) -> dict[str, torch.Tensor]:
-    """Every float tensor of the folder's safetensors files but those named in `skip` (never read)."""
+class SafetensorsWeights(Mapping):
+    """A folder's float *.safetensors tensors (not its quantized.safetensors), each read when asked
+    for and cast to `dtype`: converting a checkpoint then holds one layer's source tensors at a time
+    beside the result, not the whole file (a GGUF's conversion is float32, twice the bfloat16
+    weights) plus every cast copy. Names in `skip` (kept quantized) are never read."""
+
+    def __init__(self, folder: Path, dtype: torch.dtype, skip: set[str] = frozenset()):
+        files = sorted(f for f in folder.glob("*.safetensors") if f.name != QUANTIZED_FILE)
+        if not files and not (folder / QUANTIZED_FILE).is_file():
+            raise ValueError(f"model folder {str(folder)!r} holds no *.safetensors weights")
+        self.dtype = dtype
+        self._files = {}  # tensor name -> the open file holding it
+        for file in files:
+            handle = safe_open(str(file), framework="pt")
+            self._files |= {name: handle for name in handle.keys() if name not in skip}  # noqa: SIM118
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._files[name].get_tensor(name).to(self.dtype)
+
+    def __contains__(self, name: object) -> bool:  # without reading the tensor (Mapping's default would)
+        return name in self._files
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+
+def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     files = sorted(f for f in folder.glob("*.safetensors") if f.name != QUANTIZED_FILE)
-    if not files and not (folder / QUANTIZED_FILE).is_file():
+    if not files:
         raise ValueError(f"model folder {str(folder)!r} holds no *.safetensors weights")
     state = {}
     for file in files:
-        with safe_open(str(file), framework="pt") as tensors:
-            state.update({key: tensors.get_tensor(key) for key in tensors.keys() if key not in skip})  # noqa: SIM118
+        state.update(load_file(file))
     return state
 
 
