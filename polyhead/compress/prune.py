@@ -18,7 +18,7 @@ from polyhead.compress.calibration import (
 from polyhead.compress.folder import check_output_folder, pruning_block, write_pruned_folder
 from polyhead.compress.sparse import apply_sparse
 from polyhead.compress.spec import PruneSpec, parse_n_m, parse_structured
-from polyhead.compress.structured import apply_structured, plan_structured
+from polyhead.compress.structured import StructuredPlan, apply_structured, plan_structured
 
 DEFAULT_SEQ_LEN = 256
 DEFAULT_CALIBRATION_TOKENS = 2048
@@ -32,6 +32,7 @@ class PruneResult:
     num_parameters: tuple[int, int]  # (before, after), tensors in the safetensors file
     num_zeros: int  # weights that are exactly zero after pruning (unstructured / N:M)
     calibration_tokens: int  # 0 for magnitude
+    plan: StructuredPlan | None = None  # structured: the channels and heads each layer kept
 
 
 def prune_model(model: str | None, spec: PruneSpec, output: str | Path, calibration: str | Path | None = None,
@@ -41,13 +42,14 @@ def prune_model(model: str | None, spec: PruneSpec, output: str | Path, calibrat
     check_output_folder(output)  # before the slow part
     loaded = load_model(model, torch.float32)
     config = loaded.config
-    norms = None
+    norms = plan = None
     if spec.method == "wanda":
         text = read_calibration_text(calibration)
         norms = collect_activation_norms(loaded.model, token_sequences(loaded.tokenizer, text, seq_len, max_tokens))
     state = _read_safetensors(loaded.folder)
     before = sum(t.numel() for t in state.values())
-    info = {"mode": spec.mode, **{k: v for k, v in asdict(spec).items() if v not in (None, 0.0)},
+    info = {"mode": spec.mode, **{k: v for k, v in asdict(spec).items() if v not in (None, 0.0)
+                                  and (spec.is_structured or k != "allocation")},
             "calibration_tokens": norms.num_tokens if norms else 0}
     if spec.is_structured:
         plan = plan_structured(state, config, spec, norms)
@@ -60,7 +62,7 @@ def prune_model(model: str | None, spec: PruneSpec, output: str | Path, calibrat
     folder = write_pruned_folder(loaded.folder, output, state, block, config.head_dim)
     zeros = sum(int((t == 0).sum()) for k, t in state.items() if ".layers." in k)
     return PruneResult(folder, sizes, heads, (before, sum(t.numel() for t in state.values())), zeros,
-                       norms.num_tokens if norms else 0)
+                       norms.num_tokens if norms else 0, plan)
 
 
 def spec_from_args(args) -> PruneSpec:
