@@ -15,7 +15,12 @@ from polyhead.compress.calibration import (
     read_calibration_text,
     token_sequences,
 )
-from polyhead.compress.folder import check_output_folder, pruning_block, write_pruned_folder
+from polyhead.compress.folder import (
+    check_output_folder,
+    pruning_block,
+    read_model_weights,
+    write_pruned_folder,
+)
 from polyhead.compress.sparse import apply_sparse
 from polyhead.compress.spec import PruneSpec, parse_n_m, parse_structured
 from polyhead.compress.structured import StructuredPlan, apply_structured, plan_structured
@@ -37,7 +42,7 @@ class PruneResult:
 
 def prune_model(model: str | None, spec: PruneSpec, output: str | Path, calibration: str | Path | None = None,
                 seq_len: int = DEFAULT_SEQ_LEN, max_tokens: int = DEFAULT_CALIBRATION_TOKENS) -> PruneResult:
-    from polyhead.models.loader import _read_safetensors, load_model
+    from polyhead.models.loader import load_model
 
     check_output_folder(output)  # before the slow part
     loaded = load_model(model, torch.float32)
@@ -46,7 +51,7 @@ def prune_model(model: str | None, spec: PruneSpec, output: str | Path, calibrat
     if spec.method == "wanda":
         text = read_calibration_text(calibration)
         norms = collect_activation_norms(loaded.model, token_sequences(loaded.tokenizer, text, seq_len, max_tokens))
-    state = _read_safetensors(loaded.folder)
+    state = read_model_weights(loaded.folder)
     before = sum(t.numel() for t in state.values())
     info = {"mode": spec.mode, **{k: v for k, v in asdict(spec).items() if v not in (None, 0.0)
                                   and (spec.is_structured or k != "allocation")},
@@ -82,9 +87,10 @@ def run_prune(args) -> int:
     before, after = result.num_parameters
     print(f"wrote {result.folder} in {time.perf_counter() - start:.1f} s ({spec.mode}, {spec.method}"
           + (f", {result.calibration_tokens} calibration tokens" if result.calibration_tokens else "") + ")")
-    print(f"parameters: {before:,} -> {after:,} ({after / before:.1%}); zero weights in the layers: "
-          f"{result.num_zeros:,}")
-    if spec.is_structured:
+    print(f"parameters: {before:,} -> {after:,} ({after / before:.1%})")
+    if not spec.is_structured:
+        print(f"zero weights in the layers: {result.num_zeros:,}")
+    else:
         print(f"MLP channels per layer: {result.intermediate_sizes}")
         print(f"query heads per layer:  {result.num_heads}")
     return 0
