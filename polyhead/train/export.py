@@ -5,6 +5,9 @@
                                            embed: the projection weight [dim, hidden]
     <run>/packs/<task>/adapter/            mode lora: the task's adapter in PEFT format
     <run>/tasks.yaml                       {tasks: [{pack: packs/<task>}, ...]}
+    <run>/backbone/                        mode full: the trained backbone, a Hugging Face folder the
+                                           packs name as their backbone (a pruned student keeps its
+                                           per-layer sizes, so polyhead's loader reads it back)
 
 Each pack is built in a staging folder and renamed into place, so a reader never sees half a pack.
 """
@@ -22,12 +25,15 @@ from polyhead.train.model import MultiTaskModel
 
 PACKS_DIR = "packs"
 MANIFEST = "tasks.yaml"
+BACKBONE_DIR = "backbone"
 
 
 def export_run(model: MultiTaskModel, run_dir: str | Path, backbone: str | None,
                prompt_templates: dict[str, str | None] | None = None) -> Path:
     """Write every task's pack and the manifest; returns the manifest's path."""
     run_dir = Path(run_dir)
+    if model.mode == "full":
+        backbone = str(export_backbone(model, run_dir))
     packs_root = run_dir / PACKS_DIR
     packs_root.mkdir(parents=True, exist_ok=True)
     specs, packs = [], {}
@@ -36,6 +42,23 @@ def export_run(model: MultiTaskModel, run_dir: str | Path, backbone: str | None,
         specs.append(spec)
         packs[name] = packs_root / name
     return save_manifest(specs, run_dir / MANIFEST, packs=packs)
+
+
+def export_backbone(model: MultiTaskModel, run_dir: Path) -> Path:
+    """The trained causal LM as a Hugging Face folder, with the source folder's tokenizer files."""
+    target = run_dir / BACKBONE_DIR
+    run_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{BACKBONE_DIR}-"))
+    try:
+        model.causal_lm.save_pretrained(staging)
+        for item in model.backbone_folder.iterdir():
+            if item.is_file() and ".safetensors" not in item.name and not (staging / item.name).exists():
+                shutil.copy2(item, staging / item.name)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.replace(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def export_task(model: MultiTaskModel, name: str, packs_root: Path, backbone: str | None,

@@ -63,7 +63,7 @@ class MultiTaskModel(nn.Module):
     def __init__(self, backbone_folder: str | Path, tasks: list[TaskHeadConfig], mode: str = "heads",
                  lora: LoraSettings | dict[str, LoraSettings] | None = None):
         super().__init__()
-        from transformers import AutoModelForCausalLM
+        from polyhead.compress.transformers_model import load_causal_lm
 
         if mode not in MODES:
             raise ValueError(f"train.mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -75,7 +75,7 @@ class MultiTaskModel(nn.Module):
         self.tasks = {t.name: t for t in tasks}
         lora = lora or LoraSettings()
         self.lora = lora if isinstance(lora, dict) else {name: lora for name in names}  # task -> settings
-        lm = AutoModelForCausalLM.from_pretrained(self.backbone_folder, dtype=torch.float32)
+        lm = load_causal_lm(self.backbone_folder, torch.float32)  # a pruned folder's per-layer sizes too
         lm.config.use_cache = False
         lm.requires_grad_(mode == "full")
         hidden = lm.config.hidden_size

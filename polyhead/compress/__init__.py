@@ -1,0 +1,1 @@
+"""Model compression that writes a new Hugging Face folder: pruning (prune.py)."""
