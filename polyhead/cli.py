@@ -240,9 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parsers(commands)
 
-    from polyhead.compress.prune import add_prune_parser
+    from polyhead.compress.cli import add_prune_parser, add_quantize_parser
 
     add_prune_parser(commands)
+    add_quantize_parser(commands)
 
     from polyhead.bench.mixed import add_mixed_parser
     from polyhead.bench.offline import add_offline_parser

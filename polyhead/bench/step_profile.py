@@ -22,13 +22,15 @@ def _timed(name: str, fn, totals: Counter):
     return wrapper
 
 
-def profile_decode(sequences: int, context: int, steps: int, dtype: str) -> dict[str, float]:
+def profile_decode(sequences: int, context: int, steps: int, dtype: str, quantization: str = "auto"
+                   ) -> dict[str, float]:
     from polyhead.engine.params import SamplingParams
     from polyhead.llm import LLM
     from polyhead.models import llama
     from polyhead.models.packed_linear import PackedLinear
+    from polyhead.quant.linear import QuantizedEmbedding, QuantizedLinear
 
-    llm = LLM(dtype=dtype, kv_cache_memory="1GiB", max_num_seqs=sequences)
+    llm = LLM(dtype=dtype, quantization=quantization, kv_cache_memory="1GiB", max_num_seqs=sequences)
     engine = llm.engine
     params = SamplingParams(temperature=0.0, max_tokens=context + steps, ignore_eos=True)
     for prompt in make_prompts(llm.tokenizer, sequences, 32, seed=0):
@@ -37,7 +39,9 @@ def profile_decode(sequences: int, context: int, steps: int, dtype: str) -> dict
         engine.step()
 
     totals: Counter = Counter()
-    patches = [(PackedLinear, "forward", "linear layers + LM head"), (llama.RMSNorm, "forward", "rms norm"),
+    patches = [(PackedLinear, "forward", "linear layers + LM head"),
+               (QuantizedLinear, "forward", "quantized linear layers + LM head"),
+               (QuantizedEmbedding, "forward", "quantized embedding"), (llama.RMSNorm, "forward", "rms norm"),
                (llama, "apply_rotary", "rotary"), (llama, "paged_attention", "attention (incl. cache writes)"),
                (llama.LlamaModel, "forward", "backbone total"), (engine.runner, "execute", "runner total")]
     originals = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patches]
@@ -61,8 +65,9 @@ def main() -> int:
     parser.add_argument("--context", type=int, default=96, help="tokens per sequence when timing starts")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    parser.add_argument("--quantization", default="auto", choices=["auto", "none", "int8", "int4"])
     args = parser.parse_args()
-    ms = profile_decode(args.sequences, args.context, args.steps, args.dtype)
+    ms = profile_decode(args.sequences, args.context, args.steps, args.dtype, args.quantization)
     print(f"decode step, {args.sequences} sequences at ~{args.context} tokens of context (ms per step):")
     for name, value in sorted(ms.items(), key=lambda kv: -kv[1]):
         print(f"  {name:32s} {value:7.2f}")

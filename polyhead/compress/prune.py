@@ -2,7 +2,6 @@
 folder out. Structured pruning really shrinks the matrices; polyhead's loader and the engine read
 the per-layer sizes from the folder's config, and `polyhead train` (distill) loads it as a student."""
 
-import argparse
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from polyhead.compress.calibration import (
     read_calibration_text,
     token_sequences,
 )
+from polyhead.compress.cli import DEFAULT_CALIBRATION_TOKENS, DEFAULT_SEQ_LEN
 from polyhead.compress.folder import (
     check_output_folder,
     pruning_block,
@@ -24,9 +24,6 @@ from polyhead.compress.folder import (
 from polyhead.compress.sparse import apply_sparse
 from polyhead.compress.spec import PruneSpec, parse_n_m, parse_structured
 from polyhead.compress.structured import StructuredPlan, apply_structured, plan_structured
-
-DEFAULT_SEQ_LEN = 256
-DEFAULT_CALIBRATION_TOKENS = 2048
 
 
 @dataclass
@@ -96,38 +93,4 @@ def run_prune(args) -> int:
     return 0
 
 
-def add_prune_parser(commands) -> None:
-    p = commands.add_parser(
-        "prune", help="prune a model into a new Hugging Face folder (structured, unstructured or N:M)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Prune MODEL and write a Hugging Face folder (config.json + tokenizer + model.safetensors).\n\n"
-        "  --structured mlp=R,heads=R  removes whole MLP channels and query heads: smaller matrices, faster.\n"
-        "                              Key/value heads are kept; query heads go in equal numbers from every\n"
-        "                              GQA group. Per-layer sizes are in config.json's polyhead_pruning block.\n"
-        "  --unstructured R            zeros a fraction R of every weight row; shapes stay dense (for\n"
-        "                              quality studies: no speed-up).\n"
-        "  --semi-structured N:M       zeros N of every M consecutive weights (2:4); dense shapes, no speed-up.\n\n"
-        "magnitude scores weights by |W|; wanda by |W| * the L2 norm of their input over calibration text.\n"
-        "example: polyhead prune --method wanda --structured mlp=0.25,heads=0.25 --output smol-pruned")
-    p.add_argument("model", nargs="?", default=None,
-                   help="a Hugging Face folder, a .gguf file or a known name (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--method", default="wanda", choices=["magnitude", "wanda"], help="scores (default: wanda)")
-    p.add_argument("--structured", default=None, metavar="mlp=R,heads=R",
-                   help="fractions of MLP channels and query heads removed, each in [0, 1)")
-    p.add_argument("--allocation", default="uniform", choices=["uniform", "global"],
-                   help="structured: the same fraction in every layer, or scores (normalized per layer) decide "
-                   "each layer's size; uniform folders load in transformers as they are (default: uniform)")
-    p.add_argument("--unstructured", type=float, default=None, metavar="R",
-                   help="fraction in [0, 1) of each weight row zeroed (dense shapes)")
-    p.add_argument("--semi-structured", default=None, metavar="N:M", help="N zeros in every M weights, e.g. 2:4")
-    p.add_argument("--output", required=True, metavar="DIR", help="the folder to write (new or empty)")
-    p.add_argument("--calibration", default=None, metavar="FILE",
-                   help="wanda: a plain-text file (default: the text shipped in polyhead/compress/calibration.txt)")
-    p.add_argument("--calibration-tokens", type=int, default=DEFAULT_CALIBRATION_TOKENS,
-                   help=f"wanda: calibration tokens at most (default: {DEFAULT_CALIBRATION_TOKENS})")
-    p.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN,
-                   help=f"wanda: tokens per calibration sequence (default: {DEFAULT_SEQ_LEN})")
-    p.set_defaults(func=run_prune)
-
-
-__all__ = ["ActivationNorms", "PruneResult", "PruneSpec", "add_prune_parser", "prune_model", "run_prune"]
+__all__ = ["ActivationNorms", "PruneResult", "PruneSpec", "prune_model", "run_prune"]

@@ -1,0 +1,95 @@
+"""`polyhead quantize`: a model in, a folder of int8 / int4 weights out, which `run`, `serve`,
+`bench` and `LLM(...)` load as they are (quantization auto keeps what a folder stores).
+
+The folder is the source's Hugging Face folder with its weight matrices moved into
+quantized.safetensors (polyhead/quant/checkpoint.py's layout; each q/k/v, gate/up projection
+quantized on its own, so the engine fuses them without re-rounding) and the rest (norms,
+biases) in model.safetensors; config.json's `polyhead_quantization` block says how. Pruned
+folders quantize too: the per-layer sizes pass through.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from polyhead.compress.folder import check_output_folder, read_model_weights
+from polyhead.quant.attach import EMBEDDING_GROUP, QuantizationSpec
+from polyhead.quant.checkpoint import QUANTIZED_FILE, save_quantized
+from polyhead.quant.format import QuantizedWeight, quantize
+
+_MATRICES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def quantize_folder(model: str | None, spec: QuantizationSpec, output: str | Path) -> Path:
+    """Quantize `model` (a folder, a .gguf or a known name) into the new folder `output`."""
+    from polyhead.models.loader import gguf_to_hf_folder
+    from polyhead.models.registry import resolve_model_path
+
+    output = check_output_folder(output)
+    path = resolve_model_path(model)
+    source = gguf_to_hf_folder(path) if path.suffix == ".gguf" else path
+    hf = json.loads((source / "config.json").read_text())
+    if "polyhead_quantization" in hf:
+        raise ValueError(f"model {str(path)!r} is already quantized ({hf['polyhead_quantization']['name']})")
+    state = read_model_weights(source)
+    quantized, floats = {}, {}
+    for name, tensor in state.items():
+        if name.endswith(".weight") and name.split(".")[-2] in _MATRICES:
+            quantized[name] = quantize(tensor, spec.bits, spec.group_size, spec.symmetric)
+        elif name in ("model.embed_tokens.weight", "lm_head.weight"):
+            quantized[name] = _quantize_embedding(tensor, spec, is_embedding=name.startswith("model."),
+                                                  tied=bool(hf.get("tie_word_embeddings")))
+        else:
+            floats[name] = tensor
+    hf["polyhead_quantization"] = {"name": spec.name, "bits": spec.bits, "group_size": spec.group_size,
+                                   "symmetric": spec.symmetric}
+    _write_folder(source, output, hf, floats, quantized)
+    return output
+
+
+def _quantize_embedding(weight: torch.Tensor, spec: QuantizationSpec, is_embedding: bool, tied: bool
+                        ) -> QuantizedWeight:
+    # the engine's rule (quant/attach.py): an embedding, and so a tied LM head, stays 8-bit under int4
+    if spec.bits == 4 and (is_embedding or tied):
+        return quantize(weight, 8, EMBEDDING_GROUP)
+    return quantize(weight, spec.bits, spec.group_size, spec.symmetric)
+
+
+def _write_folder(source: Path, output: Path, hf: dict, floats: dict, quantized: dict) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}-"))
+    try:  # written aside, then renamed: a crash never leaves a half-written model
+        for item in source.iterdir():
+            if item.is_file() and item.name != "config.json" and ".safetensors" not in item.name:
+                shutil.copy2(item, staging / item.name)
+        (staging / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+        save_file({k: v.contiguous() for k, v in floats.items()}, staging / "model.safetensors",
+                  metadata={"format": "pt"})
+        save_quantized(staging / QUANTIZED_FILE, quantized)
+        if output.exists():
+            output.rmdir()
+        os.replace(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+
+def run_quantize(args) -> int:
+    if args.method == "int8" and (args.group_size is not None or args.asymmetric):
+        raise ValueError("--group-size and --asymmetric apply to --method int4 (int8 is symmetric per output channel)")
+    spec = QuantizationSpec(8, None) if args.method == "int8" else \
+        QuantizationSpec(4, args.group_size or 32, symmetric=not args.asymmetric)
+    start = time.perf_counter()
+    folder = quantize_folder(args.model, spec, args.output)
+    print(f"wrote {folder} ({spec.name}, {folder_bytes(folder) / 1e6:.1f} MB of weights) in "
+          f"{time.perf_counter() - start:.1f} s; serve it with: polyhead serve --model {folder}")
+    return 0
