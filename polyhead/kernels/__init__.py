@@ -74,8 +74,9 @@ def library_for_level(level: str) -> ctypes.CDLL | None:
     library.gemv_bf16_native.restype = ctypes.c_int
     library.quant_gemm_f32.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
     library.quant_gemm_f32.restype = None
-    library.quant_dequantize_f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int] * 2
-    library.quant_dequantize_f32.restype = None
+    for name in ("quant_dequantize_f32", "quant_dequantize_bf16"):
+        getattr(library, name).argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int] * 2
+        getattr(library, name).restype = None
     for name in ("add_rms_norm_bf16", "add_rms_norm_f32"):
         getattr(library, name).argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_float, ctypes.c_int]
         getattr(library, name).restype = None
@@ -113,10 +114,12 @@ def quant_gemm_kernel(level: str | None = None):
     return None if library is None else library.quant_gemm_f32
 
 
-def quant_dequantize_kernel(level: str | None = None):
-    """The float32 weight of an int8/int4 one, written into a caller's buffer; or None."""
+def quant_dequantize_kernel(dtype: torch.dtype = torch.float32, level: str | None = None):
+    """The float32 or bfloat16 weight of an int8/int4 one, written into a caller's buffer; or None."""
     library = _library() if level is None else library_for_level(level)
-    return None if library is None else library.quant_dequantize_f32
+    if library is None or dtype not in (torch.float32, torch.bfloat16):
+        return None
+    return library.quant_dequantize_bf16 if dtype == torch.bfloat16 else library.quant_dequantize_f32
 
 
 def rms_norm_kernel(dtype: torch.dtype, level: str | None = None):

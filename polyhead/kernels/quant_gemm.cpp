@@ -17,6 +17,8 @@
 
 #include <cstdint>
 #include <cstring>
+
+#include "bf16.h"
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
@@ -148,6 +150,27 @@ inline void row_dot(const Weights& w, int64_t row, const float* x, int64_t rows,
 }
 #endif
 
+// out: [N, K] float32 or bfloat16 (T), the dequantized weight: for many rows of x, one matmul over
+// the dequantized weight beats dequantizing each weight row per chunk of rows.
+template <typename T>
+void dequantize(const Weights& w, T* out, int64_t n, int num_threads) {
+  const int64_t k = w.k;
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+  for (int64_t row = 0; row < n; ++row) {
+    for (int64_t j = 0; j < k; j += 32) {
+      float values[32];
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+      vec wv[V];
+      dequant32(w, row, j, wv);
+      for (int c = 0; c < V; ++c) std::memcpy(values + W * c, &wv[c], sizeof(vec));
+#else
+      for (int i = 0; i < 32; ++i) values[i] = weight_at(w, row, j + i);
+#endif
+      for (int i = 0; i < 32; ++i) polyhead::store(values[i], out + row * k + j + i);
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -168,23 +191,14 @@ void quant_gemm_f32(const float* x, const uint8_t* q, const float* scales, const
   }
 }
 
-// out: [N, K] float32, the dequantized weight (for many rows of x, where one float32 matmul over
-// the dequantized weight beats dequantizing each weight row per chunk of rows).
 void quant_dequantize_f32(const uint8_t* q, const float* scales, const float* mins, float* out, int64_t n,
                           int64_t k, int64_t group, int bits, int num_threads) {
-  const Weights w{q, scales, mins, k, group, (k + group - 1) / group, bits};
-#pragma omp parallel for num_threads(num_threads) schedule(static)
-  for (int64_t row = 0; row < n; ++row) {
-    for (int64_t j = 0; j < k; j += 32) {
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
-      vec wv[V];
-      dequant32(w, row, j, wv);
-      for (int c = 0; c < V; ++c) std::memcpy(out + row * k + j + W * c, &wv[c], sizeof(vec));
-#else
-      for (int i = 0; i < 32; ++i) out[row * k + j + i] = weight_at(w, row, j + i);
-#endif
-    }
-  }
+  dequantize(Weights{q, scales, mins, k, group, (k + group - 1) / group, bits}, out, n, num_threads);
+}
+
+void quant_dequantize_bf16(const uint8_t* q, const float* scales, const float* mins, uint16_t* out, int64_t n,
+                           int64_t k, int64_t group, int bits, int num_threads) {
+  dequantize(Weights{q, scales, mins, k, group, (k + group - 1) / group, bits}, out, n, num_threads);
 }
 
 }  // extern "C"

@@ -15,7 +15,7 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
     weight = next(model.parameters())
     if can_pack(weight.device, weight.dtype):
         pack_linear_layers(model)
-    tune_row_thresholds(quantized_layers(model))
+    tune_row_thresholds(quantized_layers(model), weight.dtype)
     kernel = rms_norm_kernel(weight.dtype) if weight.device.type == "cpu" else None
     for module in model.modules():
         if isinstance(module, RMSNorm):

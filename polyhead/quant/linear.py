@@ -22,12 +22,13 @@ class Scratch:
     layers one at a time), so dequantized weights never stay resident beside the quantized ones."""
 
     def __init__(self):
-        self.buffer = torch.empty(0)
+        self.buffers: dict[torch.dtype, torch.Tensor] = {}
 
-    def take(self, rows: int, cols: int) -> torch.Tensor:
-        if self.buffer.numel() < rows * cols:
-            self.buffer = torch.empty(rows * cols)
-        return self.buffer[: rows * cols].view(rows, cols)
+    def take(self, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
+        buffer = self.buffers.get(dtype)
+        if buffer is None or buffer.numel() < rows * cols:
+            buffer = self.buffers[dtype] = torch.empty(rows * cols, dtype=dtype)
+        return buffer[: rows * cols].view(rows, cols)
 
 
 class QuantizedLinear(nn.Module):
@@ -36,7 +37,8 @@ class QuantizedLinear(nn.Module):
         self.weight_q = weight
         self.out_features, self.in_features = weight.out_features, weight.in_features
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
-        self.kernel, self.dequantize_kernel = quant_gemm_kernel(), quant_dequantize_kernel()
+        self.kernel = quant_gemm_kernel()
+        self.dequantize_kernels = {dtype: quant_dequantize_kernel(dtype) for dtype in (torch.float32, torch.bfloat16)}
         self.scratch = scratch or Scratch()
         self.dequantize_from_rows: int | None = None  # from this many rows on, dequantize + matmul (tuning.py)
 
@@ -50,12 +52,16 @@ class QuantizedLinear(nn.Module):
         return self.forward_kernel(x)
 
     def forward_dequantized(self, x: torch.Tensor) -> torch.Tensor:
+        # bfloat16 activations multiply a bfloat16 weight (native bf16 matmuls, ~2.5x float32's speed)
+        dtype = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
         w = self.weight_q
-        weight = self.scratch.take(self.out_features, self.in_features)
-        self.dequantize_kernel(w.qweight.data_ptr(), w.scales.data_ptr(), 0 if w.mins is None else w.mins.data_ptr(),
-                               weight.data_ptr(), self.out_features, self.in_features, w.group_size, w.bits,
-                               torch.get_num_threads())
-        return F.linear(x.float(), weight, self.bias).to(x.dtype)
+        weight = self.scratch.take(self.out_features, self.in_features, dtype)
+        self.dequantize_kernels[dtype](w.qweight.data_ptr(), w.scales.data_ptr(),
+                                       0 if w.mins is None else w.mins.data_ptr(), weight.data_ptr(),
+                                       self.out_features, self.in_features, w.group_size, w.bits,
+                                       torch.get_num_threads())
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return F.linear(x.to(dtype), weight, bias).to(x.dtype)
 
     def forward_kernel(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float().contiguous()

@@ -21,21 +21,22 @@ CANDIDATE_ROWS = (4, 8, 16, 32, 64, 128)
 REPEATS = 3
 
 
-def tune_row_thresholds(layers: list[QuantizedLinear]) -> dict[tuple, int | None]:
-    """Set `dequantize_from_rows` on every layer; returns it per (out, in, bits, group, asymmetric).
+def tune_row_thresholds(layers: list[QuantizedLinear], dtype: torch.dtype = torch.float32) -> dict[tuple, int | None]:
+    """Set `dequantize_from_rows` on every layer for activations of `dtype`; returns it per
+    (out, in, bits, group, asymmetric).
     POLYHEAD_QUANT_TUNING=0 skips the measurement (the kernel then serves every row count)."""
     if os.environ.get("POLYHEAD_QUANT_TUNING", "1") == "0":
         return {}
     by_shape: dict[tuple, list[QuantizedLinear]] = {}
     for layer in layers:
-        if layer.kernel is not None and layer.dequantize_kernel is not None:
+        if layer.kernel is not None and layer.dequantize_kernels[dtype] is not None:
             w = layer.weight_q
             key = (layer.out_features, layer.in_features, w.bits, w.group_size, w.mins is not None)
             by_shape.setdefault(key, []).append(layer)
     thresholds = {}
     with torch.inference_mode():
         for key, group in by_shape.items():
-            threshold = _crossover(group[0])
+            threshold = _crossover(group[0], dtype)
             for layer in group:
                 layer.dequantize_from_rows = threshold
             thresholds[key] = threshold
@@ -44,9 +45,9 @@ def tune_row_thresholds(layers: list[QuantizedLinear]) -> dict[tuple, int | None
     return thresholds
 
 
-def _crossover(layer: QuantizedLinear) -> int | None:
+def _crossover(layer: QuantizedLinear, dtype: torch.dtype) -> int | None:
     for rows in CANDIDATE_ROWS:
-        x = torch.randn(rows, layer.in_features)
+        x = torch.randn(rows, layer.in_features, dtype=dtype)
         if _best_time(layer.forward_dequantized, x) < _best_time(layer.forward_kernel, x):
             return rows
     return None

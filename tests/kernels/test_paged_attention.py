@@ -1,5 +1,8 @@
 """The native decode attention equals the torch path (gather + matmul) on random paged caches."""
 
+import os
+import shutil
+
 import pytest
 import torch
 
@@ -38,8 +41,9 @@ def test_native_decode_matches_torch_path(dtype, sliding_window, heads, head_dim
     torch.testing.assert_close(got.float(), expected.float(), **tol)
 
 
-@pytest.mark.skipif(kernel_missing, reason="no C++ compiler: the native kernel is unavailable")
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no C++ compiler")
 @pytest.mark.parametrize("level", buildable_levels())
 def test_each_level_builds_its_own_path(level):
+    # with a compiler present, a failed build is a failure here, not a silent skip of the kernel tests
     # a level whose flags silently fell back to another path would test the wrong code
     assert kernel_isa(level) == ("neon" if level == "neon" else level)

@@ -23,23 +23,31 @@ def test_kernel_equals_dequantized_reference(level, bits, group, symmetric, rows
     weight = quantize(torch.randn(72, 576), bits, group, symmetric)  # 576: a short last group at G=128
     bias = torch.randn(72)
     layer = QuantizedLinear(weight, bias)
-    layer.kernel, layer.dequantize_kernel = quant_gemm_kernel(level), quant_dequantize_kernel(level)
+    layer.kernel = quant_gemm_kernel(level)
+    layer.dequantize_kernels = {dtype: quant_dequantize_kernel(dtype, level) for dtype in (torch.float32,
+                                                                                            torch.bfloat16)}
     x = torch.randn(rows, 576)
     expected = F.linear(x, weight.dequantize(), bias)
     torch.testing.assert_close(layer.forward_kernel(x), expected, atol=2e-4, rtol=1e-4)
     torch.testing.assert_close(layer.forward_dequantized(x), expected, atol=2e-4, rtol=1e-4)
+    bf16 = F.linear(x.bfloat16(), weight.dequantize().bfloat16(), bias.bfloat16())  # bf16 weight, bf16 matmul
+    torch.testing.assert_close(layer.forward_dequantized(x.bfloat16()).float(), bf16.float(), atol=0.1, rtol=2e-2)
 
 
 @pytest.mark.parametrize("level", buildable_levels())
 @pytest.mark.parametrize("bits,group,symmetric", LAYOUTS)
-def test_dequantize_kernel_is_exact(level, bits, group, symmetric):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dequantize_kernel_is_exact(level, bits, group, symmetric, dtype):
     weight = quantize(torch.randn(16, 576), bits, group, symmetric)
-    out = torch.empty(16, 576)
-    quant_dequantize_kernel(level)(weight.qweight.data_ptr(), weight.scales.data_ptr(),
-                                   0 if weight.mins is None else weight.mins.data_ptr(), out.data_ptr(),
-                                   16, 576, weight.group_size, bits, 2)
-    # one fused multiply-add against the reference's multiply then add: within one rounding
-    torch.testing.assert_close(out, weight.dequantize(), atol=1e-6, rtol=1e-6)
+    out = torch.empty(16, 576, dtype=dtype)
+    quant_dequantize_kernel(dtype, level)(weight.qweight.data_ptr(), weight.scales.data_ptr(),
+                                          0 if weight.mins is None else weight.mins.data_ptr(), out.data_ptr(),
+                                          16, 576, weight.group_size, bits, 2)
+    # float32: one fused multiply-add against the reference's multiply then add, within one rounding;
+    # bfloat16: that, rounded to nearest even as torch rounds
+    expected = weight.dequantize().to(dtype)
+    tol = {"atol": 1e-6, "rtol": 1e-6} if dtype == torch.float32 else {"atol": 0, "rtol": 8e-3}
+    torch.testing.assert_close(out, expected, **tol)
 
 
 def test_bfloat16_activations_come_back_in_bfloat16():
