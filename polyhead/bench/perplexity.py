@@ -76,6 +76,7 @@ def command_line(prefix: str, args, names: tuple[str, ...]) -> str:
 def run_perplexity(args) -> int:
     import torch
 
+    from polyhead.bench.memory import model_tensor_bytes
     from polyhead.config import EngineConfig
     from polyhead.engine.scoring import next_token_logprobs
     from polyhead.llm import LLM
@@ -93,16 +94,18 @@ def run_perplexity(args) -> int:
     result = perplexity(lambda chunk, first: next_token_logprobs(runner, chunk, first), token_ids, args.ctx,
                         llm.tokenizer.bos_token_id if add_bos else None)
     elapsed = time.perf_counter() - start
+    weight_bytes = model_tensor_bytes(runner.model)
     command = command_line("polyhead bench perplexity", args, ("model", "dtype", "quantization", "group_size",
                                                                "text", "ctx", "threads"))
     print(f"perplexity {result.perplexity:.4f} over {result.num_scored} tokens ({result.num_chunks} chunks of "
           f"{result.n_ctx}, {result.num_tokens} tokens in the text, BOS {'added' if add_bos else 'not added'}); "
           f"{args.model or 'SmolLM2-135M-Instruct'}, dtype {str(config.torch_dtype).removeprefix('torch.')}, "
-          f"quantization {args.quantization}, {elapsed:.1f} s")
+          f"quantization {args.quantization}, model tensors {weight_bytes / 1e6:.1f} MB, {elapsed:.1f} s")
     print(f"command: {command}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args) | {"func": None}, "command": command, "seconds": elapsed,
+                       "weight_bytes": weight_bytes,
                        "text": args.text or f"polyhead/bench/data/{HELDOUT}"} | asdict(result), f, indent=2)
     return 0
 
