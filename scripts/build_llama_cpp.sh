@@ -16,14 +16,41 @@ if [ ! -d "$ROOT/src" ]; then
   tar -xzf "$ROOT"/sdist/llama_cpp_python-$VERSION.tar.gz -C "$ROOT/sdist"
   mv "$ROOT/sdist/llama_cpp_python-$VERSION/vendor/llama.cpp" "$ROOT/src"
 fi
+# Some VMs list AMX in /proc/cpuinfo and grant its permission, yet fault on tile instructions
+# (SIGILL in ggml's AMX int8 matmul for Q4_0/Q8_0). -march=native would turn AMX on; a probe decides.
+NO_AMX=""
+if grep -qw amx_tile /proc/cpuinfo; then
+  probe=$(mktemp -d)
+  cat > "$probe/amx.c" <<'EOF_C'
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(void) {
+  if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */)) return 2;
+  unsigned char config[64] = {1};  /* palette 1; tile 0: 16 rows of 64 bytes */
+  config[16] = 64; config[48] = 16;
+  _tile_loadconfig(config);
+  _tile_zero(0);
+  _tile_release();
+  return 0;
+}
+EOF_C
+  if ! { cc -O1 -mamx-tile -o "$probe/amx" "$probe/amx.c" && "$probe/amx"; } 2>/dev/null; then
+    NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    echo "AMX is listed but does not run here: building without it"
+  fi
+  rm -rf "$probe"
+fi
 # The web UI build wants a download, so it is off; Release, tuned for this CPU. The tools
 # (quantize, batched-bench, perplexity) sit under LLAMA_BUILD_TOOLS, the server under LLAMA_BUILD_SERVER.
 cmake -S "$ROOT/src" -B "$ROOT/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+  -DCMAKE_C_FLAGS="$NO_AMX" -DCMAKE_CXX_FLAGS="$NO_AMX" \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
   > "$ROOT/cmake.log"
 # shellcheck disable=SC2086
-cmake --build "$ROOT/build" --config Release -j "$(nproc)" --target $TOOLS
+cmake --build "$ROOT/build" --config Release -j "$(nproc)" --target $TOOLS > "$ROOT/build.log" 2>&1 \
+  || { tail -30 "$ROOT/build.log"; exit 1; }
 mkdir -p "$ROOT/bin"
 for tool in $TOOLS; do cp "$ROOT/build/bin/$tool" "$ROOT/bin/"; done
 echo "built: $(for tool in $TOOLS; do printf '%s ' "$ROOT/bin/$tool"; done)"

@@ -58,7 +58,7 @@ measure_polyhead() {  # measure_polyhead NAME OPTIONS...
   shift
   # shellcheck disable=SC2086
   run "$RAW/$name-offline.log" $PH bench offline "$@" --concurrency 1,8,32 --input-len 32 --output-len 128 \
-    --threads "$THREADS" --skip-transformers --json "$RAW/$name-offline.json"
+    --kv-cache-memory 512MiB --threads "$THREADS" --skip-transformers --json "$RAW/$name-offline.json"
   # shellcheck disable=SC2086
   run "$RAW/$name-perplexity.log" $PH bench perplexity "$@" --ctx 512 --threads "$THREADS" \
     --json "$RAW/$name-perplexity.json"
@@ -137,7 +137,8 @@ lines = [
     " 512 tokens, second half of each scored (llama-perplexity's method; `polyhead bench perplexity` follows it).",
     "- Agreement: mean common prefix (min / median) of 64 greedy tokens against polyhead float32, 20 prompts.",
     "- File: the stored model (the shipped GGUF, a conversion, a pruned folder); rows quantized at load have none."
-    " Tensors: bytes the served model holds (oneDNN-packed copies included). RSS: the process after bench offline.",
+    " Tensors: bytes the served model holds (oneDNN-packed copies included). RSS: the process after bench offline"
+    " (512 MiB KV cache, allocated up front).",
     "",
     "| row | engine options | file MB | tensors MB | RSS MB | tok/s @1 | @8 | @32 | perplexity | agreement (of 64) |",
     "|---|---|---|---|---|---|---|---|---|---|",
