@@ -245,8 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_prune_parser(commands)
     add_quantize_parser(commands)
 
+    from polyhead.bench.agreement import add_agreement_parser
     from polyhead.bench.mixed import add_mixed_parser
     from polyhead.bench.offline import add_offline_parser
+    from polyhead.bench.perplexity import add_perplexity_parser
     from polyhead.bench.serve import add_serve_parser
 
     bench = commands.add_parser("bench", help="measure polyhead (and its peers) on this machine")
@@ -254,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_offline_parser(bench_commands)
     add_serve_parser(bench_commands)
     add_mixed_parser(bench_commands)
+    add_perplexity_parser(bench_commands)
+    add_agreement_parser(bench_commands)
     return parser
 
 

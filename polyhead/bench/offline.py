@@ -64,12 +64,14 @@ def run_offline(args) -> int:
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM
 
+    from polyhead.bench.memory import process_rss_bytes
     from polyhead.config import EngineConfig
     from polyhead.llm import LLM
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = EngineConfig(model=args.model, dtype=args.dtype, max_num_seqs=max(args.concurrency),
+    config = EngineConfig(model=args.model, dtype=args.dtype, quantization=args.quantization,
+                          quantization_group_size=args.group_size, max_num_seqs=max(args.concurrency),
                           kv_cache_memory=args.kv_cache_memory, num_threads=args.threads)
     llm = LLM.from_config(config)
     dtype = config.torch_dtype
@@ -89,8 +91,11 @@ def run_offline(args) -> int:
             row["transformers_tok_s"] = max(row[f"transformers_{c}_tok_s"] for c in TRANSFORMERS_CACHES)
             row["ratio"] = row["polyhead_tok_s"] / row["transformers_tok_s"]
         rows.append(row)
+    rss = process_rss_bytes()
 
     print(f"\nmodel {args.model or 'SmolLM2-135M-Instruct'}, dtype {str(dtype).removeprefix('torch.')}, "
+          f"quantization {args.quantization}"
+          f"{f' (group size {args.group_size})' if args.quantization == 'int4' else ''}, "
           f"{torch.get_num_threads()} threads, prompt {args.input_len} tokens, {args.output_len} new tokens, "
           f"{platform.processor() or platform.machine()}, {date.today()}")
     print("| sequences | polyhead tok/s | transformers tok/s (dynamic / static cache) | ratio to the better |")
@@ -99,9 +104,11 @@ def run_offline(args) -> int:
         ref = " / ".join(f"{row[f'transformers_{c}_tok_s']:.1f}" for c in TRANSFORMERS_CACHES) if "ratio" in row else "-"
         ratio = f"{row['ratio']:.2f}x" if "ratio" in row else "-"
         print(f"| {row['concurrency']} | {row['polyhead_tok_s']:.1f} | {ref} | {ratio} |")
+    print(f"process RSS after the run: {rss / 2**20:.0f} MiB"
+          f"{' (transformers reference model included)' if reference is not None else ''}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args) | {"func": None}, "rows": rows}, f, indent=2)
+            json.dump({"args": vars(args) | {"func": None}, "rows": rows, "rss_bytes": rss}, f, indent=2)
     return 0
 
 
@@ -117,6 +124,9 @@ DESCRIPTION = ("Output tokens/s of polyhead's engine at several concurrency leve
 def add_offline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model to measure (default: SmolLM2-135M-Instruct)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    p.add_argument("--quantization", default="auto", choices=["auto", "none", "int8", "int4"],
+                   help="weight storage, as on engine commands (default: auto)")
+    p.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128], help="int4: weights per scale")
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 32],
                    help="comma-separated sequence counts (default: 1,16,32)")
     p.add_argument("--input-len", type=int, default=32, help="prompt tokens (default: 32)")
