@@ -8,6 +8,7 @@ A task's adapter is a named PEFT adapter: `set_adapter(task)` before each single
 `save_pretrained` of that adapter alone is the task pack's `adapter/` folder.
 """
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,9 @@ def resolve_backbone_folder(backbone: str | None) -> Path:
     folder = gguf_to_hf_folder(path) if path.suffix == ".gguf" else path
     if not (folder / "config.json").is_file():
         raise ValueError(f"backbone {backbone!r}: {str(folder)!r} is not a Hugging Face folder (no config.json)")
+    if "polyhead_quantization" in json.loads((folder / "config.json").read_text()):
+        raise ValueError(f"backbone {backbone!r} is a `polyhead quantize` folder: training needs the float weights "
+                         "(train on the model it was quantized from, then quantize the result)")
     return folder
 
 

@@ -66,3 +66,11 @@ def test_cli_and_its_errors(tiny, tmp_path):
     assert bad.returncode != 0 and "--group-size and --asymmetric apply to --method int4" in bad.stderr
     twice = cli(str(tmp_path / "out"), "--method", "int8", "--output", str(tmp_path / "y"))
     assert twice.returncode != 0 and "already quantized (int4-g64)" in twice.stderr
+
+
+def test_training_refuses_a_quantized_folder_by_name(tiny, tmp_path):
+    from polyhead.train.model import resolve_backbone_folder
+
+    out = quantize_folder(str(tiny), QuantizationSpec(8, None), tmp_path / "q")
+    with pytest.raises(ValueError, match="is a `polyhead quantize` folder: training needs the float weights"):
+        resolve_backbone_folder(str(out))
