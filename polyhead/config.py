@@ -10,7 +10,7 @@ from polyhead.engine.policy import POLICIES
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 QUANTIZATIONS = ("auto", "none", "int8", "int4")
-QUANTIZATION_GROUP_SIZES = (32, 64, 128)
+QUANTIZATION_GROUP_SIZES = (32, 64, 128, None)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2,
                "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30}
 
@@ -23,7 +23,8 @@ class EngineConfig:
     # weights: auto keeps what the file stores (a GGUF's Q4_0/Q4_1/Q8_0, a `polyhead quantize` folder)
     # and leaves float weights float; none dequantizes everything; int8 | int4 quantize at load
     quantization: str = "auto"
-    quantization_group_size: int = 32  # int4: weights per scale (32, 64 or 128); int8 is per output channel
+    # int8 / int4: weights per scale (32, 64 or 128), or None: one scale per output channel (int8 only)
+    quantization_group_size: int | None = 32
     max_model_len: int | None = None  # longest prompt + output; None: the model's own context
     # bytes for the paged KV cache, a size like "512MiB", or auto: max_num_seqs x max_model_len tokens of
     # this model's keys and values, capped at a quarter of MemAvailable (engine/kv_memory.py)
@@ -49,8 +50,10 @@ class EngineConfig:
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}; got {self.quantization!r}")
         if self.quantization_group_size not in QUANTIZATION_GROUP_SIZES:
-            raise ValueError(f"quantization_group_size must be one of "
-                             f"{', '.join(map(str, QUANTIZATION_GROUP_SIZES))}; got {self.quantization_group_size}")
+            raise ValueError(f"quantization_group_size must be one of 32, 64, 128 or None (per output channel); "
+                             f"got {self.quantization_group_size!r}")
+        if self.quantization_group_size is None and self.quantization == "int4":
+            raise ValueError("quantization_group_size None (per output channel) is for int8; int4 takes 32, 64 or 128")
         self.kv_cache_memory = parse_size(self.kv_cache_memory, "kv_cache_memory", allow_auto=True)
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_loras", "max_lora_rank"):
             if getattr(self, name) < 1:

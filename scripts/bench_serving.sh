@@ -3,6 +3,9 @@
 # llama-server (BF16 and the shipped Q4_1, --parallel 32) vs `transformers serve` where it runs.
 # Needs scripts/build_llama_cpp.sh first. Results: bench-results/serve-*.json and .png.
 # Usage: scripts/bench_serving.sh [concurrency list] [num requests per level]   (PYTHON=... picks the venv)
+# SERVERS picks the servers (default: "polyhead llama-server-bf16-p32 llama-server-q4_1-p32 transformers-serve-cb";
+# also polyhead-float: polyhead with --quantization none, llama-server-q4_0-p32 and -q8_0-p32, which need the
+# conversions scripts/build_llama_cpp.sh writes).
 # llama-server's flags are its best of a sweep at 32 clients (BENCHMARKS.md): 32 slots of 512 tokens,
 # flash attention auto, per-slot KV (-kvu halved its throughput), default batch 2048 / ubatch 512.
 set -uo pipefail
@@ -34,13 +37,25 @@ run() {  # label, then the server command
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
 }
 
-run polyhead "$PY" -m polyhead.cli serve --port $PORT  # the engine in a child process (--engine-mode process)
-run llama-server-bf16-p32 third_party/llama.cpp/bin/llama-server -m "$BF16" --port $PORT --parallel 32 \
-  -c $((32 * 512)) -t "$(nproc)" --no-webui
-run llama-server-q4_1-p32 third_party/llama.cpp/bin/llama-server -m "$Q4" --port $PORT --parallel 32 \
-  -c $((32 * 512)) -t "$(nproc)" --no-webui
-# transformers serve needs an HF folder with `architectures`: polyhead's cached conversion of the GGUF.
-HF_FOLDER=$("$PY" -c "from polyhead.models.loader import gguf_to_hf_folder; from polyhead.models.registry \
+SERVERS=${SERVERS:-polyhead llama-server-bf16-p32 llama-server-q4_1-p32 transformers-serve-cb}
+llama_server() {  # label, gguf
+  run "$1" third_party/llama.cpp/bin/llama-server -m "$2" --port $PORT --parallel 32 -c $((32 * 512)) -t "$(nproc)" \
+    --no-webui
+}
+for server in $SERVERS; do
+  case $server in
+    polyhead) run polyhead "$PY" -m polyhead.cli serve --port $PORT ;;  # the engine in a child process
+    polyhead-float) run polyhead-float "$PY" -m polyhead.cli serve --port $PORT --quantization none ;;
+    llama-server-bf16-p32) llama_server "$server" "$BF16" ;;
+    llama-server-q4_1-p32) llama_server "$server" "$Q4" ;;
+    llama-server-q4_0-p32) llama_server "$server" third_party/models/SmolLM2-135M-Instruct-Q4_0.gguf ;;
+    llama-server-q8_0-p32) llama_server "$server" third_party/models/SmolLM2-135M-Instruct-Q8_0.gguf ;;
+    transformers-serve-cb)
+      # transformers serve needs an HF folder with `architectures`: polyhead's cached conversion of the GGUF.
+      HF_FOLDER=$("$PY" -c "from polyhead.models.loader import gguf_to_hf_folder; from polyhead.models.registry \
 import resolve_model_path; print(gguf_to_hf_folder(resolve_model_path(None)))")
-run transformers-serve-cb "$BIN/transformers" serve "$HF_FOLDER" --port $PORT --host 127.0.0.1 \
-  --continuous-batching --dtype bfloat16 --device cpu
+      run transformers-serve-cb "$BIN/transformers" serve "$HF_FOLDER" --port $PORT --host 127.0.0.1 \
+        --continuous-batching --dtype bfloat16 --device cpu ;;
+    *) echo "unknown server $server" >&2 ;;
+  esac
+done

@@ -8,7 +8,8 @@
 # Env:   PYTHON      interpreter with polyhead installed (default: .venv/bin/python)
 #        THREADS     threads for every run (default: 2)
 #        ROWS        polyhead rows (default: "fp32 bf16 int8 int4-g32 int4-g128 auto"; bf16 is skipped on
-#                    a CPU without native bf16; auto = the shipped Q4_1 kept quantized)
+#                    a CPU without native bf16; auto = the shipped Q4_1 kept quantized; also int8-channel,
+#                    and int8-fp32 / auto-fp32: float32 activations, for agreement without bf16's rounding)
 #        LLAMA_ROWS  llama.cpp conversions (default: "Q4_0 Q8_0 Q4_1"; F32 and BF16 exist too)
 #        OUT         the markdown file (default: bench-results/compression.md)
 set -euo pipefail
@@ -45,11 +46,15 @@ options() {  # the engine options of a polyhead row
   case $1 in
     fp32) echo "--dtype float32 --quantization none" ;;
     bf16) echo "--dtype bfloat16 --quantization none" ;;
-    int8) echo "--dtype auto --quantization int8" ;;
+    int8) echo "--dtype auto --quantization int8 --group-size 32" ;;
+    int8-channel) echo "--dtype auto --quantization int8 --group-size channel" ;;
+    int8-fp32) echo "--dtype float32 --quantization int8 --group-size 32" ;;
+    auto-fp32) echo "--dtype float32 --quantization auto" ;;
     int4-g32) echo "--dtype auto --quantization int4 --group-size 32" ;;
     int4-g128) echo "--dtype auto --quantization int4 --group-size 128" ;;
     auto) echo "--dtype auto --quantization auto" ;;
-    *) echo "unknown row $1 (rows: fp32 bf16 int8 int4-g32 int4-g128 auto)" >&2; return 1 ;;
+    *) echo "unknown row $1 (rows: fp32 bf16 int8 int8-channel int8-fp32 int4-g32 int4-g128 auto auto-fp32)" >&2
+       return 1 ;;
   esac
 }
 

@@ -59,15 +59,15 @@ def add_quantize_parser(commands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Quantize MODEL's weight matrices (every linear, the LM head and the embedding) and write a\n"
         "folder that run / serve / bench / LLM(...) load as it is. Activations stay float32/bfloat16.\n\n"
-        "  int8  symmetric, one scale per output channel\n"
+        "  int8  symmetric, one scale per --group-size weights (Q8_0-like) or per output channel (channel)\n"
         "  int4  one scale per --group-size weights (Q4_0-like), or a scale and a min (--asymmetric, Q4_1-like);\n"
         "        the embedding (and a tied LM head) stays int8 per 32, as llama.cpp's 4-bit files keep it\n\n"
         "example: polyhead quantize --method int4 --group-size 64 --output smol-int4")
     p.add_argument("model", nargs="?", default=None,
                    help="a Hugging Face folder, a .gguf file or a known name (default: SmolLM2-135M-Instruct)")
     p.add_argument("--method", required=True, choices=["int8", "int4"], help="bits per weight")
-    p.add_argument("--group-size", type=int, default=None, choices=[32, 64, 128],
-                   help="int4: weights sharing one scale (default: 32)")
+    p.add_argument("--group-size", default="32", choices=["32", "64", "128", "channel"],
+                   help="weights sharing one scale; channel: one per output channel, int8 only (default: 32)")
     p.add_argument("--asymmetric", action="store_true", help="int4: a min per group besides the scale")
     p.add_argument("--output", required=True, metavar="DIR", help="the folder to write (new or empty)")
     p.set_defaults(func=run_quantize)

@@ -84,10 +84,12 @@ def folder_bytes(folder: Path) -> int:
 
 
 def run_quantize(args) -> int:
-    if args.method == "int8" and (args.group_size is not None or args.asymmetric):
-        raise ValueError("--group-size and --asymmetric apply to --method int4 (int8 is symmetric per output channel)")
-    spec = QuantizationSpec(8, None) if args.method == "int8" else \
-        QuantizationSpec(4, args.group_size or 32, symmetric=not args.asymmetric)
+    group = None if args.group_size == "channel" else int(args.group_size)
+    if args.method == "int8" and args.asymmetric:
+        raise ValueError("--asymmetric applies to --method int4 (int8 is symmetric)")
+    if args.method == "int4" and group is None:
+        raise ValueError("--group-size channel applies to --method int8; int4 takes 32, 64 or 128")
+    spec = QuantizationSpec(8 if args.method == "int8" else 4, group, symmetric=not args.asymmetric)
     start = time.perf_counter()
     folder = quantize_folder(args.model, spec, args.output)
     print(f"wrote {folder} ({spec.name}, {folder_bytes(folder) / 1e6:.1f} MB of weights) in "

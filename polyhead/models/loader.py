@@ -44,9 +44,10 @@ def cache_dir() -> Path:
 
 
 def load_model(model: str | None, dtype: torch.dtype, quantization: str = "none",
-               group_size: int = 32) -> LoadedModel:
+               group_size: int | None = 32) -> LoadedModel:
     """`quantization`: auto keeps the weights a file stores quantized (others stay float); none
-    dequantizes them; int8 / int4 quantize every weight matrix (int4 with `group_size`)."""
+    dequantizes them; int8 / int4 quantize every weight matrix with `group_size` weights per scale
+    (None: per output channel, int8)."""
     path = resolve_model_path(model)
     folder = gguf_to_hf_folder(path) if path.suffix == ".gguf" else path
     if not (folder / "config.json").is_file():
@@ -74,7 +75,7 @@ def load_model(model: str | None, dtype: torch.dtype, quantization: str = "none"
         quantized["lm_head.weight"] = quantized["model.embed_tokens.weight"]  # one weight, held once
     attach_quantized(net, quantized, dtype)
     if quantization in ("int8", "int4"):
-        quantize_model(net, QuantizationSpec(8, None) if quantization == "int8" else QuantizationSpec(4, group_size))
+        quantize_model(net, QuantizationSpec(8 if quantization == "int8" else 4, group_size))
     return LoadedModel(net.eval().requires_grad_(False), tokenizer, config, folder)
 
 

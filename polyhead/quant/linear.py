@@ -31,10 +31,19 @@ class Scratch:
         return buffer[: rows * cols].view(rows, cols)
 
 
+def register_quantized(module: nn.Module, weight: QuantizedWeight) -> None:
+    """The weight's tensors as the module's buffers (the same storage, not copies), so they count
+    where a module's memory is counted; a tied weight's buffers share one storage."""
+    module.register_buffer("qweight", weight.qweight)
+    module.register_buffer("scales", weight.scales)
+    module.register_buffer("mins", weight.mins)
+
+
 class QuantizedLinear(nn.Module):
     def __init__(self, weight: QuantizedWeight, bias: torch.Tensor | None = None, scratch: Scratch | None = None):
         super().__init__()
         self.weight_q = weight
+        register_quantized(self, weight)
         self.out_features, self.in_features = weight.out_features, weight.in_features
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
         self.kernel = quant_gemm_kernel()
@@ -83,6 +92,7 @@ class QuantizedEmbedding(nn.Module):
     def __init__(self, weight: QuantizedWeight, dtype: torch.dtype):
         super().__init__()
         self.weight_q = weight
+        register_quantized(self, weight)
         self.dtype = dtype  # of the hidden states it returns
         self.num_embeddings, self.embedding_dim = weight.out_features, weight.in_features
 

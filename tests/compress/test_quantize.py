@@ -31,7 +31,7 @@ def greedy(engine):
     return [o.token_ids for o in outs]
 
 
-@pytest.mark.parametrize("method,spec", [("int8", QuantizationSpec(8, None)), ("int4", QuantizationSpec(4, 32))])
+@pytest.mark.parametrize("method,spec", [("int8", QuantizationSpec(8, 32)), ("int4", QuantizationSpec(4, 32))])
 def test_written_folder_serves_what_quantizing_at_load_serves(tiny, tmp_path, method, spec):
     out = quantize_folder(str(tiny), spec, tmp_path / "q")
     config = json.loads((out / "config.json").read_text())
@@ -62,8 +62,10 @@ def test_cli_and_its_errors(tiny, tmp_path):
     assert "int4-g64" in ok.stdout and (tmp_path / "out" / "quantized.safetensors").is_file()
     again = cli(str(tiny), "--method", "int4", "--output", str(tmp_path / "out"))
     assert again.returncode != 0 and "--output" in again.stderr and "not an empty folder" in again.stderr
-    bad = cli(str(tiny), "--method", "int8", "--group-size", "64", "--output", str(tmp_path / "x"))
-    assert bad.returncode != 0 and "--group-size and --asymmetric apply to --method int4" in bad.stderr
+    bad = cli(str(tiny), "--method", "int8", "--asymmetric", "--output", str(tmp_path / "x"))
+    assert bad.returncode != 0 and "--asymmetric applies to --method int4" in bad.stderr
+    bad = cli(str(tiny), "--method", "int4", "--group-size", "channel", "--output", str(tmp_path / "x"))
+    assert bad.returncode != 0 and "--group-size channel applies to --method int8" in bad.stderr
     twice = cli(str(tmp_path / "out"), "--method", "int8", "--output", str(tmp_path / "y"))
     assert twice.returncode != 0 and "already quantized (int4-g64)" in twice.stderr
 

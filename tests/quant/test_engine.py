@@ -16,7 +16,9 @@ from tests.quant.conftest import dequantized_twin
 
 PROMPTS = [[5, 17, 99, 3, 250, 41], [120, 7], list(range(30, 70))]
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, logprobs=0)
-SPECS = {"int8": (8, None), "int4": (4, 32)}
+SPECS = {"int8": (8, 32), "int8-channel": (8, None), "int4": (4, 32), "int4-g128": (4, 128)}
+OPTIONS = {"int8": {"quantization": "int8"}, "int8-channel": {"quantization": "int8", "quantization_group_size": None},
+           "int4": {"quantization": "int4"}, "int4-g128": {"quantization": "int4", "quantization_group_size": 128}}
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2", "llama-untied-llama3-rope"])
@@ -30,11 +32,11 @@ def greedy(engine, prompts) -> list[list[int]]:
     return [o.token_ids for o in LLM.from_engine(engine).generate(prompts, GREEDY)]
 
 
-@pytest.mark.parametrize("quantization", ["int8", "int4"])
+@pytest.mark.parametrize("quantization", list(SPECS))
 def test_greedy_equals_transformers_on_the_dequantized_twin(tiny, tmp_path, quantization):
     bits, group = SPECS[quantization]
     reference = AutoModelForCausalLM.from_pretrained(dequantized_twin(tiny, tmp_path / "twin", bits, group)).eval()
-    engine = make_engine(tiny, quantization=quantization, max_num_batched_tokens=16)  # chunked prefill too
+    engine = make_engine(tiny, max_num_batched_tokens=16, **OPTIONS[quantization])  # chunked prefill too
     modules = list(engine.model.modules())
     assert any(isinstance(m, QuantizedLinear) for m in modules) and any(isinstance(m, QuantizedEmbedding)
                                                                       for m in modules)
@@ -103,3 +105,22 @@ def test_classify_head_on_a_quantized_backbone(tiny):
     assert probabilities["none"].shape == probabilities["int8"].shape == (3,)
     # int8 per channel moves this tiny model's class probabilities by < 0.05
     assert (probabilities["none"] - probabilities["int8"]).abs().max() < 0.05
+
+
+def test_bad_quantization_settings_name_the_field():
+    from polyhead.config import EngineConfig
+
+    with pytest.raises(ValueError, match="quantization must be one of auto, none, int8, int4; got 'int3'"):
+        EngineConfig(quantization="int3")
+    with pytest.raises(ValueError, match="quantization_group_size must be one of 32, 64, 128 or None"):
+        EngineConfig(quantization="int4", quantization_group_size=48)
+    with pytest.raises(ValueError, match="None \\(per output channel\\) is for int8"):
+        EngineConfig(quantization="int4", quantization_group_size=None)
+
+
+def test_group_size_flag_parses_channel():
+    from polyhead.cli import parse_group_size
+
+    assert parse_group_size("channel") is None and parse_group_size("64") == 64
+    with pytest.raises(Exception, match="must be 32, 64, 128 or channel"):
+        parse_group_size("16")
