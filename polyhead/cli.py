@@ -3,6 +3,8 @@
 import argparse
 import sys
 
+from polyhead.quant.flags import add_group_size_argument
+
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine")
@@ -13,9 +15,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quantization", default="auto", choices=["auto", "none", "int8", "int4"],
                        help="weight storage: auto keeps a file's quantized tensors (the default model's Q4_1) and "
                        "float weights float; none = all float; int8 / int4 quantize at load (default: auto)")
-    group.add_argument("--group-size", type=parse_group_size, default=32, metavar="{32,64,128,channel}",
-                       help="int8 / int4: weights sharing one scale, or channel: one per output channel (int8); "
-                       "32 keeps int8 within ~49 of 64 greedy tokens of float32, channel ~30 (default: 32)")
+    add_group_size_argument(group)
     group.add_argument("--kv-cache-memory", default="auto",
                        help="memory for the paged KV cache, e.g. 512MiB, or auto: --max-num-seqs sequences of "
                        "--max-model-len tokens of this model's keys and values, capped at 25%% of MemAvailable "
@@ -57,14 +57,6 @@ def engine_config(args):
                         policy=args.policy, tenant_weights=parse_weights(args.tenant_weight, "--tenant-weight"),
                         task_weights=parse_weights(args.task_weight, "--task-weight"),
                         pooling_token_budget=args.pooling_token_budget)
-
-
-def parse_group_size(value: str) -> int | None:
-    if value == "channel":
-        return None
-    if value not in ("32", "64", "128"):
-        raise argparse.ArgumentTypeError(f"must be 32, 64, 128 or channel, got {value!r}")
-    return int(value)
 
 
 def parse_weights(items: list[str], flag: str) -> dict[str, float]:

@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from polyhead.bench.perplexity import command_line
+from polyhead.quant.flags import add_group_size_argument
 
 # Varied on purpose: questions, instructions, code, lists, continuations, a translation, arithmetic.
 PROMPTS = [
@@ -121,7 +122,7 @@ def add_agreement_parser(commands) -> None:
     p.add_argument("--model", default=None, help="model to measure (default: SmolLM2-135M-Instruct)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     p.add_argument("--quantization", default="auto", choices=["auto", "none", "int8", "int4"])
-    p.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128])
+    add_group_size_argument(p)
     p.add_argument("--reference-model", default=None,
                    help="the float32 reference's model (default: --model; e.g. the unpruned model for a pruned one)")
     p.add_argument("--prompts", type=int, default=20, help=f"prompts, at most {len(PROMPTS)} (default: 20)")

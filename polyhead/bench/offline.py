@@ -13,6 +13,8 @@ from datetime import date
 
 import torch
 
+from polyhead.quant.flags import add_group_size_argument
+
 CORPUS = (
     "The harbour was quiet before dawn, and the fishing boats rocked against their ropes while gulls "
     "circled over the grey water. Engineers who build inference servers care about latency, throughput "
@@ -93,9 +95,10 @@ def run_offline(args) -> int:
         rows.append(row)
     rss = process_rss_bytes()
 
+    group_note = f" (group size {args.group_size or 'channel'})" if args.quantization in ("int8", "int4") else ""
     print(f"\nmodel {args.model or 'SmolLM2-135M-Instruct'}, dtype {str(dtype).removeprefix('torch.')}, "
           f"quantization {args.quantization}"
-          f"{f' (group size {args.group_size})' if args.quantization == 'int4' else ''}, "
+          f"{group_note}, "
           f"{torch.get_num_threads()} threads, prompt {args.input_len} tokens, {args.output_len} new tokens, "
           f"{platform.processor() or platform.machine()}, {date.today()}")
     print("| sequences | polyhead tok/s | transformers tok/s (dynamic / static cache) | ratio to the better |")
@@ -126,7 +129,7 @@ def add_offline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     p.add_argument("--quantization", default="auto", choices=["auto", "none", "int8", "int4"],
                    help="weight storage, as on engine commands (default: auto)")
-    p.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128], help="int4: weights per scale")
+    add_group_size_argument(p)
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 32],
                    help="comma-separated sequence counts (default: 1,16,32)")
     p.add_argument("--input-len", type=int, default=32, help="prompt tokens (default: 32)")

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+from polyhead.quant.flags import add_group_size_argument
+
 HELDOUT = "heldout.txt"  # polyhead/bench/data: ~5,100 tokens of plain English prose written for the project
 
 
@@ -68,8 +70,11 @@ def perplexity(score, token_ids: list[int], n_ctx: int, bos_id: int | None) -> P
 
 def command_line(prefix: str, args, names: tuple[str, ...]) -> str:
     """The command that reproduces a run: every option in `names` that is set, spelled out."""
-    options = [f"--{name.replace('_', '-')} {shlex.quote(str(getattr(args, name)))}" for name in names
-               if getattr(args, name) is not None]
+    values = {name: getattr(args, name) for name in names}
+    if "group_size" in values and values["group_size"] is None:
+        values["group_size"] = "channel"  # None means one scale per output channel
+    options = [f"--{name.replace('_', '-')} {shlex.quote(str(value))}" for name, value in values.items()
+               if value is not None]
     return " ".join([prefix, *options])
 
 
@@ -120,7 +125,7 @@ def add_perplexity_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model to measure (default: SmolLM2-135M-Instruct)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     p.add_argument("--quantization", default="auto", choices=["auto", "none", "int8", "int4"])
-    p.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128])
+    add_group_size_argument(p)
     p.add_argument("--text", default=None, help="a UTF-8 text file (default: the shipped held-out text)")
     p.add_argument("--ctx", type=int, default=512, help="tokens per chunk, llama-perplexity's -c (default: 512)")
     p.add_argument("--threads", type=int, default=None)

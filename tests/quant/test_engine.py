@@ -119,7 +119,7 @@ def test_bad_quantization_settings_name_the_field():
 
 
 def test_group_size_flag_parses_channel():
-    from polyhead.cli import parse_group_size
+    from polyhead.quant.flags import parse_group_size
 
     assert parse_group_size("channel") is None and parse_group_size("64") == 64
     with pytest.raises(Exception, match="must be 32, 64, 128 or channel"):
