@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -50,21 +51,32 @@ def pruning_block(config: ModelConfig, intermediate_sizes: list[int], num_heads:
 def write_pruned_folder(source: Path, output: str | Path, state: dict[str, torch.Tensor], block: dict,
                         head_dim: int) -> Path:
     """source: the folder pruned (its files other than weights and config are copied)."""
-    output = check_output_folder(output)
     hf = json.loads((source / "config.json").read_text())
     hf["intermediate_size"] = max(block["intermediate_sizes"])
     hf["num_attention_heads"] = max(block["num_heads"])
     hf["head_dim"] = head_dim  # no longer hidden_size / num_attention_heads
     hf["polyhead_pruning"] = block
+    return write_model_folder(source, output, hf, state)
+
+
+def write_model_folder(source: Path, output: str | Path, hf: dict, floats: dict[str, torch.Tensor],
+                       write_more: Callable[[Path], None] | None = None) -> Path:
+    """A new model folder: `source`'s files other than weights and config (tokenizer, generation
+    config) copied, config.json = `hf`, model.safetensors = `floats`, and whatever `write_more`
+    writes into the folder (a quantized.safetensors). Written aside, then renamed: a crash never
+    leaves a half-written model where a loader would read it."""
+    output = check_output_folder(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}-"))
-    try:  # written aside, then renamed: a crash never leaves a half-written model
+    try:
         for item in source.iterdir():
             if item.is_file() and item.name != "config.json" and ".safetensors" not in item.name:
                 shutil.copy2(item, staging / item.name)
         (staging / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
-        save_file({k: v.contiguous() for k, v in state.items()}, staging / "model.safetensors",
+        save_file({k: v.contiguous() for k, v in floats.items()}, staging / "model.safetensors",
                   metadata={"format": "pt"})
+        if write_more is not None:
+            write_more(staging)
         if output.exists():
             output.rmdir()
         os.replace(staging, output)

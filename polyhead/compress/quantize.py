@@ -9,16 +9,12 @@ folders quantize too: the per-layer sizes pass through.
 """
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from polyhead.compress.folder import check_output_folder, read_model_weights
+from polyhead.compress.folder import check_output_folder, read_model_weights, write_model_folder
 from polyhead.quant.attach import EMBEDDING_GROUP, QuantizationSpec
 from polyhead.quant.checkpoint import QUANTIZED_FILE, save_quantized
 from polyhead.quant.format import QuantizedWeight, quantize
@@ -49,8 +45,8 @@ def quantize_folder(model: str | None, spec: QuantizationSpec, output: str | Pat
             floats[name] = tensor
     hf["polyhead_quantization"] = {"name": spec.name, "bits": spec.bits, "group_size": spec.group_size,
                                    "symmetric": spec.symmetric}
-    _write_folder(source, output, hf, floats, quantized)
-    return output
+    return write_model_folder(source, output, hf, floats,
+                              lambda folder: save_quantized(folder / QUANTIZED_FILE, quantized))
 
 
 def _quantize_embedding(weight: torch.Tensor, spec: QuantizationSpec, is_embedding: bool, tied: bool
@@ -59,24 +55,6 @@ def _quantize_embedding(weight: torch.Tensor, spec: QuantizationSpec, is_embeddi
     if spec.bits == 4 and (is_embedding or tied):
         return quantize(weight, 8, EMBEDDING_GROUP)
     return quantize(weight, spec.bits, spec.group_size, spec.symmetric)
-
-
-def _write_folder(source: Path, output: Path, hf: dict, floats: dict, quantized: dict) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}-"))
-    try:  # written aside, then renamed: a crash never leaves a half-written model
-        for item in source.iterdir():
-            if item.is_file() and item.name != "config.json" and ".safetensors" not in item.name:
-                shutil.copy2(item, staging / item.name)
-        (staging / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
-        save_file({k: v.contiguous() for k, v in floats.items()}, staging / "model.safetensors",
-                  metadata={"format": "pt"})
-        save_quantized(staging / QUANTIZED_FILE, quantized)
-        if output.exists():
-            output.rmdir()
-        os.replace(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def folder_bytes(folder: Path) -> int:
