@@ -4,9 +4,9 @@ QuantizedLinear runs the native weight-only kernel (polyhead/kernels/quant_gemm.
 activations times weights dequantized in registers, so it equals dequantize-then-F.linear up to
 the order of the sums. That kernel wins while the step is memory-bound (few rows); from some
 number of rows on, dequantizing the whole weight into a shared scratch buffer and running one
-float32 matmul wins. Where that crossover lies depends on the layer's shape and the CPU, so it is
-measured at load (polyhead/quant/tuning.py), not guessed. QuantizedEmbedding dequantizes only the looked-up rows; a tied LM head and
-its embedding share one QuantizedWeight, held once.
+float32 (or bfloat16) matmul wins. Where that crossover lies depends on the layer's shape and the
+CPU, so it is measured at load (polyhead/quant/tuning.py), not guessed. QuantizedEmbedding
+dequantizes only the looked-up rows; a tied LM head and its embedding share one QuantizedWeight.
 """
 
 import torch
@@ -18,8 +18,9 @@ from polyhead.quant.format import QuantizedWeight
 
 
 class Scratch:
-    """One float32 buffer the dequantizing path of every layer of a model reuses (a step runs its
-    layers one at a time), so dequantized weights never stay resident beside the quantized ones."""
+    """One buffer per dtype that the dequantizing path of every layer of a model reuses (a step runs
+    its layers one at a time): at most one layer's dequantized weight exists beside the quantized
+    model, grown to the largest layer that takes that path."""
 
     def __init__(self):
         self.buffers: dict[torch.dtype, torch.Tensor] = {}
