@@ -22,20 +22,6 @@ from safetensors.torch import save_file
 from polyhead.models.config import ModelConfig
 
 
-def read_model_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """model.safetensors or its shards (model-0000i-of-0000n.safetensors) only: other safetensors files
-    beside them (e.g. a quantized cache) are not the model's weights."""
-    from safetensors.torch import load_file
-
-    files = sorted(folder.glob("model*.safetensors"))
-    if not files:
-        raise ValueError(f"model folder {str(folder)!r} holds no model*.safetensors weights")
-    state = {}
-    for file in files:
-        state.update(load_file(file))
-    return state
-
-
 def check_output_folder(output: str | Path) -> Path:
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):

@@ -18,12 +18,12 @@ from polyhead.compress.cli import DEFAULT_CALIBRATION_TOKENS, DEFAULT_SEQ_LEN
 from polyhead.compress.folder import (
     check_output_folder,
     pruning_block,
-    read_model_weights,
     write_pruned_folder,
 )
 from polyhead.compress.sparse import apply_sparse
 from polyhead.compress.spec import PruneSpec, parse_n_m, parse_structured
 from polyhead.compress.structured import StructuredPlan, apply_structured, plan_structured
+from polyhead.models.loader import read_float_weights
 
 
 @dataclass
@@ -48,7 +48,7 @@ def prune_model(model: str | None, spec: PruneSpec, output: str | Path, calibrat
     if spec.method == "wanda":
         text = read_calibration_text(calibration)
         norms = collect_activation_norms(loaded.model, token_sequences(loaded.tokenizer, text, seq_len, max_tokens))
-    state = read_model_weights(loaded.folder)
+    state = read_float_weights(loaded.folder)
     before = sum(t.numel() for t in state.values())
     info = {"mode": spec.mode, **{k: v for k, v in asdict(spec).items() if v not in (None, 0.0)
                                   and (spec.is_structured or k != "allocation")},

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from polyhead.compress.folder import check_output_folder, read_model_weights, write_model_folder
+from polyhead.compress.folder import check_output_folder, write_model_folder
+from polyhead.models.loader import read_float_weights
 from polyhead.quant.attach import EMBEDDING_GROUP, QuantizationSpec
 from polyhead.quant.checkpoint import QUANTIZED_FILE, save_quantized
 from polyhead.quant.format import QuantizedWeight, quantize
@@ -33,7 +34,7 @@ def quantize_folder(model: str | None, spec: QuantizationSpec, output: str | Pat
     hf = json.loads((source / "config.json").read_text())
     if "polyhead_quantization" in hf:
         raise ValueError(f"model {str(path)!r} is already quantized ({hf['polyhead_quantization']['name']})")
-    state = read_model_weights(source)
+    state = read_float_weights(source)
     quantized, floats = {}, {}
     for name, tensor in state.items():
         if name.endswith(".weight") and name.split(".")[-2] in _MATRICES:

@@ -15,8 +15,8 @@ from torch import nn
 def load_causal_lm(folder: str | Path, dtype: torch.dtype = torch.float32):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from polyhead.compress.folder import read_model_weights
     from polyhead.models.config import ModelConfig
+    from polyhead.models.loader import read_float_weights
 
     hf_config = AutoConfig.from_pretrained(folder)
     pruning = getattr(hf_config, "polyhead_pruning", None)
@@ -26,7 +26,7 @@ def load_causal_lm(folder: str | Path, dtype: torch.dtype = torch.float32):
     model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
     for layer, size, heads in zip(model.model.layers, config.intermediate_sizes, config.layer_num_heads):
         resize_layer(layer, config, size, heads, dtype)
-    state = read_model_weights(Path(folder))
+    state = read_float_weights(Path(folder))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) - {"lm_head.weight"}:
         raise ValueError(f"weights in {str(folder)!r} do not fit its polyhead_pruning sizes: missing {missing}, "

@@ -14,7 +14,6 @@ import ctypes
 import hashlib
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -29,6 +28,7 @@ from polyhead.cpu import LEVELS, cpu_features
 logger = logging.getLogger(__name__)
 
 _SOURCES = [Path(__file__).with_name(name) for name in ("paged_attention.cpp", "gemv.cpp", "rms_norm.cpp", "quant_gemm.cpp")]
+_HEADERS = [Path(__file__).with_name(name) for name in ("bf16.h", "simd.h")]
 _FLAGS = ["-O3", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 _ATTENTION_ARGTYPES = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 7 + [ctypes.c_float, ctypes.c_int64, ctypes.c_int]
 
@@ -49,8 +49,8 @@ def library_for_level(level: str) -> ctypes.CDLL | None:
     if compiler is None:
         logger.warning("no C++ compiler found; polyhead uses its slower torch paths")
         return None
-    source_bytes = b"".join(source.read_bytes() for source in [*_SOURCES, _SOURCES[0].with_name("bf16.h")])
-    key = hashlib.sha256(source_bytes + " ".join(flags).encode() + _cpu_id().encode()).hexdigest()[:16]
+    source_bytes = b"".join(source.read_bytes() for source in [*_SOURCES, *_HEADERS])
+    key = hashlib.sha256(source_bytes + " ".join(flags).encode() + _cpu_id(cpu_features()).encode()).hexdigest()[:16]
     from polyhead.models.loader import cache_dir
 
     target = cache_dir() / "kernels" / f"polyhead-kernels-{key}.so"
@@ -81,13 +81,6 @@ def library_for_level(level: str) -> ctypes.CDLL | None:
         getattr(library, name).argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_float, ctypes.c_int]
         getattr(library, name).restype = None
     return library
-
-
-def _cpu_id() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), "") \
-        if cpuinfo.exists() else ""
-    return platform.machine() + flags
 
 
 def decode_attention_kernel(dtype: torch.dtype, level: str | None = None):
@@ -128,6 +121,10 @@ def rms_norm_kernel(dtype: torch.dtype, level: str | None = None):
     if library is None or dtype not in (torch.bfloat16, torch.float32):
         return None
     return library.add_rms_norm_bf16 if dtype == torch.bfloat16 else library.add_rms_norm_f32
+
+
+def _cpu_id(features) -> str:
+    return features.machine + " ".join(sorted(features.flags))
 
 
 def kernel_isa(level: str | None = None) -> str | None:

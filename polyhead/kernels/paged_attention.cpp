@@ -12,9 +12,7 @@
 #include <vector>
 
 #include "bf16.h"
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
-#include <immintrin.h>
-#endif
+#include "simd.h"
 
 namespace {
 
@@ -78,100 +76,43 @@ void attend_generic(const Item& it, const T* k_head, const T* v_head, float* acc
   });
 }
 
-#if defined(__AVX512F__)
-inline void load16(const float* src, __m512* out) { *out = _mm512_loadu_ps(src); }
-inline void load16(const uint16_t* src, __m512* out) {  // 16 bf16 -> 16 floats
-  __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
-  *out = _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-}
-
-// C = head_dim / 16 vectors per row, a compile-time count so rows and accumulators stay in
+#if POLYHEAD_SIMD
+// C = head_dim / W vectors per row, a compile-time count so rows and accumulators stay in
 // registers (the generic loops spill them and reduce dot products with scalar adds).
 template <typename T, int C>
-void attend_avx512(const Item& it, const T* k_head, const T* v_head, float* acc) {
+void attend_simd(const Item& it, const T* k_head, const T* v_head, float* acc) {
+  using namespace polyhead::simd;
   const int64_t n = it.len - it.first;
   for_each_row(it, k_head, [&](int64_t i, const T* key) {
-    __m512 k[C];
-    for (int c = 0; c < C; ++c) load16(key + 16 * c, &k[c]);
+    vec k[C];
+    for (int c = 0; c < C; ++c) k[c] = vload(key + W * c);
     for (int64_t g = 0; g < it.group; ++g) {
-      const float* qg = it.query + g * 16 * C;
-      __m512 sum = _mm512_mul_ps(_mm512_loadu_ps(qg), k[0]);
-      for (int c = 1; c < C; ++c) sum = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * c), k[c], sum);
-      it.scores[g * n + i] = _mm512_reduce_add_ps(sum);
+      const float* qg = it.query + g * W * C;
+      vec sum = vmul(vload(qg), k[0]);
+      for (int c = 1; c < C; ++c) sum = vfma(vload(qg + W * c), k[c], sum);
+      it.scores[g * n + i] = vsum(sum);
     }
   });
   softmax_rows(it.scores, it.group, n);
   for (int64_t g = 0; g < it.group; ++g) {
-    __m512 a[C];
-    for (int c = 0; c < C; ++c) a[c] = _mm512_setzero_ps();
+    vec a[C];
+    for (int c = 0; c < C; ++c) a[c] = vzero();
     const float* p = it.scores + g * n;
     for_each_row(it, v_head, [&](int64_t i, const T* value) {
-      const __m512 weight = _mm512_set1_ps(p[i]);
-      for (int c = 0; c < C; ++c) {
-        __m512 v;
-        load16(value + 16 * c, &v);
-        a[c] = _mm512_fmadd_ps(weight, v, a[c]);
-      }
+      const vec weight = vset1(p[i]);
+      for (int c = 0; c < C; ++c) a[c] = vfma(weight, vload(value + W * c), a[c]);
     });
-    for (int c = 0; c < C; ++c) _mm512_storeu_ps(acc + g * 16 * C + 16 * c, a[c]);
-  }
-}
-#endif
-
-#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
-inline void load8(const float* src, __m256* out) { *out = _mm256_loadu_ps(src); }
-inline void load8(const uint16_t* src, __m256* out) {  // 8 bf16 -> 8 floats
-  __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
-  *out = _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-}
-
-inline float reduce_add(__m256 v) {
-  __m128 sum = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
-  sum = _mm_add_ss(sum, _mm_movehdup_ps(sum));
-  return _mm_cvtss_f32(sum);
-}
-
-// The AVX2 twin of attend_avx512: C = head_dim / 8 vectors of 8 floats per row.
-template <typename T, int C>
-void attend_avx2(const Item& it, const T* k_head, const T* v_head, float* acc) {
-  const int64_t n = it.len - it.first;
-  for_each_row(it, k_head, [&](int64_t i, const T* key) {
-    __m256 k[C];
-    for (int c = 0; c < C; ++c) load8(key + 8 * c, &k[c]);
-    for (int64_t g = 0; g < it.group; ++g) {
-      const float* qg = it.query + g * 8 * C;
-      __m256 sum = _mm256_mul_ps(_mm256_loadu_ps(qg), k[0]);
-      for (int c = 1; c < C; ++c) sum = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 8 * c), k[c], sum);
-      it.scores[g * n + i] = reduce_add(sum);
-    }
-  });
-  softmax_rows(it.scores, it.group, n);
-  for (int64_t g = 0; g < it.group; ++g) {
-    __m256 a[C];
-    for (int c = 0; c < C; ++c) a[c] = _mm256_setzero_ps();
-    const float* p = it.scores + g * n;
-    for_each_row(it, v_head, [&](int64_t i, const T* value) {
-      const __m256 weight = _mm256_set1_ps(p[i]);
-      for (int c = 0; c < C; ++c) {
-        __m256 v;
-        load8(value + 8 * c, &v);
-        a[c] = _mm256_fmadd_ps(weight, v, a[c]);
-      }
-    });
-    for (int c = 0; c < C; ++c) _mm256_storeu_ps(acc + g * 8 * C + 8 * c, a[c]);
+    for (int c = 0; c < C; ++c) vstore(acc + g * W * C + W * c, a[c]);
   }
 }
 #endif
 
 template <typename T>
 void attend(const Item& it, const T* k_head, const T* v_head, float* acc) {
-#if defined(__AVX512F__)
-  if (it.head_dim == 64) return attend_avx512<T, 4>(it, k_head, v_head, acc);
-  if (it.head_dim == 128) return attend_avx512<T, 8>(it, k_head, v_head, acc);
-#elif defined(__AVX2__) && defined(__FMA__)
-  if (it.head_dim == 64) return attend_avx2<T, 8>(it, k_head, v_head, acc);
-  if (it.head_dim == 128) return attend_avx2<T, 16>(it, k_head, v_head, acc);
+#if POLYHEAD_SIMD
+  constexpr int W = polyhead::simd::W;
+  if (it.head_dim == 64) return attend_simd<T, 64 / W>(it, k_head, v_head, acc);
+  if (it.head_dim == 128) return attend_simd<T, 128 / W>(it, k_head, v_head, acc);
 #endif
   attend_generic(it, k_head, v_head, acc);
 }

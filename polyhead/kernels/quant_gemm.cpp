@@ -19,9 +19,7 @@
 #include <cstring>
 
 #include "bf16.h"
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
-#include <immintrin.h>
-#endif
+#include "simd.h"
 
 namespace {
 
@@ -36,14 +34,11 @@ struct Weights {
   int bits;
 };
 
+#if POLYHEAD_SIMD
+using namespace polyhead::simd;
+#endif
+
 #if defined(__AVX512F__)
-using vec = __m512;
-constexpr int W = 16;
-inline vec vzero() { return _mm512_setzero_ps(); }
-inline vec vset1(float a) { return _mm512_set1_ps(a); }
-inline vec vload(const float* p) { return _mm512_loadu_ps(p); }
-inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
-inline float vsum(vec v) { return _mm512_reduce_add_ps(v); }
 // 32 dequantized weights starting at element j of row `row` into out[0..1]
 inline void dequant32(const Weights& w, int64_t row, int64_t j, vec* out) {
   const int64_t g = row * w.groups_per_row + j / w.group;
@@ -53,7 +48,7 @@ inline void dequant32(const Weights& w, int64_t row, int64_t j, vec* out) {
     for (int c = 0; c < 2; ++c) {
       __m512i wide = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16 * c)));
       out[c] = _mm512_cvtepi32_ps(wide);
-      out[c] = w.mins ? vfma(out[c], s, vset1(w.mins[g])) : _mm512_mul_ps(out[c], s);
+      out[c] = w.mins ? vfma(out[c], s, vset1(w.mins[g])) : vmul(out[c], s);
     }
     return;
   }
@@ -63,18 +58,7 @@ inline void dequant32(const Weights& w, int64_t row, int64_t j, vec* out) {
   const vec m = w.mins ? vset1(w.mins[g]) : vset1(-8.f * w.scales[g]);
   for (int c = 0; c < 2; ++c) out[c] = vfma(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(nibbles[c])), s, m);
 }
-#elif defined(__AVX2__) && defined(__FMA__)
-using vec = __m256;
-constexpr int W = 8;
-inline vec vzero() { return _mm256_setzero_ps(); }
-inline vec vset1(float a) { return _mm256_set1_ps(a); }
-inline vec vload(const float* p) { return _mm256_loadu_ps(p); }
-inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
-inline float vsum(vec v) {
-  __m128 sum = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
-  return _mm_cvtss_f32(_mm_add_ss(sum, _mm_movehdup_ps(sum)));
-}
+#elif POLYHEAD_SIMD
 inline void dequant32(const Weights& w, int64_t row, int64_t j, vec* out) {
   const int64_t g = row * w.groups_per_row + j / w.group;
   const vec s = vset1(w.scales[g]);
@@ -83,7 +67,7 @@ inline void dequant32(const Weights& w, int64_t row, int64_t j, vec* out) {
     for (int c = 0; c < 4; ++c) {
       __m256i wide = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * c)));
       out[c] = _mm256_cvtepi32_ps(wide);
-      out[c] = w.mins ? vfma(out[c], s, vset1(w.mins[g])) : _mm256_mul_ps(out[c], s);
+      out[c] = w.mins ? vfma(out[c], s, vset1(w.mins[g])) : vmul(out[c], s);
     }
     return;
   }
@@ -96,7 +80,7 @@ inline void dequant32(const Weights& w, int64_t row, int64_t j, vec* out) {
 }
 #endif
 
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#if POLYHEAD_SIMD
 constexpr int V = 32 / W;  // vectors per 32 weights
 
 // y[r, row] for the R rows of one chunk of x; R is a compile-time count so the accumulators
@@ -160,7 +144,7 @@ void dequantize(const Weights& w, T* out, int64_t n, int num_threads) {
   for (int64_t row = 0; row < n; ++row) {
     for (int64_t j = 0; j < k; j += 32) {
       float values[32];
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#if POLYHEAD_SIMD
       vec wv[V];
       dequant32(w, row, j, wv);
       for (int c = 0; c < V; ++c) std::memcpy(values + W * c, &wv[c], sizeof(vec));

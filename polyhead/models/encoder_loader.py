@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from polyhead.models.bert import EncoderConfig, EncoderModel, hf_to_encoder_state_dict
-from polyhead.models.loader import _read_safetensors
+from polyhead.models.loader import read_float_weights
 from polyhead.models.registry import resolve_model_path
 
 # sentence-transformers pooling modes -> polyhead's (heads.pool); legacy configs use one bool per mode
@@ -63,7 +63,7 @@ def load_encoder(model: str | None, dtype: torch.dtype) -> LoadedEncoder:
     with torch.device("meta"):
         net = EncoderModel(config)
     try:
-        state = hf_to_encoder_state_dict(_read_safetensors(weights_folder), config)
+        state = hf_to_encoder_state_dict(read_float_weights(weights_folder), config)
     except KeyError as err:
         raise ValueError(f"weights in {str(weights_folder)!r} lack {err.args[0]!r} for a "
                          f"{config.architecture} encoder of {config.num_layers} layers") from None

@@ -189,7 +189,8 @@ class SafetensorsWeights(Mapping):
         return len(self._files)
 
 
-def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+def read_float_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a folder's safetensors files, the quantized.safetensors beside them excepted."""
     files = sorted(f for f in folder.glob("*.safetensors") if f.name != QUANTIZED_FILE)
     if not files:
         raise ValueError(f"model folder {str(folder)!r} holds no *.safetensors weights")
