@@ -11,7 +11,7 @@ __all__ = ["LLM", "EngineConfig", "RequestOutput", "SamplingParams"]
 
 # Imported on first use, so `polyhead --help` answers without loading torch.
 _EXPORTS = {"LLM": "polyhead.llm", "EngineConfig": "polyhead.config",
-            "RequestOutput": "polyhead.engine.outputs", "SamplingParams": "polyhead.engine.params"}
+            "RequestOutput": "polyhead.engine.core.outputs", "SamplingParams": "polyhead.engine.core.params"}
 
 
 def __getattr__(name: str):

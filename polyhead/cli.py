@@ -85,7 +85,7 @@ def parse_lora_modules(items: list[str]) -> dict[str, str]:
 
 def run(args) -> int:
     """Answer one prompt, streaming the reply to the terminal."""
-    from polyhead.engine.params import SamplingParams
+    from polyhead.engine.core.params import SamplingParams
     from polyhead.llm import LLM
 
     llm = LLM.from_config(engine_config(args))
@@ -132,9 +132,9 @@ def build_task_registry(args, default_name: str):
     from dataclasses import replace
 
     from polyhead.config import parse_size
-    from polyhead.engine.async_engine import AsyncEngine
+    from polyhead.engine.client.async_engine import AsyncEngine
+    from polyhead.engine.client.process_engine import ProcessEngine
     from polyhead.engine.factory import is_encoder_model
-    from polyhead.engine.process_engine import ProcessEngine
     from polyhead.server.registry import TaskRegistry
     from polyhead.tasks.default import resolve_manifest
     from polyhead.tasks.manifest import load_manifest

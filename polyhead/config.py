@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import torch
 
 from polyhead.cpu import check_dtype_supported, cpu_features
-from polyhead.engine.policy import POLICIES
+from polyhead.engine.core.policy import POLICIES
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 QUANTIZATIONS = ("auto", "none", "int8", "int4")
@@ -27,7 +27,7 @@ class EngineConfig:
     quantization_group_size: int | None = 32
     max_model_len: int | None = None  # longest prompt + output; None: the model's own context
     # bytes for the paged KV cache, a size like "512MiB", or auto: max_num_seqs x max_model_len tokens of
-    # this model's keys and values, capped at a quarter of MemAvailable (engine/kv_memory.py)
+    # this model's keys and values, capped at a quarter of MemAvailable (engine/decoder/kv_memory.py)
     kv_cache_memory: int | str = "auto"
     block_size: int = 16  # tokens per KV block
     max_num_seqs: int = 128  # sequences in one step at most

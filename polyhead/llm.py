@@ -8,11 +8,11 @@ from collections.abc import Iterator, Sequence
 from tqdm import tqdm
 
 from polyhead.config import EngineConfig
-from polyhead.engine.encoder_engine import EncoderEngine
-from polyhead.engine.engine import LLMEngine
+from polyhead.engine.core.engine import LLMEngine
+from polyhead.engine.core.outputs import RequestOutput
+from polyhead.engine.core.params import PoolingParams, SamplingParams
+from polyhead.engine.encoder.engine import EncoderEngine
 from polyhead.engine.factory import build_engine
-from polyhead.engine.outputs import RequestOutput
-from polyhead.engine.params import PoolingParams, SamplingParams
 from polyhead.models.heads import EmbedPooler, load_head
 from polyhead.tasks import zero_shot
 from polyhead.tasks.spec import TaskSpec

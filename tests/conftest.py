@@ -86,7 +86,7 @@ def tiny_llama(tmp_path_factory):
 
 
 def make_engine(folder, **options):
-    from polyhead.engine.engine import LLMEngine
+    from polyhead.engine.core.engine import LLMEngine
 
     options.setdefault("dtype", "float32")
     options.setdefault("kv_cache_memory", "16MiB")
@@ -191,7 +191,7 @@ def tiny_encoder(tmp_path_factory):
 
 
 def make_encoder_engine(folder, **options):
-    from polyhead.engine.encoder_engine import EncoderEngine
+    from polyhead.engine.encoder.engine import EncoderEngine
 
     options.setdefault("dtype", "float32")
     return EncoderEngine(EngineConfig(model=str(folder), **options))

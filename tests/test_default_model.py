@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from polyhead.config import EngineConfig
-from polyhead.engine.engine import LLMEngine
-from polyhead.engine.params import SamplingParams
+from polyhead.engine.core.engine import LLMEngine
+from polyhead.engine.core.params import SamplingParams
 from polyhead.llm import LLM
 
 pytestmark = pytest.mark.model

@@ -6,8 +6,8 @@ import asyncio
 import pytest
 import torch
 
-from polyhead.engine.async_engine import AsyncEngine
-from polyhead.engine.params import PoolingParams, SamplingParams
+from polyhead.engine.client.async_engine import AsyncEngine
+from polyhead.engine.core.params import PoolingParams, SamplingParams
 from polyhead.llm import LLM
 from polyhead.models.heads import save_head
 from polyhead.tasks import zero_shot

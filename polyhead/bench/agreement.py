@@ -76,7 +76,7 @@ def make_prompts(llm, num: int, raw: bool) -> list[str | list[int]]:
 
 
 def generate_greedy(config, num_prompts: int, num_tokens: int, raw: bool) -> list[list[int]]:
-    from polyhead.engine.params import SamplingParams
+    from polyhead.engine.core.params import SamplingParams
     from polyhead.llm import LLM
 
     llm = LLM.from_config(config)

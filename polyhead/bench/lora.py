@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from polyhead.engine.scheduler import SchedulerOutput
+from polyhead.engine.decoder.scheduler import SchedulerOutput
 
 PEFT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -76,7 +76,7 @@ def assign(engine, sched: SchedulerOutput, names: list[str]) -> None:
 
 def run(sequences: int, context: int, ranks: list[int], repeats: int, dtype: str) -> list[dict]:
     from polyhead.bench.offline import make_prompts
-    from polyhead.engine.params import SamplingParams
+    from polyhead.engine.core.params import SamplingParams
     from polyhead.llm import LLM
 
     llm = LLM(dtype=dtype, kv_cache_memory="1GiB", max_num_seqs=sequences, max_loras=4, max_num_batched_tokens=4096)

@@ -34,7 +34,7 @@ def make_prompts(tokenizer, num: int, input_len: int, seed: int) -> list[list[in
 
 
 def bench_polyhead(llm, prompts, output_len: int) -> float:
-    from polyhead.engine.params import SamplingParams
+    from polyhead.engine.core.params import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
     start = time.perf_counter()

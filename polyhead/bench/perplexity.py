@@ -83,7 +83,7 @@ def run_perplexity(args) -> int:
 
     from polyhead.bench.memory import model_tensor_bytes
     from polyhead.config import EngineConfig
-    from polyhead.engine.scoring import next_token_logprobs
+    from polyhead.engine.decoder.scoring import next_token_logprobs
     from polyhead.llm import LLM
 
     if args.threads:

@@ -17,7 +17,7 @@ from polyhead.bench.offline import make_prompts
 
 
 def fair_share(policy: str, dtype: str, num_light: int, prompt_len: int, max_tokens: int, seed: int) -> dict:
-    from polyhead.engine.params import SamplingParams
+    from polyhead.engine.core.params import SamplingParams
     from polyhead.llm import LLM
 
     llm = LLM(dtype=dtype, kv_cache_memory="256MiB", max_num_seqs=8, max_num_batched_tokens=256, policy=policy)
@@ -44,7 +44,7 @@ def fair_share(policy: str, dtype: str, num_light: int, prompt_len: int, max_tok
 
 
 def pooling_reserve(reserve: int, dtype: str, long_len: int, seed: int) -> dict:
-    from polyhead.engine.params import PoolingParams, SamplingParams
+    from polyhead.engine.core.params import PoolingParams, SamplingParams
     from polyhead.llm import LLM
 
     llm = LLM(dtype=dtype, kv_cache_memory="256MiB", max_num_batched_tokens=256, pooling_token_budget=reserve)

@@ -24,7 +24,7 @@ def _timed(name: str, fn, totals: Counter):
 
 def profile_decode(sequences: int, context: int, steps: int, dtype: str, quantization: str = "auto"
                    ) -> dict[str, float]:
-    from polyhead.engine.params import SamplingParams
+    from polyhead.engine.core.params import SamplingParams
     from polyhead.llm import LLM
     from polyhead.models import llama
     from polyhead.models.packed_linear import PackedLinear

@@ -3,8 +3,8 @@ EncoderEngine (embed / classify), anything else (a Llama-family folder or a GGUF
 LLMEngine. The server builds one engine per backbone this way."""
 
 from polyhead.config import EngineConfig
-from polyhead.engine.encoder_engine import EncoderEngine
-from polyhead.engine.engine import LLMEngine
+from polyhead.engine.core.engine import LLMEngine
+from polyhead.engine.encoder.engine import EncoderEngine
 from polyhead.models.encoder_loader import is_encoder_folder
 from polyhead.models.registry import resolve_model_path
 

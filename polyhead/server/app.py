@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from polyhead.engine.engine_client import EngineClient
+from polyhead.engine.client.engine_client import EngineClient
 from polyhead.server.classify import router as classify_router
 from polyhead.server.completions import router as completions_router
 from polyhead.server.embeddings import router as embeddings_router

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from polyhead.engine.outputs import RequestOutput
-from polyhead.engine.params import SamplingParams
+from polyhead.engine.core.outputs import RequestOutput
+from polyhead.engine.core.params import SamplingParams
 from polyhead.server.errors import APIError, deadline_error, error_chunk
 from polyhead.server.protocol import ChatCompletionRequest, CompletionRequest, new_id
 

@@ -12,7 +12,7 @@ import struct
 
 from fastapi import APIRouter, Request
 
-from polyhead.engine.params import PoolingParams
+from polyhead.engine.core.params import PoolingParams
 from polyhead.server.errors import APIError
 from polyhead.server.pooling import PoolingJob, run_jobs
 from polyhead.server.protocol import new_id

@@ -11,8 +11,8 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from polyhead.engine.outputs import RequestOutput
-from polyhead.engine.params import PoolingParams
+from polyhead.engine.core.outputs import RequestOutput
+from polyhead.engine.core.params import PoolingParams
 from polyhead.server.errors import APIError, deadline_error
 from polyhead.server.registry import Backbone
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from polyhead.engine.params import SamplingParams
+from polyhead.engine.core.params import SamplingParams
 
 
 class StreamOptions(BaseModel):

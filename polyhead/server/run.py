@@ -2,7 +2,7 @@
 
 import uvicorn
 
-from polyhead.engine.engine_client import EngineClient
+from polyhead.engine.client.engine_client import EngineClient
 from polyhead.server.app import ServerSettings, build_app
 
 

@@ -8,7 +8,7 @@ I-X... form one span of type X (an I-X after something else opens a span too, as
 
 from fastapi import APIRouter, Request
 
-from polyhead.engine.params import PoolingParams
+from polyhead.engine.core.params import PoolingParams
 from polyhead.server.errors import APIError
 from polyhead.server.pooling import PoolingJob, run_jobs
 from polyhead.server.protocol import new_id

@@ -16,7 +16,7 @@ import asyncio
 import math
 from dataclasses import dataclass
 
-from polyhead.engine.params import PoolingParams
+from polyhead.engine.core.params import PoolingParams
 from polyhead.tasks.spec import TaskSpec
 
 # Picked by trying prompts on 12 labelled sentences (4 positive, 4 negative, 4 neutral) with the

@@ -8,7 +8,7 @@ import torch
 
 from polyhead.bench.perplexity import chunks, load_text, perplexity, tokenize, tokenizer_adds_bos
 from polyhead.cli import main
-from polyhead.engine.scoring import next_token_logprobs
+from polyhead.engine.decoder.scoring import next_token_logprobs
 from tests.conftest import make_engine, make_tiny_model
 
 N_CTX = 64
@@ -57,7 +57,7 @@ def test_chunks_follow_llama_perplexity():
 
 def test_scoring_leaves_the_engine_serving(tiny_llama):
     """Scoring uses a private cache: generation afterwards is what it was before."""
-    from polyhead.engine.params import SamplingParams
+    from polyhead.engine.core.params import SamplingParams
     from polyhead.llm import LLM
 
     folder, _ = tiny_llama

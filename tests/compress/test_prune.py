@@ -13,7 +13,7 @@ from polyhead.compress.calibration import forward_sequence
 from polyhead.compress.prune import prune_model
 from polyhead.compress.spec import PruneSpec
 from polyhead.compress.structured import mask_structured
-from polyhead.engine.params import SamplingParams
+from polyhead.engine.core.params import SamplingParams
 from polyhead.llm import LLM
 from polyhead.models.config import ModelConfig
 from polyhead.models.loader import load_model

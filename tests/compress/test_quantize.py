@@ -25,7 +25,7 @@ def tiny(tmp_path_factory):
 
 
 def greedy(engine):
-    from polyhead.engine.params import SamplingParams
+    from polyhead.engine.core.params import SamplingParams
 
     outs = LLM.from_engine(engine).generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True))
     return [o.token_ids for o in outs]

@@ -12,8 +12,8 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from polyhead.engine.detokenizer import IncrementalDetokenizer
-from polyhead.engine.params import SamplingParams
+from polyhead.engine.core.detokenizer import IncrementalDetokenizer
+from polyhead.engine.core.params import SamplingParams
 
 REPLACEMENT = "\ufffd"
 MULTILINGUAL = "Héllo wörld 😀👍🏽 中文字符 ﷽ naïve café 🇫🇷 Ωμέγα"

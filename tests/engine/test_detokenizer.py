@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from polyhead.engine.params import SamplingParams
+from polyhead.engine.core.params import SamplingParams
 from tests.engine.conftest import (
     MULTILINGUAL,
     REPLACEMENT,

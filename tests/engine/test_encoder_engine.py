@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from polyhead.cpu import cpu_features
-from polyhead.engine.async_engine import AsyncEngine
-from polyhead.engine.encoder_engine import EncoderEngine
-from polyhead.engine.engine import LLMEngine
+from polyhead.engine.client.async_engine import AsyncEngine
+from polyhead.engine.core.engine import LLMEngine
+from polyhead.engine.core.params import PoolingParams, SamplingParams
+from polyhead.engine.encoder.engine import EncoderEngine
 from polyhead.engine.factory import build_engine
-from polyhead.engine.params import PoolingParams, SamplingParams
 from polyhead.llm import LLM
 from polyhead.models.heads import ClassifyHead, EmbedPooler, TagHead
 from tests.conftest import MINILM_SENTENCES, make_encoder_engine

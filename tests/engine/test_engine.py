@@ -5,7 +5,7 @@ preemption. Tiny random models keep each test under a second or two."""
 import pytest
 import torch
 
-from polyhead.engine.params import SamplingParams
+from polyhead.engine.core.params import SamplingParams
 from tests.conftest import make_engine
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)

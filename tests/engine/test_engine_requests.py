@@ -4,7 +4,7 @@ and a failing step, on a tiny random model."""
 import pytest
 import torch
 
-from polyhead.engine.params import SamplingParams
+from polyhead.engine.core.params import SamplingParams
 from tests.conftest import make_engine
 
 

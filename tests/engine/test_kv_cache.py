@@ -1,8 +1,8 @@
 """Block allocation, freeing and prefix hits, without a model."""
 
-from polyhead.engine.kv_cache import KVCacheManager
-from polyhead.engine.params import SamplingParams
-from polyhead.engine.request import Request
+from polyhead.engine.core.params import SamplingParams
+from polyhead.engine.core.request import Request
+from polyhead.engine.decoder.kv_cache import KVCacheManager
 
 
 def request(tokens, req_id="r"):

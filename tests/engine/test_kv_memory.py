@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from polyhead.config import EngineConfig
-from polyhead.engine.kv_memory import (
+from polyhead.engine.core.params import SamplingParams
+from polyhead.engine.decoder.kv_memory import (
     KV_AUTO_MEMORY_SHARE,
     kv_bytes_per_token,
     lazily_zeroed,
     plan_kv_cache,
     read_mem_available,
 )
-from polyhead.engine.params import SamplingParams
 from tests.conftest import make_engine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,8 +91,8 @@ def test_a_large_cache_is_not_touched_when_the_engine_is_built_nor_by_a_request(
     out = _run_python(f"""
         import torch
         from polyhead.config import EngineConfig
-        from polyhead.engine.engine import LLMEngine
-        from polyhead.engine.params import SamplingParams
+        from polyhead.engine.core.engine import LLMEngine
+        from polyhead.engine.core.params import SamplingParams
         from polyhead.models.loader import load_model
 
         def rss():
@@ -115,7 +115,7 @@ def test_a_large_cache_is_not_touched_when_the_engine_is_built_nor_by_a_request(
 
 
 def test_the_engine_process_does_not_touch_its_cache(tiny_llama):
-    from polyhead.engine.process_engine import ProcessEngine
+    from polyhead.engine.client.process_engine import ProcessEngine
 
     engine = ProcessEngine.from_config(EngineConfig(model=str(tiny_llama[0]), dtype="float32",
                                                     kv_cache_memory="2GiB"))

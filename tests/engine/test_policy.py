@@ -6,11 +6,11 @@ import random
 
 import pytest
 
-from polyhead.engine.kv_cache import KVCacheManager
-from polyhead.engine.params import PoolingParams, SamplingParams
-from polyhead.engine.policy import FairPolicy, PriorityPolicy, SchedulingPolicy, make_policy
-from polyhead.engine.request import Request, RequestStatus
-from polyhead.engine.scheduler import Scheduler
+from polyhead.engine.core.params import PoolingParams, SamplingParams
+from polyhead.engine.core.policy import FairPolicy, PriorityPolicy, SchedulingPolicy, make_policy
+from polyhead.engine.core.request import Request, RequestStatus
+from polyhead.engine.decoder.kv_cache import KVCacheManager
+from polyhead.engine.decoder.scheduler import Scheduler
 
 
 class FakeClock:

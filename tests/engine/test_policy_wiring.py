@@ -3,8 +3,8 @@
 import pytest
 
 from polyhead.config import EngineConfig
-from polyhead.engine.params import SamplingParams
-from polyhead.engine.policy import PriorityPolicy
+from polyhead.engine.core.params import SamplingParams
+from polyhead.engine.core.policy import PriorityPolicy
 from tests.engine.test_policy import FakeClock
 
 # --- configuration -------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ generated tokens beside them do not change."""
 
 import pytest
 
-from polyhead.engine.params import PoolingParams, SamplingParams
+from polyhead.engine.core.params import PoolingParams, SamplingParams
 from tests.conftest import make_engine
 from tests.engine.pooling_reference import assert_pooled_close, make_heads, reference, register_heads
 from tests.engine.test_engine import hf_greedy, prompts_of

@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from polyhead.config import EngineConfig
-from polyhead.engine.params import PoolingParams, SamplingParams
+from polyhead.engine.core.params import PoolingParams, SamplingParams
 from tests.engine.pooling_reference import assert_pooled_close
 
 pytestmark = pytest.mark.model
 
 
 def test_embed_and_score_rows_beside_decodes_match_transformers(default_model, hf_default_model):
-    from polyhead.engine.engine import LLMEngine
+    from polyhead.engine.core.engine import LLMEngine
 
     engine = LLMEngine(EngineConfig(dtype="float32", kv_cache_memory="64MiB", max_num_batched_tokens=24),
                        default_model)

@@ -4,7 +4,7 @@ that keeps every state a head reads computed, preemption mid-prompt, aborts, bad
 import pytest
 import torch
 
-from polyhead.engine.params import PoolingParams, SamplingParams
+from polyhead.engine.core.params import PoolingParams, SamplingParams
 from polyhead.models.heads import ClassifyHead, EmbedPooler, TagHead
 from tests.conftest import make_engine
 from tests.engine.pooling_reference import assert_pooled_close, make_heads, reference, register_heads

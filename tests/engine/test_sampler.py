@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from polyhead.engine import sampler as sampler_module
-from polyhead.engine.params import SamplingParams
-from polyhead.engine.sampler import Sampler, SamplingRow, make_generator
+from polyhead.engine.core.params import SamplingParams
+from polyhead.engine.decoder import sampler as sampler_module
+from polyhead.engine.decoder.sampler import Sampler, SamplingRow, make_generator
 
 # probs 0.5, 0.3, 0.15, 0.05: kept sets for each filter are easy to work out by hand
 PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05])

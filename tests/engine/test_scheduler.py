@@ -1,9 +1,9 @@
 """The scheduler's token budget, ordering, chunking and preemption, without a model."""
 
-from polyhead.engine.kv_cache import KVCacheManager
-from polyhead.engine.params import SamplingParams
-from polyhead.engine.request import Request, RequestStatus
-from polyhead.engine.scheduler import Scheduler
+from polyhead.engine.core.params import SamplingParams
+from polyhead.engine.core.request import Request, RequestStatus
+from polyhead.engine.decoder.kv_cache import KVCacheManager
+from polyhead.engine.decoder.scheduler import Scheduler
 
 
 def make(num_blocks=64, block_size=4, budget=16, max_seqs=8):

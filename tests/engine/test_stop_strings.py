@@ -2,8 +2,8 @@
 
 import pytest
 
-from polyhead.engine.detokenizer import IncrementalDetokenizer
-from polyhead.engine.params import SamplingParams
+from polyhead.engine.core.detokenizer import IncrementalDetokenizer
+from polyhead.engine.core.params import SamplingParams
 from tests.engine.conftest import REPLACEMENT, byte_token_ids, decode, encode, stream
 
 

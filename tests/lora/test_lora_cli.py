@@ -1,7 +1,7 @@
 """Adapters from the command line: --lora-modules registers them, --adapter picks one."""
 
 from polyhead.cli import main
-from polyhead.engine.params import SamplingParams
+from polyhead.engine.core.params import SamplingParams
 from polyhead.llm import LLM
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from polyhead.config import EngineConfig
-from polyhead.engine.engine import LLMEngine
-from polyhead.engine.params import SamplingParams
+from polyhead.engine.core.engine import LLMEngine
+from polyhead.engine.core.params import SamplingParams
 from tests.lora.conftest import make_adapter, peft_reference
 
 NEW_TOKENS = 24

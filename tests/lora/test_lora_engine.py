@@ -6,7 +6,7 @@ import threading
 import pytest
 import torch
 
-from polyhead.engine.params import SamplingParams
+from polyhead.engine.core.params import SamplingParams
 from polyhead.lora.adapter import load_adapter
 from tests.conftest import make_engine, needs_native_bf16
 from tests.lora.conftest import GREEDY, reference_greedy, run_until_done
@@ -157,7 +157,7 @@ def test_mixed_batch_with_pooling_rows_two_adapters_and_base(lora_base, adapters
     """Decode rows, a prefill chunk and classify / tag / embed / score rows, each kind with the
     base or one of two adapters, all in one step: every row gets what it gets alone, and the
     pooled values equal PEFT's model's hidden states through the same heads."""
-    from polyhead.engine.params import PoolingParams
+    from polyhead.engine.core.params import PoolingParams
     from tests.engine.pooling_reference import assert_pooled_close, make_heads, reference, register_heads
 
     heads = make_heads()

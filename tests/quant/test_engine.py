@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from polyhead.engine.params import PoolingParams, SamplingParams
+from polyhead.engine.core.params import PoolingParams, SamplingParams
 from polyhead.llm import LLM
 from polyhead.models.heads import ClassifyHead
 from polyhead.quant.linear import QuantizedEmbedding, QuantizedLinear

@@ -7,8 +7,8 @@ from contextlib import contextmanager
 import pytest
 
 from polyhead.config import EngineConfig
-from polyhead.engine.async_engine import AsyncEngine
-from polyhead.engine.process_engine import ProcessEngine
+from polyhead.engine.client.async_engine import AsyncEngine
+from polyhead.engine.client.process_engine import ProcessEngine
 from polyhead.server.app import ServerSettings, build_app
 from tests.conftest import free_port, make_engine, serve_in_thread
 

@@ -5,8 +5,8 @@ import asyncio
 import pytest
 
 from polyhead.config import EngineConfig
-from polyhead.engine.async_engine import AsyncEngine
-from polyhead.engine.params import SamplingParams
+from polyhead.engine.client.async_engine import AsyncEngine
+from polyhead.engine.core.params import SamplingParams
 
 
 def test_from_config_builds_on_the_loop_thread_and_serves(tiny_llama):

@@ -11,7 +11,7 @@ import torch
 from openai import OpenAI
 
 from polyhead.config import EngineConfig
-from polyhead.engine.async_engine import AsyncEngine
+from polyhead.engine.client.async_engine import AsyncEngine
 from polyhead.models.registry import DEFAULT_MODEL
 from polyhead.server.app import ServerSettings, build_app
 from polyhead.server.registry import TaskRegistry

@@ -6,8 +6,8 @@ import torch
 from openai import NotFoundError, OpenAI
 
 from polyhead.config import EngineConfig
-from polyhead.engine.async_engine import AsyncEngine
-from polyhead.engine.process_engine import ProcessEngine
+from polyhead.engine.client.async_engine import AsyncEngine
+from polyhead.engine.client.process_engine import ProcessEngine
 from polyhead.server.app import ServerSettings, build_app
 from tests.conftest import serve_in_thread
 from tests.lora.conftest import make_adapter, peft_reference

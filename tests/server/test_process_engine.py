@@ -6,10 +6,10 @@ import os
 import pytest
 
 from polyhead.config import EngineConfig
-from polyhead.engine.async_engine import AsyncEngine
-from polyhead.engine.engine_client import EngineDeadError
-from polyhead.engine.params import SamplingParams
-from polyhead.engine.process_engine import ProcessEngine
+from polyhead.engine.client.async_engine import AsyncEngine
+from polyhead.engine.client.engine_client import EngineDeadError
+from polyhead.engine.client.process_engine import ProcessEngine
+from polyhead.engine.core.params import SamplingParams
 from tests.conftest import make_engine
 
 
@@ -98,7 +98,7 @@ def test_heads_and_adapters_register_in_the_child_and_requests_are_checked_here(
     to the in-process engine's."""
     import torch
 
-    from polyhead.engine.params import PoolingParams
+    from polyhead.engine.core.params import PoolingParams
     from polyhead.models.heads import ClassifyHead
     from tests.lora.conftest import make_adapter
 

@@ -4,8 +4,8 @@ and clear errors for a bad manifest or flag."""
 import pytest
 
 from polyhead.cli import build_parser, build_task_registry, main
-from polyhead.engine.async_engine import AsyncEngine
-from polyhead.engine.process_engine import ProcessEngine
+from polyhead.engine.client.async_engine import AsyncEngine
+from polyhead.engine.client.process_engine import ProcessEngine
 from tests.server.task_fixtures import MODEL, bert, manifest_dir  # noqa: F401 - fixtures
 
 

@@ -57,7 +57,7 @@ def test_plan_refuses_tasks_with_heads_and_empty_text():
 
 @pytest.mark.model
 def test_default_model_gets_clear_sentiments_right(default_model):
-    from polyhead.engine.engine import LLMEngine
+    from polyhead.engine.core.engine import LLMEngine
 
     engine = LLMEngine(EngineConfig(dtype="float32", kv_cache_memory="64MiB"), default_model)
     texts = ["I absolutely loved this movie, it was wonderful!", "The food was cold and the waiter was rude."]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from polyhead.engine.params import PoolingParams
+from polyhead.engine.core.params import PoolingParams
 from polyhead.models.heads import EmbedPooler, load_head
 from polyhead.tasks.manifest import load_manifest
 from polyhead.train.config import TrainConfig

@@ -3,10 +3,10 @@
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from polyhead.engine.sampler import TokenLogprobs
+from polyhead.engine.decoder.sampler import TokenLogprobs
 
 if TYPE_CHECKING:
-    from polyhead.engine.scheduler import SchedulerOutput
+    from polyhead.engine.decoder.scheduler import SchedulerOutput
 
 
 @dataclass(slots=True)

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import torch
 
 from polyhead.config import EngineConfig
-from polyhead.engine.engine_client import EngineClient, EngineDeadError
-from polyhead.engine.limits import RequestLimits, check_request
-from polyhead.engine.outputs import EngineStats, RequestOutput
-from polyhead.engine.params import PoolingParams, SamplingParams
-from polyhead.engine.process_worker import StepReport, run_engine_process
+from polyhead.engine.client.engine_client import EngineClient, EngineDeadError
+from polyhead.engine.client.process_worker import StepReport, run_engine_process
+from polyhead.engine.core.limits import RequestLimits, check_request
+from polyhead.engine.core.outputs import EngineStats, RequestOutput
+from polyhead.engine.core.params import PoolingParams, SamplingParams
 
 logger = logging.getLogger(__name__)
 __all__ = ["EngineDeadError", "PreparedRequest", "ProcessEngine"]

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polyhead.engine.params import PoolingParams
-from polyhead.engine.request import Request
+from polyhead.engine.core.params import PoolingParams
+from polyhead.engine.core.request import Request
 from polyhead.models.heads import ClassifyHead, EmbedPooler, TagHead, pool
 
 Pooled = list[float] | list[list[float]] | float

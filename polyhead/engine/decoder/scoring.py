@@ -4,7 +4,7 @@ requests are untouched and the weights are exactly those the runner serves (pack
 
 import torch
 
-from polyhead.engine.runner import ModelRunner
+from polyhead.engine.decoder.runner import ModelRunner
 from polyhead.models.attention import AttentionMetadata, PrefillChunk, build_prefill_mask
 
 

@@ -1,16 +1,16 @@
 """Turns a SchedulerOutput into tensors, runs the backbone once, samples the rows that need it and
-hands pooling rows' hidden states to their heads (engine/pooler.py)."""
+hands pooling rows' hidden states to their heads (engine/decoder/pooler.py)."""
 
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
-from polyhead.engine.kv_memory import kv_bytes_per_token, lazily_zeroed
-from polyhead.engine.pooler import Pooled, Pooler, PoolingRow
-from polyhead.engine.request import Request
-from polyhead.engine.sampler import Sampler, SamplingRow, TokenLogprobs
-from polyhead.engine.scheduler import SchedulerOutput
+from polyhead.engine.core.request import Request
+from polyhead.engine.decoder.kv_memory import kv_bytes_per_token, lazily_zeroed
+from polyhead.engine.decoder.pooler import Pooled, Pooler, PoolingRow
+from polyhead.engine.decoder.sampler import Sampler, SamplingRow, TokenLogprobs
+from polyhead.engine.decoder.scheduler import SchedulerOutput
 from polyhead.kernels import decode_attention_kernel
 from polyhead.lora.manager import LoRAManager
 from polyhead.models.attention import AttentionMetadata, PrefillChunk, build_decode_bias, build_prefill_mask

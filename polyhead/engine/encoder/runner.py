@@ -1,13 +1,13 @@
 """Runs whole sequences through an encoder in one flat ragged batch and turns each into its
 result: an embedding (pool, the task's projection if any, L2 norm if asked), a classify head's
 label probabilities, or a tag head's per-token probabilities. A request's params arrive
-resolved (pooling, normalize, task head: polyhead.engine.pooler.resolve_pooling_params)."""
+resolved (pooling, normalize, task head: polyhead.engine.decoder.pooler.resolve_pooling_params)."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polyhead.engine.request import Request
+from polyhead.engine.core.request import Request
 from polyhead.models.bert import EncoderModel
 from polyhead.models.encoder_inference import prepare_encoder_for_inference
 from polyhead.models.heads import ClassifyHead

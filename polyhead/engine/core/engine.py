@@ -6,19 +6,19 @@ from dataclasses import dataclass
 import torch
 
 from polyhead.config import EngineConfig
-from polyhead.engine.detokenizer import IncrementalDetokenizer
-from polyhead.engine.heap import trim_heap
-from polyhead.engine.kv_cache import KVCacheManager
-from polyhead.engine.kv_memory import plan_kv_cache
-from polyhead.engine.limits import RequestLimits, check_request
-from polyhead.engine.outputs import EngineStats, RequestOutput, StepStats
-from polyhead.engine.params import PoolingParams, SamplingParams
-from polyhead.engine.policy import make_policy
-from polyhead.engine.pooler import Pooled
-from polyhead.engine.request import Request, RequestStatus
-from polyhead.engine.runner import ModelRunner
-from polyhead.engine.sampler import TokenLogprobs, make_generator
-from polyhead.engine.scheduler import Scheduler
+from polyhead.engine.core.detokenizer import IncrementalDetokenizer
+from polyhead.engine.core.heap import trim_heap
+from polyhead.engine.core.limits import RequestLimits, check_request
+from polyhead.engine.core.outputs import EngineStats, RequestOutput, StepStats
+from polyhead.engine.core.params import PoolingParams, SamplingParams
+from polyhead.engine.core.policy import make_policy
+from polyhead.engine.core.request import Request, RequestStatus
+from polyhead.engine.decoder.kv_cache import KVCacheManager
+from polyhead.engine.decoder.kv_memory import plan_kv_cache
+from polyhead.engine.decoder.pooler import Pooled
+from polyhead.engine.decoder.runner import ModelRunner
+from polyhead.engine.decoder.sampler import TokenLogprobs, make_generator
+from polyhead.engine.decoder.scheduler import Scheduler
 from polyhead.lora.manager import LoRAManager
 from polyhead.models.loader import LoadedModel, load_model
 

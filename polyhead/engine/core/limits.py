@@ -4,8 +4,8 @@ HTTP process, so bad input is refused before anything is queued)."""
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from polyhead.engine.params import PoolingParams, SamplingParams
-from polyhead.engine.pooler import resolve_pooling_params
+from polyhead.engine.core.params import PoolingParams, SamplingParams
+from polyhead.engine.decoder.pooler import resolve_pooling_params
 
 
 @dataclass(frozen=True, slots=True)

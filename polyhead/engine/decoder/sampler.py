@@ -9,7 +9,7 @@ from itertools import chain
 
 import torch
 
-from polyhead.engine.params import SamplingParams
+from polyhead.engine.core.params import SamplingParams
 
 # top-k/top-p first look for each row's cut-off among this many most likely tokens; only rows whose
 # kept set may reach past them pay for a sort of the whole vocabulary.

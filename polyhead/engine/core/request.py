@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from polyhead.engine.params import PoolingParams, SamplingParams
+from polyhead.engine.core.params import PoolingParams, SamplingParams
 
 
 class RequestStatus(enum.IntEnum):

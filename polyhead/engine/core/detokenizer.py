@@ -7,7 +7,7 @@ new ones, and adds what the new ones contributed, unless that ends in an incompl
 The window restarts after every addition, so the cost per token is O(window), never O(output).
 """
 
-from polyhead.engine.params import SamplingParams
+from polyhead.engine.core.params import SamplingParams
 
 _PROMPT_CONTEXT = 5  # prompt tokens decoded before the first output token, for its leading space
 _MAX_PENDING = 16  # tokens held back at most; past it, text that is still incomplete goes out as is

@@ -16,7 +16,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
-from polyhead.engine.request import Request
+from polyhead.engine.core.request import Request
 
 POLICIES = ("fcfs", "priority", "fair")
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from polyhead.config import EngineConfig
-from polyhead.engine.engine import LLMEngine
-from polyhead.engine.outputs import EngineStats, RequestOutput
+from polyhead.engine.core.engine import LLMEngine
+from polyhead.engine.core.outputs import EngineStats, RequestOutput
 
 
 @dataclass(slots=True)

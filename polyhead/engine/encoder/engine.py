@@ -16,12 +16,12 @@ from dataclasses import dataclass, replace
 import torch
 
 from polyhead.config import EngineConfig
-from polyhead.engine.encoder_runner import EncoderRunner
-from polyhead.engine.outputs import EngineStats, RequestOutput, StepStats
-from polyhead.engine.params import PoolingParams
-from polyhead.engine.policy import make_policy
-from polyhead.engine.pooler import resolve_pooling_params
-from polyhead.engine.request import Request, RequestStatus
+from polyhead.engine.core.outputs import EngineStats, RequestOutput, StepStats
+from polyhead.engine.core.params import PoolingParams
+from polyhead.engine.core.policy import make_policy
+from polyhead.engine.core.request import Request, RequestStatus
+from polyhead.engine.decoder.pooler import resolve_pooling_params
+from polyhead.engine.encoder.runner import EncoderRunner
 from polyhead.models.encoder_loader import LoadedEncoder, load_encoder
 from polyhead.models.heads import ClassifyHead, EmbedPooler, TagHead
 
@@ -211,7 +211,7 @@ class EncoderEngine:
         return outputs
 
     def _take_batch(self) -> list[Request]:
-        """Requests in the policy's order (engine/policy.py) while they fit both budgets; the first
+        """Requests in the policy's order (engine/core/policy.py) while they fit both budgets; the first
         that does not fit ends the batch, so a later, shorter one never overtakes it."""
         batch, budget = [], self.config.max_num_batched_tokens
         for request in self.policy.waiting_order(self.waiting):

@@ -15,7 +15,7 @@ import heapq
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from polyhead.engine.request import Request
+from polyhead.engine.core.request import Request
 
 
 @dataclass(slots=True)

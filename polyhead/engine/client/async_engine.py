@@ -12,11 +12,11 @@ import threading
 import time
 
 from polyhead.config import EngineConfig
-from polyhead.engine.engine import LLMEngine, TrackedRequest
-from polyhead.engine.engine_client import EngineClient, EngineDeadError
+from polyhead.engine.client.engine_client import EngineClient, EngineDeadError
+from polyhead.engine.core.engine import LLMEngine, TrackedRequest
+from polyhead.engine.core.outputs import EngineStats
+from polyhead.engine.core.params import SamplingParams
 from polyhead.engine.factory import build_engine
-from polyhead.engine.outputs import EngineStats
-from polyhead.engine.params import SamplingParams
 
 logger = logging.getLogger(__name__)
 __all__ = ["AsyncEngine", "EngineDeadError"]

@@ -12,8 +12,8 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from polyhead.engine.outputs import EngineStats, RequestOutput
-from polyhead.engine.params import PoolingParams, SamplingParams
+from polyhead.engine.core.outputs import EngineStats, RequestOutput
+from polyhead.engine.core.params import PoolingParams, SamplingParams
 
 
 class EngineDeadError(RuntimeError):

@@ -3,7 +3,7 @@
 The rule it keeps: there is no prefill phase and no decode phase. Each request has
 `num_computed_tokens` and `num_tokens`; a step gives each scheduled request some of the
 difference, within one token budget. Running requests go first (a decode costs one token),
-then waiting ones in the policy's order (engine/policy.py: fcfs, priority, fair), whose prompts
+then waiting ones in the policy's order (engine/core/policy.py: fcfs, priority, fair), whose prompts
 are cut into chunks when the budget runs short, so a long prompt never stalls everyone's decode.
 When blocks run out, the policy picks a running request to preempt (fcfs: the newest): its
 blocks are freed and it is recomputed later. Requests past their deadline are finished as timed
@@ -17,9 +17,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from polyhead.engine.kv_cache import KVCacheManager
-from polyhead.engine.policy import SchedulingPolicy
-from polyhead.engine.request import Request, RequestStatus
+from polyhead.engine.core.policy import SchedulingPolicy
+from polyhead.engine.core.request import Request, RequestStatus
+from polyhead.engine.decoder.kv_cache import KVCacheManager
 
 
 @dataclass(slots=True)
