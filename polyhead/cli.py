@@ -119,7 +119,7 @@ def serve(args) -> int:
         max_inputs_per_request=args.max_inputs_per_request)
     registry = build_task_registry(args, settings.model_names[0])
     for name, backbone in registry.backbones.items():
-        summary = getattr(backbone.engine, "kv_cache_summary", None)
+        summary = backbone.engine.info.kv_cache_summary
         if summary is not None:
             print(f"polyhead: {name}: {summary}", file=sys.stderr, flush=True)
     run_server(registry.backbones[registry.default_backbone].engine, settings, args.host, args.port,

@@ -8,10 +8,9 @@ from collections.abc import Iterator, Sequence
 from tqdm import tqdm
 
 from polyhead.config import EngineConfig
-from polyhead.engine.core.engine import LLMEngine
+from polyhead.engine.core.engine import Engine
 from polyhead.engine.core.outputs import RequestOutput
 from polyhead.engine.core.params import PoolingParams, SamplingParams
-from polyhead.engine.encoder.engine import EncoderEngine
 from polyhead.engine.factory import build_engine
 from polyhead.models.heads import EmbedPooler, load_head
 from polyhead.tasks import zero_shot
@@ -23,7 +22,8 @@ Messages = list[dict[str, str]]
 
 class LLM:
     def __init__(self, model: str | None = None, dtype: str = "auto", **engine_options):
-        """A decoder model gets the LLMEngine, a BERT-family encoder the EncoderEngine (embed only)."""
+        """A decoder model gets the decoder backend, a BERT-family encoder the encoder backend
+        (embed, classify, tag), both under one Engine."""
         self._use(build_engine(EngineConfig(model=model, dtype=dtype, **engine_options)))
 
     @classmethod
@@ -31,12 +31,12 @@ class LLM:
         return cls.from_engine(build_engine(config))
 
     @classmethod
-    def from_engine(cls, engine: LLMEngine | EncoderEngine) -> "LLM":
+    def from_engine(cls, engine: Engine) -> "LLM":
         llm = cls.__new__(cls)
         llm._use(engine)
         return llm
 
-    def _use(self, engine: LLMEngine | EncoderEngine) -> None:
+    def _use(self, engine: Engine) -> None:
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.tasks: dict[str, TaskSpec] = {}  # registered by register_task
@@ -45,7 +45,7 @@ class LLM:
         """Serve a classify / tag / embed task: load its head (a zero-shot classify task has none)."""
         if spec.kind == "generate":
             raise ValueError(f"task {spec.name!r} is a generate task: use generate() or chat()")
-        hidden = self.engine.model_config.hidden_size
+        hidden = self.engine.info.hidden_size
         if spec.kind == "embed":
             projection = None
             if spec.head is not None:
@@ -137,7 +137,7 @@ class LLM:
             for prompt, p, routing in items:
                 routing = dict(routing)
                 after = routing.pop("after_index", None)
-                if after is not None and isinstance(self.engine, LLMEngine):  # the encoder has no prefix cache
+                if after is not None:
                     routing["after"] = req_ids[after]
                 req_ids.append(self.engine.add_request(prompt, p, **routing))
         except ValueError:

@@ -86,11 +86,12 @@ def tiny_llama(tmp_path_factory):
 
 
 def make_engine(folder, **options):
-    from polyhead.engine.core.engine import LLMEngine
+    from polyhead.engine.core.engine import Engine
+    from polyhead.engine.decoder.backend import DecoderBackend
 
     options.setdefault("dtype", "float32")
     options.setdefault("kv_cache_memory", "16MiB")
-    return LLMEngine(EngineConfig(model=str(folder), **options))
+    return Engine(DecoderBackend(EngineConfig(model=str(folder), **options)))
 
 
 @pytest.fixture(scope="session")
@@ -191,10 +192,11 @@ def tiny_encoder(tmp_path_factory):
 
 
 def make_encoder_engine(folder, **options):
-    from polyhead.engine.encoder.engine import EncoderEngine
+    from polyhead.engine.core.engine import Engine
+    from polyhead.engine.encoder.backend import EncoderBackend
 
     options.setdefault("dtype", "float32")
-    return EncoderEngine(EngineConfig(model=str(folder), **options))
+    return Engine(EncoderBackend(EngineConfig(model=str(folder), **options)))
 
 
 MINILM_SENTENCES = [

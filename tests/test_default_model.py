@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from polyhead.config import EngineConfig
-from polyhead.engine.core.engine import LLMEngine
+from polyhead.engine.core.engine import Engine
 from polyhead.engine.core.params import SamplingParams
+from polyhead.engine.decoder.backend import DecoderBackend
 from polyhead.llm import LLM
 
 pytestmark = pytest.mark.model
@@ -22,8 +23,8 @@ NEW_TOKENS = 24
 
 @pytest.fixture(scope="module")
 def llm(default_model):
-    return LLM.from_engine(LLMEngine(EngineConfig(dtype="float32", kv_cache_memory="64MiB", block_size=8,
-                                                  max_num_batched_tokens=16), loaded=default_model))
+    return LLM.from_engine(Engine(DecoderBackend(EngineConfig(dtype="float32", kv_cache_memory="64MiB", block_size=8,
+                                                  max_num_batched_tokens=16), loaded=default_model)))
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +70,15 @@ def test_prefix_hits_and_mid_flight_joins_equal_transformers(llm, reference):
 def test_preemption_keeps_greedy_output_equal(default_model, reference):
     # 12 blocks of 8 tokens cannot hold four sequences of up to ~50 tokens at once
     bytes_per_token = 2 * 30 * 3 * 64 * 4
-    engine = LLMEngine(EngineConfig(dtype="float32", kv_cache_memory=12 * 8 * bytes_per_token, block_size=8,
-                                    enable_prefix_caching=False), loaded=default_model)
+    engine = Engine(DecoderBackend(EngineConfig(dtype="float32", kv_cache_memory=12 * 8 * bytes_per_token, block_size=8,
+                                    enable_prefix_caching=False), loaded=default_model))
     params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True)
     for i, prompt in enumerate(PROMPTS):
         engine.add_request(prompt, params, req_id=str(i))
     results = {}
     while engine.has_unfinished_requests():
         results.update({o.req_id: o.token_ids for o in engine.step() if o.finished})
-    assert engine.scheduler.num_preemptions > 0
+    assert engine.backend.scheduler.num_preemptions > 0
     for i, prompt in enumerate(PROMPTS):
         assert results[str(i)] == reference[prompt], prompt
 
@@ -94,7 +95,7 @@ def test_chat_uses_the_models_template(llm):
 
 def test_bfloat16_default_runs_and_is_close_to_float32(default_model):
     llm = LLM(kv_cache_memory="64MiB")  # dtype auto: bfloat16 on this CPU
-    dtype = next(llm.engine.model.parameters()).dtype
+    dtype = next(llm.engine.backend.model.parameters()).dtype
     assert dtype == (torch.bfloat16 if EngineConfig().torch_dtype == torch.bfloat16 else torch.float32)
     out = llm.generate(PROMPTS[0], SamplingParams(temperature=0.0, max_tokens=8))[0]
     assert "Paris" in out.text

@@ -73,7 +73,7 @@ def test_zero_shot_label_rows_share_one_prefill(llm):
     (probs,) = llm.classify("is it raining?", "zs")
     assert list(probs) == ["yes", "no"] and abs(sum(probs.values()) - 1) < 1e-6
     engine = llm.engine
-    engine.kv_cache.reset_prefix_cache()
+    engine.backend.kv_cache.reset_prefix_cache()
     leader = engine.add_request(*plan.requests()[0])
     follower = engine.add_request(*plan.requests()[1], after=leader)
     outs = {}

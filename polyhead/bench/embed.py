@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
               max_num_seqs=max(args.sentences, 1))
     if args.profile:
         return profile(llm, sentences)
-    st = SentenceTransformer(str(llm.engine.model_folder), device="cpu",
+    st = SentenceTransformer(str(llm.engine.backend.model_folder), device="cpu",
                              model_kwargs={"dtype": getattr(torch, args.dtype)})
     st_sizes = [int(b) for b in args.st_batch_sizes.split(",")]
     num_tokens = sum(len(llm.tokenizer(s)["input_ids"]) for s in sentences)
@@ -114,7 +114,7 @@ def profile(llm, sentences: list[str]) -> dict:
     llm.embed(sentences)  # warm-up
     start = time.perf_counter()
     for i, sentence in enumerate(sentences):
-        llm.engine.new_request(sentence, None, f"tok-{i}")
+        llm.engine.prepare(sentence, None, f"tok-{i}")
     tokenize_s = time.perf_counter() - start
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()

@@ -70,8 +70,8 @@ def assign(engine, sched: SchedulerOutput, names: list[str]) -> None:
     for i, (request, _) in enumerate(sched.scheduled):
         request.adapter = names[i % len(names)] if names else None
     for name in names:
-        while not engine.lora.is_ready(name):
-            engine.lora.wait_loaded(name)
+        while not engine.backend.lora.is_ready(name):
+            engine.backend.lora.wait_loaded(name)
 
 
 def run(sequences: int, context: int, ranks: list[int], repeats: int, dtype: str) -> list[dict]:
@@ -84,26 +84,26 @@ def run(sequences: int, context: int, ranks: list[int], repeats: int, dtype: str
     params = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
     for prompt in make_prompts(llm.tokenizer, sequences, context, seed=0):
         engine.add_request(prompt, params)
-    while any(r.num_computed_tokens != r.num_tokens - 1 for r in engine.scheduler.requests.values()):
+    while any(r.num_computed_tokens != r.num_tokens - 1 for r in engine.backend.scheduler.requests.values()):
         engine.step()
-    sched = engine.scheduler.schedule()  # one decode row per sequence, timed again and again below
+    sched = engine.backend.scheduler.schedule()  # one decode row per sequence, timed again and again below
     assert len(sched.scheduled) == sequences and all(n == 1 for _, n in sched.scheduled)
     rows = [{"rank": "-", "adapters": 0, "rows": "model without LoRA layers",
-             "ms": time_step(engine.runner, sched, repeats)}]
-    order_rows = engine.lora.order_rows
+             "ms": time_step(engine.backend.runner, sched, repeats)}]
+    order_rows = engine.backend.lora.order_rows
     with tempfile.TemporaryDirectory() as tmp:
         for rank in ranks:
             names = [f"r{rank}-{i}" for i in range(4)]
             for i, name in enumerate(names):
-                engine.register_adapter(name, str(write_random_adapter(Path(tmp) / name, engine.model_config, rank, i)))
+                engine.register_adapter(name, str(write_random_adapter(Path(tmp) / name, engine.backend.model_config, rank, i)))
             for k in (0, 1, 2, 4):
                 for grouped in ((True, False) if k > 1 else (True,)):
                     assign(engine, sched, names[:k])
                     # the runner groups rows by adapter; turned off, each adapter's rows are scattered
-                    engine.lora.order_rows = order_rows if grouped else (lambda scheduled: None)
-                    ms = time_step(engine.runner, sched, repeats)
-                    engine.lora.order_rows = order_rows
-                    separate = [time_step(engine.runner, SchedulerOutput(
+                    engine.backend.lora.order_rows = order_rows if grouped else (lambda scheduled: scheduled)
+                    ms = time_step(engine.backend.runner, sched, repeats)
+                    engine.backend.lora.order_rows = order_rows
+                    separate = [time_step(engine.backend.runner, SchedulerOutput(
                         [(r, n) for r, n in sched.scheduled if r.adapter == name], sequences // k), repeats)
                         for name in names[:k]] if grouped else []
                     rows.append({"rank": rank, "adapters": k, "ms": ms,
@@ -112,7 +112,7 @@ def run(sequences: int, context: int, ranks: list[int], repeats: int, dtype: str
                                  if separate else None})
     assign(engine, sched, [])
     rows.append({"rank": "-", "adapters": 0, "rows": "base rows, LoRA layers attached (again, at the end)",
-                 "ms": time_step(engine.runner, sched, repeats)})
+                 "ms": time_step(engine.backend.runner, sched, repeats)})
     return rows
 
 

@@ -80,7 +80,7 @@ def run_offline(args) -> int:
     prompts = make_prompts(llm.tokenizer, max(args.concurrency), args.input_len, args.seed)
     reference = None
     if not args.skip_transformers:
-        folder = llm.engine.model_folder
+        folder = llm.engine.backend.model_folder
         reference = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
 
     bench_polyhead(llm, prompts[:2], 8)  # warm-up: first-call allocations, thread pools

@@ -92,7 +92,7 @@ def run_perplexity(args) -> int:
                           quantization_group_size=args.group_size, kv_cache_memory="16MiB", max_num_seqs=1,
                           num_threads=args.threads)
     llm = LLM.from_config(config)
-    runner = llm.engine.runner
+    runner = llm.engine.backend.runner
     add_bos = tokenizer_adds_bos(llm.tokenizer)
     token_ids = tokenize(llm.tokenizer, load_text(args.text), add_bos)
     start = time.perf_counter()

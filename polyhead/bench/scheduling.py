@@ -32,7 +32,7 @@ def fair_share(policy: str, dtype: str, num_light: int, prompt_len: int, max_tok
     done: dict[str, list[float]] = {"heavy": [], "light": []}
     start = time.perf_counter()
     while engine.has_unfinished_requests():
-        contended = {r.tenant for r in engine.scheduler.waiting} >= {"heavy", "light"}
+        contended = {r.tenant for r in engine.backend.scheduler.waiting} >= {"heavy", "light"}
         for out in engine.step():
             if contended:
                 served[tenant_of[out.req_id]] += len(out.new_token_ids)

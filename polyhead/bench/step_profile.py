@@ -43,7 +43,7 @@ def profile_decode(sequences: int, context: int, steps: int, dtype: str, quantiz
                (QuantizedLinear, "forward", "quantized linear layers + LM head"),
                (QuantizedEmbedding, "forward", "quantized embedding"), (llama.RMSNorm, "forward", "rms norm"),
                (llama, "apply_rotary", "rotary"), (llama, "paged_attention", "attention (incl. cache writes)"),
-               (llama.LlamaModel, "forward", "backbone total"), (engine.runner, "execute", "runner total")]
+               (llama.LlamaModel, "forward", "backbone total"), (engine.backend.runner, "execute", "runner total")]
     originals = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patches]
     for owner, attr, name in patches:
         setattr(owner, attr, _timed(name, getattr(owner, attr), totals))

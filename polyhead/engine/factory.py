@@ -1,10 +1,12 @@
-"""One engine per backbone, chosen by the model's own config: a BERT-family folder gets the
-EncoderEngine (embed / classify), anything else (a Llama-family folder or a GGUF file) the
-LLMEngine. The server builds one engine per backbone this way."""
+"""One engine per backbone, its backend chosen by the model's own config: a BERT-family folder gets
+the encoder backend (embed / classify / tag), anything else (a Llama-family folder or a GGUF
+file) the decoder backend. The server builds one engine per backbone this way."""
 
 from polyhead.config import EngineConfig
-from polyhead.engine.core.engine import LLMEngine
-from polyhead.engine.encoder.engine import EncoderEngine
+from polyhead.engine.core.backend import Backend
+from polyhead.engine.core.engine import Engine
+from polyhead.engine.decoder.backend import DecoderBackend
+from polyhead.engine.encoder.backend import EncoderBackend
 from polyhead.models.encoder_loader import is_encoder_folder
 from polyhead.models.registry import resolve_model_path
 
@@ -15,5 +17,9 @@ def is_encoder_model(model: str | None) -> bool:
     return path.is_dir() and is_encoder_folder(path)
 
 
-def build_engine(config: EngineConfig) -> LLMEngine | EncoderEngine:
-    return EncoderEngine(config) if is_encoder_model(config.model) else LLMEngine(config)
+def build_backend(config: EngineConfig) -> Backend:
+    return EncoderBackend(config) if is_encoder_model(config.model) else DecoderBackend(config)
+
+
+def build_engine(config: EngineConfig) -> Engine:
+    return Engine(build_backend(config))

@@ -29,7 +29,7 @@ Loader = Callable[[str, Path], AdapterWeights]
 
 class LoRAManager:
     def __init__(self, model: nn.Module, model_config: ModelConfig, dtype: torch.dtype, max_loras: int,
-                 max_lora_rank: int, loader: Loader | None = None):
+                 max_lora_rank: int, loader: Loader | None = None, in_use: Callable[[], set[str]] = set):
         self.model = model
         self.model_config = model_config
         self.max_loras = max_loras
@@ -39,7 +39,7 @@ class LoRAManager:
         self.resident: OrderedDict[str, AdapterWeights] = OrderedDict()  # least recently used first
         self.loading: dict[str, Future] = {}  # started loads, done or not, not yet resident
         self.failed: dict[str, str] = {}  # adapter -> why its load failed (until re-registered)
-        self.in_use: Callable[[], set[str]] = set  # adapters running requests use (the engine sets it)
+        self.in_use = in_use  # the adapters running requests use: never evicted
         self.state: LoRAState | None = None  # set when the first adapter is registered
         self._lock = threading.Lock()  # registration may come from another thread than the step loop
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="polyhead-lora-load")
@@ -93,7 +93,7 @@ class LoRAManager:
             return False
         try:
             weights = future.result()
-        except Exception as err:  # its requests fail (LLMEngine._fail_unloadable_adapters), the loop goes on
+        except Exception as err:  # its requests fail (the decoder backend reports them failed), the loop goes on
             logger.exception("loading adapter %r failed", name)
             del self.loading[name]
             self.failed[name] = f"{type(err).__name__}: {err}"
@@ -131,12 +131,13 @@ class LoRAManager:
                 return True
         return False
 
-    def order_rows(self, scheduled: list) -> None:
-        """Sort a step's (request, num_new) in place so each adapter's decode rows, and each
-        adapter's prefill chunks, are contiguous: its LoRA then runs on views of the batch, with
-        no gather or scatter. Decode rows stay first, which is all the attention needs."""
-        if self.state is not None and len(self.resident) > 0:
-            scheduled.sort(key=lambda item: (item[1] != 1, item[0].adapter or ""))
+    def order_rows(self, scheduled: list) -> list:
+        """A step's (request, num_new) in the order its rows are laid out: each adapter's decode
+        rows, and each adapter's prefill chunks, contiguous, so its LoRA runs on views of the
+        batch with no gather or scatter; decode rows first, as the attention needs."""
+        if self.state is None or not self.resident:
+            return scheduled
+        return sorted(scheduled, key=lambda item: (item[1] != 1, item[0].adapter or ""))
 
     @contextmanager
     def applied(self, spans: list[tuple[int, str | None]]) -> Iterator[LoRABatch | None]:

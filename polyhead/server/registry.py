@@ -114,8 +114,9 @@ class TaskRegistry:
 
 
 def _describe(name: str, engine) -> Backbone:
-    return Backbone(name, engine, engine.is_generative, engine.hidden_size,
-                    add_special_tokens=not engine.is_generative, has_prefix_cache=engine.has_prefix_cache)
+    info = engine.info
+    return Backbone(name, engine, info.is_generative, info.hidden_size, add_special_tokens=not info.is_generative,
+                    has_prefix_cache=info.has_prefix_cache)
 
 
 def _bind(spec: TaskSpec, backbone: Backbone) -> ServedTask:

@@ -105,7 +105,7 @@ def _continuation(tokenizer, prefix: str, prefix_ids: list[int], verbalizer: str
 
 
 def classify(engine, spec: TaskSpec, texts: list[str]) -> list[dict[str, float]]:
-    """Offline: run every text's label rows on an LLMEngine (stepping it) -> label probabilities."""
+    """Offline: run every text's label rows on an Engine (stepping it) -> label probabilities."""
     plans = [build_plan(spec, engine.tokenizer, text) for text in texts]
     req_ids: list[list[str]] = []
     for plan in plans:

@@ -41,7 +41,7 @@ def test_model_tensor_bytes_counts_each_storage_once():
 
 def test_served_model_bytes_include_packed_copies(tiny_llama):
     folder, hf_model = tiny_llama
-    served = make_engine(folder).runner.model  # float32, linears packed by oneDNN
+    served = make_engine(folder).backend.runner.model  # float32, linears packed by oneDNN
     config = served.config
     hf_bytes = sum(p.numel() * p.element_size() for p in hf_model.parameters())  # tied embedding once
     rotary = sum(b.untyped_storage().nbytes() for b in served.model.rotary.buffers())

@@ -38,7 +38,7 @@ def test_engine_perplexity_matches_transformers(tmp_path, tiny_text, arch, add_b
     engine = make_engine(tmp_path)
     token_ids = tokenize(engine.tokenizer, tiny_text, add_bos)
     bos_id = engine.tokenizer.bos_token_id if add_bos else None
-    result = perplexity(lambda chunk, first: next_token_logprobs(engine.runner, chunk, first), token_ids, N_CTX,
+    result = perplexity(lambda chunk, first: next_token_logprobs(engine.backend.runner, chunk, first), token_ids, N_CTX,
                         bos_id)
     expected = reference_perplexity(hf_model, token_ids, N_CTX, bos_id)
     assert result.num_chunks == len(token_ids) // N_CTX
@@ -64,11 +64,11 @@ def test_scoring_leaves_the_engine_serving(tiny_llama):
     llm = LLM.from_engine(make_engine(folder))
     params = SamplingParams(temperature=0.0, max_tokens=8)
     before = llm.generate("The harbour", params)[0].token_ids
-    log_probs = next_token_logprobs(llm.engine.runner, list(range(40, 80)), first=5)
+    log_probs = next_token_logprobs(llm.engine.backend.runner, list(range(40, 80)), first=5)
     assert log_probs.shape == (34,) and bool((log_probs <= 0).all())
     assert llm.generate("The harbour", params)[0].token_ids == before
     with pytest.raises(ValueError, match="context"):
-        next_token_logprobs(llm.engine.runner, [5] * 300)
+        next_token_logprobs(llm.engine.backend.runner, [5] * 300)
 
 
 def test_cli_prints_and_writes_json(tiny_llama, tmp_path, tiny_text, capsys):

@@ -38,8 +38,8 @@ def test_written_folder_serves_what_quantizing_at_load_serves(tiny, tmp_path, me
     assert config["polyhead_quantization"]["bits"] == spec.bits
     assert folder_bytes(out) < folder_bytes(tiny) * (0.4 if spec.bits == 8 else 0.3)
     kept = make_engine(out, quantization="auto")
-    assert all(not isinstance(m, torch.nn.Linear) for m in kept.model.modules())
-    assert any(isinstance(m, QuantizedLinear) for m in kept.model.modules())
+    assert all(not isinstance(m, torch.nn.Linear) for m in kept.backend.model.modules())
+    assert any(isinstance(m, QuantizedLinear) for m in kept.backend.model.modules())
     assert greedy(kept) == greedy(make_engine(tiny, quantization=method))
     # none dequantizes what the folder stores: the same tokens from float weights
     assert greedy(make_engine(out, quantization="none")) == greedy(kept)
@@ -48,7 +48,7 @@ def test_written_folder_serves_what_quantizing_at_load_serves(tiny, tmp_path, me
 def test_asymmetric_int4_and_group_size(tiny, tmp_path):
     out = quantize_folder(str(tiny), QuantizationSpec(4, 64, symmetric=False), tmp_path / "q")
     engine = make_engine(out)
-    layer = engine.model.model.layers[0].mlp.down_proj
+    layer = engine.backend.model.model.layers[0].mlp.down_proj
     assert layer.weight_q.group_size == 64 and layer.weight_q.mins is not None
 
 

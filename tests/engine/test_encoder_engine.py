@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 from polyhead.cpu import cpu_features
 from polyhead.engine.client.async_engine import AsyncEngine
-from polyhead.engine.core.engine import LLMEngine
 from polyhead.engine.core.params import PoolingParams, SamplingParams
-from polyhead.engine.encoder.engine import EncoderEngine
+from polyhead.engine.decoder.backend import DecoderBackend
+from polyhead.engine.encoder.backend import EncoderBackend
 from polyhead.engine.factory import build_engine
 from polyhead.llm import LLM
 from polyhead.models.heads import ClassifyHead, EmbedPooler, TagHead
@@ -71,7 +71,7 @@ def test_steps_respect_token_and_sequence_budgets_in_arrival_order(tiny_encoder)
 
 def test_a_sequence_embeds_the_same_alone_or_in_a_batch(engine):
     alone = run_one(engine, TEXTS[0]).pooled
-    big = make_encoder_engine(engine.model_folder, max_num_batched_tokens=400)
+    big = make_encoder_engine(engine.backend.model_folder, max_num_batched_tokens=400)
     ids = [big.add_request(t) for t in TEXTS * 2]
     outs = {o.req_id: o for o in big.step()}
     assert len(outs) == 16  # all in one step
@@ -162,11 +162,11 @@ def test_abort_a_waiting_request(engine):
 
 def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(engine, monkeypatch):
     req = engine.add_request("hello")
-    execute = engine.runner.execute
-    monkeypatch.setattr(engine.runner, "execute", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    execute = engine.backend.runner.execute
+    monkeypatch.setattr(engine.backend.runner, "execute", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     (out,) = engine.step()
     assert out.req_id == req and out.finish_reason == "error" and "boom" in out.error
-    monkeypatch.setattr(engine.runner, "execute", execute)
+    monkeypatch.setattr(engine.backend.runner, "execute", execute)
     assert run_one(engine, "hello").finish_reason == "stop"
 
 
@@ -180,9 +180,9 @@ def test_limits_are_checked_at_start(tiny_encoder):
 def test_build_engine_picks_by_model_type(tiny_encoder, tiny_llama):
     from polyhead.config import EngineConfig
 
-    assert isinstance(build_engine(EngineConfig(model=str(tiny_encoder[0]), dtype="float32")), EncoderEngine)
+    assert isinstance(build_engine(EngineConfig(model=str(tiny_encoder[0]), dtype="float32")).backend, EncoderBackend)
     assert isinstance(build_engine(EngineConfig(model=str(tiny_llama[0]), dtype="float32",
-                                                kv_cache_memory="4MiB")), LLMEngine)
+                                                kv_cache_memory="4MiB")).backend, DecoderBackend)
 
 
 def test_llm_embed_and_generate_on_an_encoder(tiny_encoder):
@@ -199,7 +199,7 @@ def test_async_engine_drives_the_encoder(tiny_encoder):
     from polyhead.config import EngineConfig
 
     async_engine = AsyncEngine.from_config(EngineConfig(model=str(tiny_encoder[0]), dtype="float32"))
-    assert isinstance(async_engine.engine, EncoderEngine)
+    assert isinstance(async_engine.engine.backend, EncoderBackend)
 
     async def embed_all():
         async def one(text):
@@ -221,7 +221,7 @@ def test_minilm_embeddings_equal_sentence_transformers(minilm_reference, dtype):
         pytest.skip("needs native bf16 (AVX512-BF16): bfloat16 is refused on this CPU")
     folder, reference = minilm_reference
     llm = LLM(model="all-MiniLM-L6-v2", dtype=dtype, max_num_batched_tokens=1024)
-    assert llm.engine.model_folder == folder
+    assert llm.engine.backend.model_folder == folder
     outs = llm.embed(MINILM_SENTENCES, PoolingParams(kind="embed", truncate=True))
     got = torch.tensor([o.pooled for o in outs])
     assert got.shape == (len(MINILM_SENTENCES), 384)

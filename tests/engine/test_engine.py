@@ -79,14 +79,14 @@ def test_long_prompt_prefilled_in_chunks_matches(tiny_llama):
     prompts = prompts_of([37, 3], seed=3)
     engine.add_request(prompts[0], GREEDY, req_id="long")
     engine.add_request(prompts[1], GREEDY, req_id="short")
-    chunks, schedule = [], engine.scheduler.schedule
+    chunks, schedule = [], engine.backend.scheduler.schedule
 
     def recording_schedule():
         out = schedule()
         chunks.append({r.req_id: n for r, n in out.scheduled})
         return out
 
-    engine.scheduler.schedule = recording_schedule
+    engine.backend.scheduler.schedule = recording_schedule
     results = run_all(engine)
     assert [c["long"] for c in chunks[:5]] == [8, 8, 8, 8, 5]  # 37 prompt tokens in 5 chunks
     assert chunks[4]["short"] == 3  # joins in the budget the last chunk leaves
@@ -107,10 +107,10 @@ def test_preemption_recomputes_and_matches(tiny_llama):
         for out in engine.step():
             if out.finished:
                 results[out.req_id] = out.token_ids
-    assert engine.scheduler.num_preemptions > 0
+    assert engine.backend.scheduler.num_preemptions > 0
     for i, p in enumerate(prompts):
         assert results[str(i)] == hf_greedy(hf, p, 20)
-    assert engine.kv_cache.num_free_blocks == engine.kv_cache.num_blocks
+    assert engine.backend.kv_cache.num_free_blocks == engine.backend.kv_cache.num_blocks
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "mistral-sliding-window", "llama-untied-llama3-rope"])

@@ -70,9 +70,9 @@ def test_abort_frees_blocks_and_ends_the_request(engine):
     engine.add_request(list(range(40, 70)), params, req_id="go")
     engine.step()
     engine.step()
-    used = engine.kv_cache.num_blocks - engine.kv_cache.num_free_blocks
+    used = engine.backend.kv_cache.num_blocks - engine.backend.kv_cache.num_free_blocks
     assert engine.abort_request("go") and not engine.abort_request("no-such-request")
-    assert engine.kv_cache.num_blocks - engine.kv_cache.num_free_blocks < used
+    assert engine.backend.kv_cache.num_blocks - engine.backend.kv_cache.num_free_blocks < used
     outputs = {o.req_id: o for o in engine.step()}
     assert outputs["go"].finished and outputs["go"].finish_reason == "abort"
     results = finish_all(engine)
@@ -126,11 +126,11 @@ def test_logprobs_are_the_chosen_tokens_log_softmax(engine, tiny_llama):
 
 def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(engine, monkeypatch):
     engine.add_request([1, 2, 3], SamplingParams(max_tokens=5), req_id="victim")
-    execute = engine.runner.execute
-    monkeypatch.setattr(engine.runner, "execute", lambda sched: (_ for _ in ()).throw(RuntimeError("boom")))
+    execute = engine.backend.runner.execute
+    monkeypatch.setattr(engine.backend.runner, "execute", lambda sched: (_ for _ in ()).throw(RuntimeError("boom")))
     outputs = {o.req_id: o for o in engine.step()}
     assert outputs["victim"].finish_reason == "error" and "boom" in outputs["victim"].error
-    assert engine.kv_cache.num_free_blocks == engine.kv_cache.num_blocks
-    monkeypatch.setattr(engine.runner, "execute", execute)
+    assert engine.backend.kv_cache.num_free_blocks == engine.backend.kv_cache.num_blocks
+    monkeypatch.setattr(engine.backend.runner, "execute", execute)
     engine.add_request([1, 2, 3], SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True), req_id="next")
     assert len(finish_all(engine)["next"].token_ids) == 5

@@ -29,13 +29,13 @@ GIB = 1 << 30
 def test_auto_is_max_num_seqs_sequences_of_max_model_len_tokens(tiny_llama):
     assert kv_bytes_per_token(2, 2, 16, torch.float32) == TINY_BYTES_PER_TOKEN
     engine = make_engine(tiny_llama[0], kv_cache_memory="auto", max_num_seqs=3)
-    plan = engine.kv_cache_plan
+    plan = engine.backend.kv_cache_plan
     assert plan.num_bytes == 3 * 256 * TINY_BYTES_PER_TOKEN  # 3 x the model's context of 256 tokens
-    assert engine.runner.kv_cache.nbytes == plan.num_bytes and engine.kv_cache.num_blocks == 3 * 256 // 16
-    assert engine.max_model_len == 256 and "max_num_seqs 3 x max_model_len 256" in plan.describe()
+    assert engine.backend.runner.kv_cache.nbytes == plan.num_bytes and engine.backend.kv_cache.num_blocks == 3 * 256 // 16
+    assert engine.backend.max_model_len == 256 and "max_num_seqs 3 x max_model_len 256" in plan.describe()
     # a shorter max_model_len shrinks it; a partial block per sequence is rounded up to a whole block
     engine = make_engine(tiny_llama[0], kv_cache_memory="auto", max_num_seqs=2, max_model_len=40)
-    assert engine.kv_cache_plan.num_bytes == 2 * 48 * TINY_BYTES_PER_TOKEN and engine.max_model_len == 40
+    assert engine.backend.kv_cache_plan.num_bytes == 2 * 48 * TINY_BYTES_PER_TOKEN and engine.backend.max_model_len == 40
     assert EngineConfig().kv_cache_memory == "auto"  # the default
 
 
@@ -59,9 +59,9 @@ def test_auto_is_capped_by_available_memory_but_never_below_one_sequence(tmp_pat
 
 def test_explicit_sizes_are_honoured_and_errors_name_the_field(tiny_llama):
     engine = make_engine(tiny_llama[0], kv_cache_memory="64KiB", block_size=16)
-    assert engine.kv_cache.num_blocks == (64 << 10) // (16 * TINY_BYTES_PER_TOKEN) == 8
-    assert engine.kv_capacity_tokens == 128 and engine.max_model_len == 128  # below the context: capacity rules
-    assert make_engine(tiny_llama[0], kv_cache_memory=3 * 8192 + 5).kv_cache.num_blocks == 3
+    assert engine.backend.kv_cache.num_blocks == (64 << 10) // (16 * TINY_BYTES_PER_TOKEN) == 8
+    assert engine.backend.kv_capacity_tokens == 128 and engine.backend.max_model_len == 128  # below the context: capacity rules
+    assert make_engine(tiny_llama[0], kv_cache_memory=3 * 8192 + 5).backend.kv_cache.num_blocks == 3
     with pytest.raises(ValueError, match=r"kv_cache_memory \(1024 bytes\) is below one KV block \(8192 bytes"):
         make_engine(tiny_llama[0], kv_cache_memory="1KiB")
     with pytest.raises(ValueError, match="kv_cache_memory must be auto, a byte count or a size like 512MiB"):
@@ -91,7 +91,8 @@ def test_a_large_cache_is_not_touched_when_the_engine_is_built_nor_by_a_request(
     out = _run_python(f"""
         import torch
         from polyhead.config import EngineConfig
-        from polyhead.engine.core.engine import LLMEngine
+        from polyhead.engine.core.engine import Engine
+        from polyhead.engine.decoder.backend import DecoderBackend
         from polyhead.engine.core.params import SamplingParams
         from polyhead.models.loader import load_model
 
@@ -102,12 +103,12 @@ def test_a_large_cache_is_not_touched_when_the_engine_is_built_nor_by_a_request(
         config = EngineConfig(model={str(tiny_llama[0])!r}, dtype="float32", kv_cache_memory="1GiB")
         loaded = load_model(config.model, torch.float32)
         before = rss()
-        engine = LLMEngine(config, loaded)
+        engine = Engine(DecoderBackend(config, loaded))
         built = rss()
         engine.add_request([1, 2, 3], SamplingParams(max_tokens=8, ignore_eos=True))
         while engine.has_unfinished_requests():
             engine.step()
-        print(engine.runner.kv_cache.nbytes, built - before, rss() - before)
+        print(engine.backend.runner.kv_cache.nbytes, built - before, rss() - before)
     """)
     nbytes, grown_built, grown_served = map(int, out.split())
     assert nbytes >= GIB - (1 << 20)
@@ -120,7 +121,7 @@ def test_the_engine_process_does_not_touch_its_cache(tiny_llama):
     engine = ProcessEngine.from_config(EngineConfig(model=str(tiny_llama[0]), dtype="float32",
                                                     kv_cache_memory="2GiB"))
     try:
-        assert "2048.0 MiB reserved" in engine.kv_cache_summary and "kv_cache_memory=" in engine.kv_cache_summary
+        assert "2048.0 MiB reserved" in engine.info.kv_cache_summary and "kv_cache_memory=" in engine.info.kv_cache_summary
         status = Path(f"/proc/{engine.pid}/status").read_text()
         rss = int(status.split("VmRSS:")[1].split()[0]) * 1024
         assert rss < GIB, rss  # torch and transformers are ~0.4 GB here; a touched cache alone 2 GiB
@@ -136,7 +137,7 @@ def _serve_one_at_a_time(engine, num_requests: int) -> set[int]:
         engine.add_request([1 + i, 2, 3, 4, 5], SamplingParams(max_tokens=6, ignore_eos=True))
         while engine.has_unfinished_requests():
             engine.step()
-            seen.update(b for r in engine.scheduler.running for b in r.block_ids)
+            seen.update(b for r in engine.backend.scheduler.running for b in r.block_ids)
     return seen
 
 

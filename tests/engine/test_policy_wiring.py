@@ -39,7 +39,7 @@ def test_engine_wires_the_policy_and_times_out_requests(tiny_llama):
 
     folder, _ = tiny_llama
     engine = make_engine(folder, policy="priority", max_num_seqs=1)
-    assert isinstance(engine.scheduler.policy, PriorityPolicy)
+    assert isinstance(engine.backend.scheduler.policy, PriorityPolicy)
     params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
     engine.add_request([5, 6, 7], params, req_id="low", priority=1)
     engine.add_request([8, 9, 10], params, req_id="high", priority=0)
@@ -49,7 +49,7 @@ def test_engine_wires_the_policy_and_times_out_requests(tiny_llama):
     assert finished == ["high", "low"]
 
     clock = FakeClock()
-    engine.scheduler.clock = clock
+    engine.backend.scheduler.clock = clock
     engine.add_request([1, 2, 3, 4], SamplingParams(max_tokens=50, ignore_eos=True), req_id="slow", deadline=5.0)
     engine.add_request([4, 3, 2], params, req_id="expired", deadline=-1.0)
     outs = {out.req_id: out for out in engine.step()}
@@ -59,10 +59,10 @@ def test_engine_wires_the_policy_and_times_out_requests(tiny_llama):
     (out,) = engine.step()
     assert out.req_id == "slow" and out.finished and out.finish_reason == "timeout" and len(out.token_ids) == 2
     assert not engine.has_unfinished_requests()
-    assert engine.kv_cache.num_free_blocks == engine.kv_cache.num_blocks
+    assert engine.backend.kv_cache.num_free_blocks == engine.backend.kv_cache.num_blocks
 
     fair = make_engine(folder, policy="fair", tenant_weights={"a": 2.0}, task_weights={"chat": 3.0})
-    assert fair.scheduler.policy.tenants.weights == {"a": 2.0} and fair.scheduler.policy.task_weights == {"chat": 3.0}
+    assert fair.backend.scheduler.policy.tenants.weights == {"a": 2.0} and fair.backend.scheduler.policy.task_weights == {"chat": 3.0}
 
 
 def test_encoder_engine_orders_by_the_policy_and_times_out_waiting_requests(tiny_encoder):
@@ -70,7 +70,7 @@ def test_encoder_engine_orders_by_the_policy_and_times_out_waiting_requests(tiny
 
     engine = make_encoder_engine(tiny_encoder[0], max_num_batched_tokens=24, max_num_seqs=1, policy="priority")
     clock = FakeClock()
-    engine.clock = clock
+    engine.backend.clock = clock
     for req_id, priority in [("low", 2), ("mid", 1), ("high", 0)]:
         engine.add_request("hello world", req_id=req_id, priority=priority)
     engine.add_request("cats", req_id="late", deadline=1.0, priority=3)

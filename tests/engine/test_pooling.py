@@ -55,7 +55,7 @@ def test_each_kind_matches_the_model_run_alone(tiny_llama, name):
     assert steps == 1 and out.finished and out.finish_reason == "stop"  # prefill-only: one step
     assert out.token_ids == [] and out.text == ""
     assert_pooled_close(out.pooled, expected(hf, prompt, name))
-    assert engine.kv_cache.num_free_blocks == engine.kv_cache.num_blocks
+    assert engine.backend.kv_cache.num_free_blocks == engine.backend.kv_cache.num_blocks
 
 
 def test_chunked_pooling_equals_unchunked(tiny_llama):

@@ -12,10 +12,11 @@ pytestmark = pytest.mark.model
 
 
 def test_embed_and_score_rows_beside_decodes_match_transformers(default_model, hf_default_model):
-    from polyhead.engine.core.engine import LLMEngine
+    from polyhead.engine.core.engine import Engine
+    from polyhead.engine.decoder.backend import DecoderBackend
 
-    engine = LLMEngine(EngineConfig(dtype="float32", kv_cache_memory="64MiB", max_num_batched_tokens=24),
-                       default_model)
+    engine = Engine(DecoderBackend(EngineConfig(dtype="float32", kv_cache_memory="64MiB", max_num_batched_tokens=24),
+                       default_model))
     tok = default_model.tokenizer
     text = tok.encode("The quick brown fox jumps over the lazy dog near the quiet river bank.",
                       add_special_tokens=False)

@@ -80,16 +80,16 @@ def test_preempted_pooling_request_restarts_cleanly(tiny_llama):
     preempted_mid_prompt = False
     results = {}
     while engine.has_unfinished_requests():
-        pooled = engine.scheduler.requests.get("mean")
+        pooled = engine.backend.scheduler.requests.get("mean")
         computed = pooled.num_computed_tokens if pooled else 0
         for out in engine.step():
             if out.finished:
                 results[out.req_id] = out
         preempted_mid_prompt |= bool(pooled and computed > 0 and pooled.num_computed_tokens == 0)
-    assert preempted_mid_prompt and engine.scheduler.num_preemptions > 0
+    assert preempted_mid_prompt and engine.backend.scheduler.num_preemptions > 0
     assert_pooled_close(results["mean"].pooled, reference(hf, HEADS, text, "classify", "topic"))
-    assert not engine.runner.pooler._accumulators
-    assert engine.kv_cache.num_free_blocks == engine.kv_cache.num_blocks
+    assert not engine.backend.runner.pooler._accumulators
+    assert engine.backend.kv_cache.num_free_blocks == engine.backend.kv_cache.num_blocks
 
 
 def test_abort_mid_prompt_and_while_parked(tiny_llama):
@@ -99,13 +99,13 @@ def test_abort_mid_prompt_and_while_parked(tiny_llama):
     engine.add_request(text, PoolingParams("tag", task="ner"), req_id="lead")
     engine.add_request(text, PoolingParams("embed"), req_id="follow", after="lead")
     engine.step()
-    assert engine.scheduler.requests["lead"].num_computed_tokens == 8 and "follow" not in engine.scheduler.requests
+    assert engine.backend.scheduler.requests["lead"].num_computed_tokens == 8 and "follow" not in engine.backend.scheduler.requests
     engine.abort_request("follow")
     engine.abort_request("lead")
     outs = {o.req_id: o for o in engine.step()}
     assert {o.finish_reason for o in outs.values()} == {"abort"} and set(outs) == {"lead", "follow"}
     assert outs["lead"].pooled is None and not engine.has_unfinished_requests()
-    assert not engine.runner.pooler._accumulators and not engine._parked
+    assert not engine.backend.runner.pooler._accumulators and not engine._parked
 
 
 def test_followers_of_a_finished_or_missing_leader_start_at_once(engine):

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from polyhead.config import EngineConfig
-from polyhead.engine.core.engine import LLMEngine
+from polyhead.engine.core.engine import Engine
 from polyhead.engine.core.params import SamplingParams
+from polyhead.engine.decoder.backend import DecoderBackend
 from tests.lora.conftest import make_adapter, peft_reference
 
 NEW_TOKENS = 24
@@ -18,8 +19,8 @@ def test_engine_equals_peft_greedy_on_the_default_model(default_model, tmp_path)
     folder = make_adapter(default_model.folder, tmp_path / "adapter", seed=5, std=0.05, r=8, lora_alpha=16,
                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     reference = peft_reference(default_model.folder, folder)
-    engine = LLMEngine(EngineConfig(dtype="float32", kv_cache_memory="64MiB", block_size=8,
-                                    max_num_batched_tokens=16), loaded=default_model)
+    engine = Engine(DecoderBackend(EngineConfig(dtype="float32", kv_cache_memory="64MiB", block_size=8,
+                                    max_num_batched_tokens=16), loaded=default_model))
     engine.register_adapter("random", str(folder))
     params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True)
     ids = [default_model.tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]

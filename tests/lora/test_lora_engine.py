@@ -21,8 +21,8 @@ def lora_engine(lora_base, adapters, names, preload=False, **options):
     engine = make_engine(lora_base, **options)
     for name in names:
         engine.register_adapter(name, str(adapters[name]))
-        while preload and not engine.lora.is_ready(name):  # resident before the first step
-            engine.lora.wait_loaded(name)
+        while preload and not engine.backend.lora.is_ready(name):  # resident before the first step
+            engine.backend.lora.wait_loaded(name)
     return engine
 
 
@@ -55,8 +55,8 @@ def test_mixed_batch_gives_every_request_what_it_gets_alone(lora_base, adapters)
     """Two adapters and the base, decode rows and prefill chunks in the same steps."""
     engine = lora_engine(lora_base, adapters, ["qv", "all"], max_num_batched_tokens=12, block_size=4)
     steps = []
-    execute = engine.runner.execute
-    engine.runner.execute = lambda sched: steps.append([(r.adapter, n) for r, n in sched.scheduled]) or execute(sched)
+    execute = engine.backend.runner.execute
+    engine.backend.runner.execute = lambda sched: steps.append([(r.adapter, n) for r, n in sched.scheduled]) or execute(sched)
     prompts = prompts_of([5, 19, 7, 26, 3, 11], seed=2)
     names = [None, "qv", "all", "qv", None, "all"]
     for i, (prompt, name) in enumerate(zip(prompts[:3], names)):
@@ -79,9 +79,9 @@ def test_eviction_and_reload_keep_results_identical(lora_base, adapters):
     engine = lora_engine(lora_base, adapters, ["qv", "all", "mlp"], max_loras=1)
     (prompt,) = prompts_of([10], seed=3)
     first = {name: run_alone(engine, prompt, name) for name in ("qv", "all", "mlp")}
-    assert engine.lora.num_loads == 3 and engine.lora.num_evictions == 2
+    assert engine.backend.lora.num_loads == 3 and engine.backend.lora.num_evictions == 2
     again = {name: run_alone(engine, prompt, name) for name in ("all", "qv", "mlp")}
-    assert engine.lora.num_loads == 6 and list(engine.lora.resident) == ["mlp"]
+    assert engine.backend.lora.num_loads == 6 and list(engine.backend.lora.resident) == ["mlp"]
     for name, result in first.items():
         assert_same(again[name], result)
     # all three at once with one slot: each waits for the one before to finish, none is wrong
@@ -99,23 +99,23 @@ def test_loading_does_not_block_the_step_loop(lora_base, adapters):
     def held_loader(name, folder):
         started.set()
         assert release.wait(30), "the test never released the loader"
-        return load_adapter(name, folder, engine.model_config, torch.float32, 64)
+        return load_adapter(name, folder, engine.backend.model_config, torch.float32, 64)
 
-    engine.lora.loader = held_loader
+    engine.backend.lora.loader = held_loader
     base_prompt, lora_prompt = prompts_of([6, 8], seed=4)
     params = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
     engine.add_request(base_prompt, params, req_id="base")
     engine.add_request(lora_prompt, params, req_id="lora", adapter="qv")
-    lora_request = engine.scheduler.requests["lora"]
+    lora_request = engine.backend.scheduler.requests["lora"]
     base_tokens = 0
     for _ in range(5):  # steps run while the load is held
         base_tokens += sum(len(o.new_token_ids) for o in engine.step() if o.req_id == "base")
     assert started.is_set() and base_tokens == 5
-    assert lora_request.num_computed_tokens == 0 and "qv" not in engine.lora.resident
+    assert lora_request.num_computed_tokens == 0 and "qv" not in engine.backend.lora.resident
     release.set()
-    engine.lora.wait_loaded("qv", timeout=30)
+    engine.backend.lora.wait_loaded("qv", timeout=30)
     engine.step()
-    assert lora_request.num_computed_tokens == len(lora_prompt) and "qv" in engine.lora.resident
+    assert lora_request.num_computed_tokens == len(lora_prompt) and "qv" in engine.backend.lora.resident
     run_until_done(engine)
 
 
@@ -125,11 +125,11 @@ def test_failed_load_fails_only_its_requests(lora_base, adapters):
     def broken_loader(name, folder):
         raise OSError(f"cannot read {folder}")
 
-    engine.lora.loader = broken_loader
+    engine.backend.lora.loader = broken_loader
     engine.add_request([1, 2, 3], GREEDY, req_id="base")
     engine.add_request([4, 5, 6], GREEDY, req_id="lora", adapter="qv")
     engine.step()
-    engine.lora.wait_loaded("qv", timeout=30)
+    engine.backend.lora.wait_loaded("qv", timeout=30)
     outputs = {}
     while engine.has_unfinished_requests():
         outputs.update({o.req_id: o for o in engine.step() if o.finished})
@@ -164,8 +164,8 @@ def test_mixed_batch_with_pooling_rows_two_adapters_and_base(lora_base, adapters
     engine = lora_engine(lora_base, adapters, ["qv", "all"], preload=True, block_size=4, max_num_batched_tokens=200)
     register_heads(engine, heads)
     steps = []
-    execute = engine.runner.execute
-    engine.runner.execute = lambda sched: steps.append([(r.adapter, r.is_pooling, n) for r, n in sched.scheduled]) \
+    execute = engine.backend.runner.execute
+    engine.backend.runner.execute = lambda sched: steps.append([(r.adapter, r.is_pooling, n) for r, n in sched.scheduled]) \
         or execute(sched)
     decodes = prompts_of([6, 11, 3], seed=12)
     generate = {"gen-base": (decodes[0], None), "gen-qv": (decodes[1], "qv"), "gen-all": (decodes[2], "all")}
@@ -239,7 +239,7 @@ def test_bfloat16_adapter_rows_on_the_packed_and_gemv_paths(lora_base, adapters,
     from polyhead.lora.layer import LoRALinear
 
     engine = lora_engine(lora_base, adapters, ["all"], preload=True, dtype="bfloat16")
-    wrapped = [m.base for m in engine.model.modules() if isinstance(m, LoRALinear)]
+    wrapped = [m.base for m in engine.backend.model.modules() if isinstance(m, LoRALinear)]
     if getattr(wrapped[0], "gemv", None) is None:
         pytest.skip("no native bf16 GEMV on this CPU")
     prompts = prompts_of([9, 9, 9, 9, 9, 9], seed=7)
@@ -276,7 +276,7 @@ def test_loaded_adapters_waiting_for_a_slot_are_bounded(lora_base, adapters):
     while engine.has_unfinished_requests():
         results.update({o.req_id: (o.token_ids, [lp.logprob for lp in o.logprobs or []])
                         for o in engine.step() if o.finished})
-        peak = max(peak, len(engine.lora.loading) + len(engine.lora.resident))
+        peak = max(peak, len(engine.backend.lora.loading) + len(engine.backend.lora.resident))
     assert peak == 2  # one resident, one loaded ahead
     for name in ("qv", "all", "mlp"):
         assert_same(results[name], alone[name])
@@ -286,18 +286,18 @@ def test_a_loaded_adapter_nobody_waits_for_gives_way(lora_base, adapters):
     engine = lora_engine(lora_base, adapters, ["qv", "all", "ko"], preload=True, max_loras=1)
     (prompt,) = prompts_of([7], seed=9)
     expected = run_alone(engine, prompt, "all")
-    while not engine.lora.is_ready("ko"):
-        engine.lora.wait_loaded("ko")
+    while not engine.backend.lora.is_ready("ko"):
+        engine.backend.lora.wait_loaded("ko")
     engine.add_request(prompt, SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True), req_id="runner",
                        adapter="ko")  # holds the one slot
     engine.add_request(prompt, GREEDY, req_id="q", adapter="qv")
     engine.step()
-    engine.lora.wait_loaded("qv", timeout=30)
+    engine.backend.lora.wait_loaded("qv", timeout=30)
     engine.abort_request("q")  # qv is loaded, waits for a slot, and nobody wants it any more
     engine.add_request(prompt, GREEDY, req_id="a", adapter="all")
     for _ in range(3):
         engine.step()
-    assert "qv" not in engine.lora.loading and "all" in engine.lora.loading
+    assert "qv" not in engine.backend.lora.loading and "all" in engine.backend.lora.loading
     results = {}
     while engine.has_unfinished_requests():
         results.update({o.req_id: (o.token_ids, [lp.logprob for lp in o.logprobs or []])

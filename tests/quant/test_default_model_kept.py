@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from polyhead.config import EngineConfig
-from polyhead.engine.core.engine import LLMEngine
+from polyhead.engine.core.engine import Engine
 from polyhead.engine.core.params import SamplingParams
+from polyhead.engine.decoder.backend import DecoderBackend
 from polyhead.llm import LLM
 from polyhead.quant.attach import quantized_bytes
 from polyhead.quant.linear import QuantizedLinear
@@ -17,8 +18,8 @@ pytestmark = pytest.mark.model
 
 @pytest.fixture(scope="module")
 def kept():
-    return LLM.from_engine(LLMEngine(EngineConfig(dtype="float32", quantization="auto", kv_cache_memory="64MiB",
-                                                  max_num_batched_tokens=16)))
+    return LLM.from_engine(Engine(DecoderBackend(EngineConfig(dtype="float32", quantization="auto", kv_cache_memory="64MiB",
+                                                  max_num_batched_tokens=16))))
 
 
 def test_kept_q4_1_greedy_equals_transformers_on_the_dequantized_file(kept, default_model, hf_default_model):
@@ -33,7 +34,7 @@ def test_kept_q4_1_greedy_equals_transformers_on_the_dequantized_file(kept, defa
 
 
 def test_kept_weights_are_the_files_and_held_once(kept):
-    model = kept.engine.model
+    model = kept.engine.backend.model
     layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
     assert len(layers) == 30 * 4 + 1  # qkv, o, gate|up, down per layer, and the LM head
     assert {m.weight_q.bits for m in layers if m is not model.lm_head} == {4}

@@ -37,7 +37,7 @@ def test_greedy_equals_transformers_on_the_dequantized_twin(tiny, tmp_path, quan
     bits, group = SPECS[quantization]
     reference = AutoModelForCausalLM.from_pretrained(dequantized_twin(tiny, tmp_path / "twin", bits, group)).eval()
     engine = make_engine(tiny, max_num_batched_tokens=16, **OPTIONS[quantization])  # chunked prefill too
-    modules = list(engine.model.modules())
+    modules = list(engine.backend.model.modules())
     assert any(isinstance(m, QuantizedLinear) for m in modules) and any(isinstance(m, QuantizedEmbedding)
                                                                       for m in modules)
     assert not any(isinstance(m, torch.nn.Linear) for m in modules)  # every linear, the LM head included
@@ -48,12 +48,12 @@ def test_greedy_equals_transformers_on_the_dequantized_twin(tiny, tmp_path, quan
 
 def test_auto_leaves_a_float_folder_float(tiny):
     engine = make_engine(tiny, quantization="auto")
-    assert not any(isinstance(m, QuantizedLinear | QuantizedEmbedding) for m in engine.model.modules())
+    assert not any(isinstance(m, QuantizedLinear | QuantizedEmbedding) for m in engine.backend.model.modules())
 
 
 def test_tied_embedding_and_lm_head_hold_one_weight(tiny):
     engine = make_engine(tiny, quantization="int4")
-    model = engine.model
+    model = engine.backend.model
     if model.config.tie_word_embeddings:
         assert model.lm_head.weight_q is model.model.embed_tokens.weight_q
         assert model.lm_head.weight_q.bits == 8  # the embedding stays 8-bit under int4

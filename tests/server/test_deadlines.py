@@ -13,7 +13,7 @@ from tests.server.task_fixtures import bert, manifest_dir, running_task_server  
 def skew_engine_clock(async_engine) -> None:
     """Every deadline has passed in the engine's eyes, while the server's own timer (600 s) has not:
     only the engine can be the one that ends these requests."""
-    async_engine.engine.scheduler.clock = lambda: time.monotonic() + 3600
+    async_engine.engine.backend.scheduler.clock = lambda: time.monotonic() + 3600
 
 
 def assert_all_free(async_engine) -> None:
@@ -22,7 +22,7 @@ def assert_all_free(async_engine) -> None:
     while engine.has_unfinished_requests() and time.monotonic() < stop:
         time.sleep(0.02)
     assert not engine.has_unfinished_requests()
-    assert engine.kv_cache.num_free_blocks == engine.kv_cache.num_blocks
+    assert engine.backend.kv_cache.num_free_blocks == engine.backend.kv_cache.num_blocks
 
 
 def test_engine_timeout_is_408_for_completions_streamed_or_not(tiny_llama):

@@ -29,13 +29,13 @@ def test_a_manifest_builds_one_engine_per_backbone(manifest_dir, tiny_llama, ber
         assert isinstance(encoder, AsyncEngine)
         # a block: keys and values x 2 layers x 2 KV heads x head dim 16 x 16 tokens x 4 bytes = 8 KiB
         num_blocks = (4 << 20) // (2 * 2 * 2 * 16 * 16 * 4)  # 4MiB, not --kv-cache-memory
-        limits = llama.limits if mode == "process" else llama.engine.limits
+        limits = llama.rules  # the backbone's request rules, in either mode
         assert limits.kv_capacity_tokens == num_blocks * 16
-        assert encoder.engine.max_model_len == 32  # the encoder's own limit
+        assert encoder.engine.backend.max_model_len == 32  # the encoder's own limit
         heads = llama.heads if mode == "process" else llama.engine.heads
         assert registry.tasks["shout-lora"].adapter == "shout-lora" and "sentiment" in heads
-        assert encoder.engine.config.num_threads == 2  # --backbone-threads
-        config = llama.config if mode == "process" else llama.engine.config
+        assert encoder.engine.backend.config.num_threads == 2  # --backbone-threads
+        config = llama.config if mode == "process" else llama.engine.backend.config
         assert config.num_threads is None  # the default backbone keeps torch's default
     finally:
         registry.stop()

@@ -57,9 +57,10 @@ def test_plan_refuses_tasks_with_heads_and_empty_text():
 
 @pytest.mark.model
 def test_default_model_gets_clear_sentiments_right(default_model):
-    from polyhead.engine.core.engine import LLMEngine
+    from polyhead.engine.core.engine import Engine
+    from polyhead.engine.decoder.backend import DecoderBackend
 
-    engine = LLMEngine(EngineConfig(dtype="float32", kv_cache_memory="64MiB"), default_model)
+    engine = Engine(DecoderBackend(EngineConfig(dtype="float32", kv_cache_memory="64MiB"), default_model))
     texts = ["I absolutely loved this movie, it was wonderful!", "The food was cold and the waiter was rude."]
     positive, negative = zero_shot.classify(engine, SENTIMENT, texts)
     assert max(positive, key=positive.get) == "positive"

@@ -27,7 +27,7 @@ def _serve_packs(engine, specs, hidden_size: int) -> None:
 
 
 def _pooled(engine, task: str, kind: str, prompts: list[list[int]]) -> list:
-    adapter = task if task in engine.lora.names else None
+    adapter = task if task in engine.backend.lora.names else None
     req_ids = [engine.add_request(p, PoolingParams(kind=kind, task=task), task=task, adapter=adapter)
                for p in prompts]
     done = {}

@@ -13,9 +13,10 @@ import time
 
 from polyhead.config import EngineConfig
 from polyhead.engine.client.engine_client import EngineClient, EngineDeadError
-from polyhead.engine.core.engine import LLMEngine, TrackedRequest
+from polyhead.engine.core.engine import Engine
 from polyhead.engine.core.outputs import EngineStats
 from polyhead.engine.core.params import SamplingParams
+from polyhead.engine.core.request import PreparedRequest
 from polyhead.engine.factory import build_engine
 
 logger = logging.getLogger(__name__)
@@ -23,16 +24,14 @@ __all__ = ["AsyncEngine", "EngineDeadError"]
 
 
 class AsyncEngine(EngineClient):
-    def __init__(self, engine: LLMEngine, idle_wait_s: float = 0.5):
+    def __init__(self, engine: Engine, idle_wait_s: float = 0.5):
         super().__init__()
         self.engine = engine
         self.tokenizer = engine.tokenizer
-        self.is_generative = hasattr(engine, "kv_cache")  # an encoder computes prompts whole, keeping no cache
-        self.hidden_size = engine.model_config.hidden_size
-        self.has_prefix_cache = self.is_generative and engine.kv_cache.enable_prefix_caching
-        self.kv_cache_summary = engine.kv_cache_plan.describe() if self.is_generative else None
+        self.info = engine.info
+        self.rules = engine.rules
         self.idle_wait_s = idle_wait_s  # the loop wakes at least this often, so health stays fresh
-        self._commands: queue.SimpleQueue = queue.SimpleQueue()  # ("add", TrackedRequest) | ("abort", req_id)
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()  # a PreparedRequest to add, or a req_id to abort
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -51,7 +50,7 @@ class AsyncEngine(EngineClient):
 
         def build_then_run():
             try:
-                made["engine"] = engine = cls(build_engine(config))  # an LLMEngine or an EncoderEngine
+                made["engine"] = engine = cls(build_engine(config))
             except BaseException as err:  # noqa: BLE001 - re-raised on the caller's thread
                 made["error"] = err
                 ready.set()
@@ -90,25 +89,22 @@ class AsyncEngine(EngineClient):
         self.engine.register_head(task, head)
 
     def register_adapter(self, name: str, folder: str) -> None:
-        if hasattr(self.engine, "register_adapter"):
-            self.engine.register_adapter(name, folder)
-        else:
-            super().register_adapter(name, folder)  # raises: an encoder engine serves no adapters
+        self.engine.register_adapter(name, folder)
 
     def stats(self) -> EngineStats:
         return self.engine.stats()
 
     # --- requests (event loop thread) ------------------------------------------------------------
     def _new_request(self, prompt: str | list[int], params: SamplingParams, req_id: str,
-                     **routing) -> TrackedRequest:
-        return self.engine.new_request(prompt, params, req_id, **routing)
+                     **routing) -> PreparedRequest:
+        return self.engine.prepare(prompt, params, req_id, **routing)
 
-    def _send_add(self, tracked: TrackedRequest) -> None:
-        self._commands.put(("add", tracked))
+    def _send_add(self, prepared: PreparedRequest) -> None:
+        self._commands.put(prepared)
         self._wake.set()
 
     def _send_abort(self, req_id: str) -> None:
-        self._commands.put(("abort", req_id))
+        self._commands.put(req_id)
         self._wake.set()
 
     # --- the step loop (engine thread) -------------------------------------------------------------
@@ -136,13 +132,13 @@ class AsyncEngine(EngineClient):
     def _apply_commands(self) -> None:
         while True:
             try:
-                command, arg = self._commands.get_nowait()
+                command = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if command == "add":
+            if isinstance(command, PreparedRequest):
                 try:
-                    self.engine.admit(arg)
+                    self.engine.admit(command)
                 except ValueError as err:  # e.g. a duplicate req_id
-                    self._fail(arg.req_id, err)
-            elif not self.engine.abort_request(arg):
-                self._streams.pop(arg, None)  # already finished or never admitted
+                    self._fail(command.req_id, err)
+            elif not self.engine.abort_request(command):
+                self._streams.pop(command, None)  # already finished or never admitted

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from polyhead.engine.core.backend import BackboneInfo, RequestRules
 from polyhead.engine.core.outputs import EngineStats, RequestOutput
 from polyhead.engine.core.params import PoolingParams, SamplingParams
 
@@ -27,13 +28,12 @@ class _Stream:
 
 
 class EngineClient:
-    """Subclasses provide: tokenizer, check_fits, stats, is_running, start, stop, and
-    _new_request / _send_add / _send_abort. A prepared request has `req_id` and `num_prompt_tokens`."""
+    """Subclasses provide: tokenizer, info, rules, check_fits, register_head, register_adapter, stats,
+    is_running, start, stop, and _new_request / _send_add / _send_abort (of PreparedRequests)."""
 
     tokenizer = None  # the model's tokenizer (the server applies chat templates with it)
-    is_generative = True  # a causal LM (generate, zero-shot scoring) or an encoder (pooling only)
-    hidden_size = 0  # width of the backbone's final hidden states (task heads read them)
-    has_prefix_cache = False  # requests sharing a prompt prefix reuse its KV blocks
+    info: BackboneInfo  # what the backbone is (generative, hidden size, prefix cache, KV cache size)
+    rules: RequestRules  # how it checks a request
 
     def __init__(self):
         self._streams: dict[str, _Stream] = {}
@@ -44,7 +44,6 @@ class EngineClient:
         self.num_queued = 0
         self.num_queued_tokens = 0
         self.on_step = None  # called after each step with its token count (metrics); not on the event loop
-        self.kv_cache_summary: str | None = None  # the KV cache's size and why (KVCachePlan.describe); None: none
 
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
         raise NotImplementedError
@@ -56,8 +55,9 @@ class EngineClient:
 
     def register_adapter(self, name: str, folder: str) -> None:
         """Make a PEFT LoRA adapter folder usable as `adapter=name`; its config and shapes are
-        checked now (ValueError), its weights load on first use without blocking the steps."""
-        raise ValueError("this backbone's engine does not load LoRA adapters")
+        checked now (ValueError: also on a backbone that serves none), its weights load on first
+        use without blocking the steps."""
+        raise NotImplementedError
 
     def stats(self) -> EngineStats:
         raise NotImplementedError
@@ -84,7 +84,7 @@ class EngineClient:
     def prepare(self, prompt: str | list[int], params: SamplingParams | PoolingParams, req_id: str | None = None,
                 **routing):
         """Tokenize and validate (ValueError names the limit); nothing is queued yet.
-        `routing`: task, adapter, priority, tenant, deadline (see Request), after (see LLMEngine)."""
+        `routing`: task, adapter, priority, tenant, deadline, after (see Routing)."""
         if not self.is_running:
             raise EngineDeadError(self.dead_reason or "the engine loop is not running")
         return self._new_request(prompt, params, req_id or uuid.uuid4().hex, **routing)

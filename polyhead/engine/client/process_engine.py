@@ -1,11 +1,12 @@
 """The engine in a child process (`--engine-mode process`).
 
-The child builds the LLMEngine and steps it on its main thread; the HTTP process only tokenizes,
-validates and talks to it over two pipes. Commands go in (`PreparedRequest`, aborts, and at
-start-up the task heads and adapters to register, each answered); after each step one
-`StepReport` comes back with every request's new tokens and text (deltas, never the whole output
-again), pooling results, and the engine's stats. This process keeps the heads and adapter names
-it registered, so it checks a request exactly as the engine would before queueing it. A reader
+The child builds the Engine (either backend) and steps it on its main thread; the HTTP process
+only tokenizes, checks and talks to it over two pipes, in the messages of engine/client/messages.py.
+Commands go in (a `PreparedRequest`, aborts, and at start-up the task heads and adapters to
+register, each answered); after each step one `StepReport` comes back with every request's new tokens and text (deltas, never the whole output
+again), pooling results, and the engine's stats. This process keeps the backbone's request
+rules and the heads and adapter names it registered, so it checks a request exactly as the engine
+would before queueing it. A reader
 thread in this process rebuilds each request's RequestOutput from the deltas and hands the step
 to each event loop in one callback.
 If the child dies, its end of the pipe closes and every open stream fails with EngineDeadError.
@@ -17,37 +18,33 @@ import logging
 import multiprocessing as mp
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from polyhead.config import EngineConfig
 from polyhead.engine.client.engine_client import EngineClient, EngineDeadError
-from polyhead.engine.client.process_worker import StepReport, run_engine_process
-from polyhead.engine.core.limits import RequestLimits, check_request
+from polyhead.engine.client.messages import (
+    AbortRequest,
+    AddRequest,
+    CommandDone,
+    EngineDied,
+    EngineReady,
+    LoadFailed,
+    RegisterAdapter,
+    RegisterHead,
+    StepReport,
+    Stop,
+)
+from polyhead.engine.client.process_worker import run_engine_process
+from polyhead.engine.core.backend import RequestRules
+from polyhead.engine.core.engine import prepare_request
 from polyhead.engine.core.outputs import EngineStats, RequestOutput
 from polyhead.engine.core.params import PoolingParams, SamplingParams
+from polyhead.engine.core.request import PreparedRequest, Routing
 
 logger = logging.getLogger(__name__)
 __all__ = ["EngineDeadError", "PreparedRequest", "ProcessEngine"]
-
-
-@dataclass(slots=True)
-class PreparedRequest:
-    """A tokenized, validated request: what crosses to the child."""
-
-    req_id: str
-    prompt: str | None  # the prompt text, when it was given as text (stays in this process)
-    token_ids: list[int]
-    params: SamplingParams | PoolingParams
-    routing: dict  # task, adapter, priority, tenant, deadline (see Request); checked in the child
-
-    @property
-    def num_prompt_tokens(self) -> int:
-        return len(self.token_ids)
-
-    def to_wire(self) -> tuple:
-        return self.req_id, self.token_ids, self.params, self.routing
 
 
 @dataclass(slots=True)
@@ -65,7 +62,7 @@ class ProcessEngine(EngineClient):
         super().__init__()
         self.config = config
         self.idle_wait_s = idle_wait_s  # the child reports at least this often, so health stays fresh
-        self.limits: RequestLimits | None = None
+        self.rules: RequestRules | None = None  # the backbone's, sent by the child once built
         self._assemblies: dict[str, _Assembly] = {}
         self._stats: EngineStats | None = None
         self._process = None
@@ -100,14 +97,14 @@ class ProcessEngine(EngineClient):
         except EOFError:
             self._process.join(5)
             raise RuntimeError(f"the engine process exited while loading (exit code {self._process.exitcode})")
-        if message[0] == "failed":
+        if isinstance(message, LoadFailed):
             self._process.join(5)
-            raise message[1]
-        _, self.limits, folder, self._stats, self.hidden_size, self.has_prefix_cache, adapters, kv_summary = message
-        self.kv_cache_summary = kv_summary
-        logger.info("engine process %d: %s", self._process.pid, kv_summary)
-        self.adapters = set(adapters)  # the config's own (--lora-modules)
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            raise message.error
+        ready: EngineReady = message
+        self.info, self.rules, self._stats = ready.info, ready.rules, ready.stats
+        logger.info("engine process %d: %s", self._process.pid, self.info.kv_cache_summary or self.info.name)
+        self.adapters = set(ready.adapters)  # the config's own (--lora-modules)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.info.folder)
         self._stopping, self.dead_reason = False, None
         self.last_step_at = time.monotonic()
         self._reader = threading.Thread(target=self._read, args=(reports,), name="polyhead-engine-reader",
@@ -119,7 +116,7 @@ class ProcessEngine(EngineClient):
         if self._process is None:
             return
         self._stopping = True
-        self._send(("stop",))
+        self._send(Stop())
         self._process.join(timeout)
         if self._process.is_alive():  # stuck in a step: it ignores SIGTERM (see process_worker)
             self._process.kill()
@@ -137,30 +134,32 @@ class ProcessEngine(EngineClient):
         return None if self._process is None else self._process.pid
 
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
-        self.limits.check_fits(num_prompt_tokens, max_tokens)
+        self.rules.check_fits(num_prompt_tokens, max_tokens)
 
     def register_head(self, task: str, head) -> None:
         blob = io.BytesIO()
         torch.save(head, blob)  # a whole module: the child needs its class, sizes and weights
-        self._call("register_head", task, blob.getvalue())
+        self._call(lambda token: RegisterHead(token, task, blob.getvalue()))
         self.heads[task] = head
 
     def register_adapter(self, name: str, folder: str) -> None:
-        self._call("register_adapter", name, str(folder))
+        self._call(lambda token: RegisterAdapter(token, name, str(folder)))
         self.adapters.add(name)
 
-    def _call(self, command: str, *args, timeout: float = 300.0) -> None:
-        """Send a command the child answers, and wait for the answer; its error is a ValueError here."""
+    def _call(self, make_command, timeout: float = 300.0) -> None:
+        """Send a command the child answers (made from its token), and wait for the answer; its error
+        is a ValueError here."""
         token, done = next(self._tokens), threading.Event()
         self._replies[token] = (done, reply := [])
+        command = make_command(token)
         try:
-            if not self._send((command, token, *args)):
+            if not self._send(command):
                 raise EngineDeadError(self.dead_reason or "the engine process is gone")
             while not done.wait(0.5):
                 if not self.is_running:
                     raise EngineDeadError(self.dead_reason or "the engine process is gone")
                 if (timeout := timeout - 0.5) <= 0:
-                    raise TimeoutError(f"the engine process did not answer {command} in time")
+                    raise TimeoutError(f"the engine process did not answer {type(command).__name__} in time")
         finally:
             self._replies.pop(token, None)
         if reply and reply[0] is not None:
@@ -170,23 +169,15 @@ class ProcessEngine(EngineClient):
         return self._stats  # as of the child's last report
 
     # --- requests (event loop thread) ------------------------------------------------------------
-    def _new_request(self, prompt: str | list[int], params: SamplingParams, req_id: str,
+    def _new_request(self, prompt: str | list[int], params: SamplingParams | PoolingParams, req_id: str,
                      **routing) -> PreparedRequest:
-        text = prompt if isinstance(prompt, str) else None
-        token_ids = self.tokenizer.encode(prompt, add_special_tokens=False) if text is not None else list(prompt)
-        token_ids, params = check_request(self.limits, token_ids, params, routing.get("task", ""),
-                                          routing.get("adapter"), self.heads, self._check_adapter)
-        return PreparedRequest(req_id, text, token_ids, params, routing)
-
-    def _check_adapter(self, name: str | None) -> None:
-        if name is not None and name not in self.adapters:
-            known = ", ".join(sorted(self.adapters)) or "none"
-            raise ValueError(f"adapter {name!r} is not registered (registered adapters: {known})")
+        return prepare_request(self.rules, self.tokenizer, self.heads, self.adapters, prompt, params, req_id,
+                               Routing(**routing))
 
     def _send_add(self, prepared: PreparedRequest) -> None:
         wants_logprobs = getattr(prepared.params, "logprobs", None) is not None  # PoolingParams have none
         self._assemblies[prepared.req_id] = _Assembly(prepared, logprobs=[] if wants_logprobs else None)
-        if not self._send(("add", prepared.to_wire())):
+        if not self._send(AddRequest(replace(prepared, prompt=None))):  # the text stays here
             self._assemblies.pop(prepared.req_id, None)
             self._fail(prepared.req_id, EngineDeadError(self.dead_reason or "the engine process is gone"))
 
@@ -194,9 +185,9 @@ class ProcessEngine(EngineClient):
         # Nobody reads this request any more: forget it now; the child frees its blocks at its next step.
         self._assemblies.pop(req_id, None)
         self._streams.pop(req_id, None)
-        self._send(("abort", req_id))
+        self._send(AbortRequest(req_id))
 
-    def _send(self, command: tuple) -> bool:
+    def _send(self, command) -> bool:
         try:
             with self._send_lock:
                 self._commands.send(command)
@@ -210,16 +201,16 @@ class ProcessEngine(EngineClient):
         try:
             while True:
                 message = reports.recv()
-                if message[0] == "died":
-                    reason = message[1]
+                if isinstance(message, EngineDied):
+                    reason = message.reason
                     break
-                if message[0] == "done":  # the answer to a _call: (token, error or None)
-                    done, reply = self._replies.get(message[1], (None, None))
+                if isinstance(message, CommandDone):  # the answer to a _call
+                    done, reply = self._replies.get(message.token, (None, None))
                     if done is not None:
-                        reply.append(message[2])
+                        reply.append(message.error)
                         done.set()
                     continue
-                self._on_report(message[1])
+                self._on_report(message)
         except (EOFError, OSError):
             pass
         except BaseException as err:  # a bug here must still fail everyone, never hang them

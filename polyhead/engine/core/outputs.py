@@ -1,12 +1,14 @@
 """What the engine hands back for a request after a step."""
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from polyhead.engine.decoder.sampler import TokenLogprobs
 
-if TYPE_CHECKING:
-    from polyhead.engine.decoder.scheduler import SchedulerOutput
+@dataclass(slots=True)
+class TokenLogprobs:
+    """A sampled token's log-prob, and the most likely tokens' beside it."""
+
+    logprob: float  # log-prob of the chosen token
+    top: list[tuple[int, float]]  # top-k (token_id, logprob), most likely first; [] when k == 0
 
 
 @dataclass(slots=True)
@@ -41,12 +43,6 @@ class StepStats:
     def is_mixed(self) -> bool:
         """Generate rows and pooling rows shared the step's one forward."""
         return self.rows.get("generate", 0) > 0 and len(self.rows) > 1
-
-    @classmethod
-    def of(cls, sched: "SchedulerOutput", pooling_rows: dict[str, int]) -> "StepStats":
-        num_generate = len(sched.scheduled) - sum(pooling_rows.values()) if pooling_rows else len(sched.scheduled)
-        rows = {"generate": num_generate, **pooling_rows} if num_generate else dict(pooling_rows)
-        return cls(sched.num_batched_tokens, rows)
 
 
 @dataclass(slots=True)

@@ -3,6 +3,8 @@ ValueError that names the parameter and its limit, before the request reaches th
 
 from dataclasses import dataclass, field
 
+from polyhead.engine.core.kinds import POOLING_KINDS
+
 
 @dataclass(slots=True)
 class SamplingParams:
@@ -53,9 +55,6 @@ class SamplingParams:
 def _check(ok: bool, name: str, message: str) -> None:
     if not ok:
         raise ValueError(f"{name} {message}")
-
-
-POOLING_KINDS = ("classify", "tag", "embed", "score")
 
 
 @dataclass(slots=True)

@@ -88,3 +88,30 @@ class Request:
         if self.is_pooling:
             return self.params.first_needed_position(self.num_tokens)
         return self.num_tokens - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """Where a request goes and how it is scheduled; none of it changes what it computes."""
+
+    task: str = ""  # the task it belongs to (metrics, fair share; a pooling request's default head)
+    adapter: str | None = None  # the LoRA adapter its rows use; None: the base weights
+    priority: int = 0  # lower runs first under the priority policy
+    tenant: str = ""  # who sent it (API key or `user`), for fair share
+    deadline: float | None = None  # time.monotonic() after which it ends as timed out
+    after: str | None = None  # req_id of a request whose prompt it shares: it starts once that is cached
+
+
+@dataclass(slots=True)
+class PreparedRequest:
+    """A tokenized, checked request, not yet admitted: what crosses to the engine process."""
+
+    req_id: str
+    prompt: str | None  # the prompt text, when it was given as text (never sent to the engine process)
+    token_ids: list[int]
+    params: SamplingParams | PoolingParams  # checked, with the task head's defaults filled in
+    routing: Routing
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.token_ids)

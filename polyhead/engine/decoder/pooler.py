@@ -8,7 +8,7 @@ computes its last prompt token. A chunk that does not start where the accumulato
 the request was preempted and recomputed: its accumulator starts over.
 """
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -166,38 +166,3 @@ def _finish_pool(params: PoolingParams, acc: _Accumulator, states: torch.Tensor,
     if params.pooling == "cls":
         return acc.total
     return pool(states, "last").float()
-
-
-def resolve_pooling_params(params: PoolingParams, task: str, heads: dict[str, nn.Module],
-                           num_prompt_tokens: int) -> PoolingParams:
-    """Check a pooling request against the registered heads and fill in what it left open: the head's
-    task (params.task, else the request's routing task when a head is registered under it) and the
-    pooling and normalize (the classify/embed head's own, else last and no normalizing: a decoder's
-    defaults). Raises ValueError naming the field."""
-    if params.kind == "score":  # the LM head scores; `task` only names the request's task (metrics)
-        if not params.next_token_ids and params.num_scored_tokens > num_prompt_tokens - 1:
-            raise ValueError(f"num_scored_tokens ({params.num_scored_tokens}) must be at most the prompt's "
-                             f"length - 1 ({num_prompt_tokens - 1}): a scored token needs a token before it")
-        return replace(params, pooling="last", normalize=False)
-    name = params.task
-    if name is not None and name not in heads:
-        known = ", ".join(sorted(heads)) or "none registered"
-        raise ValueError(f"task {name!r} has no head registered on this engine (known: {known})")
-    if name is None and task in heads:
-        name = task
-    head = heads.get(name) if name is not None else None
-    wanted = {"classify": ClassifyHead, "tag": TagHead, "embed": EmbedPooler}[params.kind]
-    if params.kind in ("classify", "tag") and head is None:
-        raise ValueError(f"a {params.kind} request needs a task with a registered {wanted.__name__} "
-                         f"(task); for zero-shot classification score the label verbalizers "
-                         f"(polyhead.tasks.zero_shot)")
-    if head is not None and not isinstance(head, wanted):
-        raise ValueError(f"task {name!r} has a {type(head).__name__}, but a {params.kind} request needs "
-                         f"a {wanted.__name__}")
-    head_pooling = getattr(head, "pooling", None)
-    pooling = params.pooling or head_pooling or "last"
-    if params.pooling is not None and head_pooling is not None and params.pooling != head_pooling:
-        raise ValueError(f"pooling {params.pooling!r} differs from task {name!r}'s head, trained on "
-                         f"{head_pooling!r} pooling")
-    normalize = params.normalize if params.normalize is not None else bool(getattr(head, "normalize", False))
-    return replace(params, task=name, pooling=pooling, normalize=normalize)

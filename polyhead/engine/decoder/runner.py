@@ -37,7 +37,8 @@ class BatchInputs:
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int, dtype: torch.dtype):
+    def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int, dtype: torch.dtype,
+                 lora: LoRAManager | None = None):
         config = model.config
         self.model = prepare_for_inference(model)
         self.block_size = block_size
@@ -51,7 +52,7 @@ class ModelRunner:
         self.native_decode = decode_attention_kernel(dtype)
         self.sampler = Sampler()
         self.pooler = Pooler(config.hidden_size)
-        self.lora: LoRAManager | None = None  # set by the engine; None: base weights only
+        self.lora = lora  # None: base weights only
 
     @staticmethod
     def cache_bytes_per_block(model: LlamaForCausalLM, block_size: int, dtype: torch.dtype) -> int:
@@ -60,11 +61,11 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
-        if self.lora is not None:
-            self.lora.order_rows(sched.scheduled)  # rows grouped by adapter, once per step
-        batch = self.prepare(sched)
-        adapters = self.lora.applied([(n, r.adapter) for r, n in sched.scheduled]) if self.lora else nullcontext()
-        with adapters:  # per-row LoRA, grouped by adapter (rows are laid out in scheduled order)
+        # The runner's own row order (the scheduler's output is left as it is): rows grouped by adapter.
+        rows = self.lora.order_rows(sched.scheduled) if self.lora is not None else sched.scheduled
+        batch = self.prepare(rows)
+        adapters = self.lora.applied([(n, r.adapter) for r, n in rows]) if self.lora else nullcontext()
+        with adapters:  # per-row LoRA, grouped by adapter (rows are laid out in `rows` order)
             hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta)
         if batch.pooling_rows:
             return self._execute_with_pooling(hidden, batch)
@@ -102,12 +103,13 @@ class ModelRunner:
             output.pooling_rows[kind] = output.pooling_rows.get(kind, 0) + 1
         return output
 
-    def prepare(self, sched: SchedulerOutput) -> BatchInputs:
+    def prepare(self, rows: list[tuple[Request, int]]) -> BatchInputs:
+        """rows: (request, tokens to compute), one-token (decode) rows first."""
         size = self.block_size
         input_ids, positions, slot_mapping = [], [], []
         decode_tables, decode_lens, prefills = [], [], []
         sample_rows, sample_requests, pooling_rows = [], [], []
-        for request, num_new in sched.scheduled:
+        for request, num_new in rows:
             start, end = request.num_computed_tokens, request.num_computed_tokens + num_new
             row = len(input_ids)
             input_ids.extend(request.all_token_ids[start:end])
@@ -115,7 +117,7 @@ class ModelRunner:
             table = request.block_ids
             slot_mapping.extend(table[p // size] * size + p % size for p in range(start, end))
             if num_new == 1:
-                assert row == len(decode_tables), "the scheduler puts one-token rows first"
+                assert row == len(decode_tables), "one-token rows come first"
                 decode_tables.append(table)
                 decode_lens.append(end)
             else:

@@ -9,6 +9,7 @@ from itertools import chain
 
 import torch
 
+from polyhead.engine.core.outputs import TokenLogprobs
 from polyhead.engine.core.params import SamplingParams
 
 # top-k/top-p first look for each row's cut-off among this many most likely tokens; only rows whose
@@ -22,12 +23,6 @@ class SamplingRow:
     prompt_token_ids: list[int]
     output_token_ids: list[int]  # tokens generated so far (before this step)
     generator: torch.Generator | None  # the request's own RNG when params.seed is set, else None
-
-
-@dataclass(slots=True)
-class TokenLogprobs:
-    logprob: float  # log-prob of the chosen token
-    top: list[tuple[int, float]]  # top-k (token_id, logprob), most likely first; [] when k == 0
 
 
 @dataclass(slots=True)

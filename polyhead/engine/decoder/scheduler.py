@@ -37,7 +37,8 @@ class SchedulerOutput:
 class Scheduler:
     def __init__(self, kv_cache: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
                  max_model_len: int, policy: SchedulingPolicy | None = None, pooling_token_budget: int = 0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 is_adapter_ready: Callable[[str | None], bool] = lambda adapter: True):
         self.kv_cache = kv_cache
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -49,7 +50,7 @@ class Scheduler:
         self.clock = clock  # time.monotonic, or a simulated clock in tests; deadlines are on it
         # adapter name (None: base) -> can a request using it run now? (LoRAManager.is_ready); a
         # waiting request that cannot is skipped without holding up those behind it
-        self.is_adapter_ready: Callable[[str | None], bool] = lambda adapter: True
+        self.is_adapter_ready = is_adapter_ready
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
