@@ -7,11 +7,12 @@ from polyhead.cpu import narrow_torch_dispatch
 narrow_torch_dispatch()  # POLYHEAD_CPU_FEATURES narrows torch's dispatch too, if torch has not run yet
 
 __version__ = "0.1.0"
-__all__ = ["LLM", "EngineConfig", "RequestOutput", "SamplingParams"]
+__all__ = ["LLM", "EngineConfig", "PoolingParams", "RequestOutput", "SamplingParams"]
 
 # Imported on first use, so `polyhead --help` answers without loading torch.
 _EXPORTS = {"LLM": "polyhead.llm", "EngineConfig": "polyhead.config",
-            "RequestOutput": "polyhead.engine.core.outputs", "SamplingParams": "polyhead.engine.core.params"}
+            "RequestOutput": "polyhead.engine.core.outputs", "SamplingParams": "polyhead.engine.core.params",
+            "PoolingParams": "polyhead.engine.core.params"}
 
 
 def __getattr__(name: str):

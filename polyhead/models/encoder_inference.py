@@ -1,7 +1,8 @@
 """Swap a built encoder's layers for their CPU fast paths before serving: every linear packed
 in oneDNN's blocked layout (polyhead.models.packed_linear), and each layer's MLP up-projection
 fused with its GELU in one oneDNN call, which saves a pass over the widest activation
-([T, intermediate]): ~10% of that call measured on this CPU. Training keeps the plain modules."""
+([T, intermediate]): ~10% of that call measured on this CPU. polyhead's trainer never builds these
+modules: it trains through transformers' own model (polyhead/train/model.py)."""
 
 import torch
 from torch import nn

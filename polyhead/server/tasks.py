@@ -7,15 +7,17 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 
+from polyhead.engine.core.kinds import KINDS
 from polyhead.server.errors import APIError
 from polyhead.server.registry import Backbone, ServedTask
 
 router = APIRouter()
 
-ENDPOINT_KINDS = {"/v1/classify": ("classify",), "/v1/tag": ("tag",), "/v1/embeddings": ("embed",),
-                  "/v1/chat/completions": ("generate",), "/v1/completions": ("generate",)}
-_ENDPOINT_FOR_KIND = {"classify": "/v1/classify", "tag": "/v1/tag", "embed": "/v1/embeddings",
-                      "generate": "/v1/chat/completions"}
+# Which task kinds each endpoint serves, from the one registry of kinds (engine/core/kinds.py).
+_ENDPOINT_FOR_KIND = {kind.name: kind.endpoint for kind in KINDS.values() if kind.is_task_kind}
+ENDPOINT_KINDS = {endpoint: tuple(k for k, e in _ENDPOINT_FOR_KIND.items() if e == endpoint)
+                  for endpoint in _ENDPOINT_FOR_KIND.values()}
+ENDPOINT_KINDS["/v1/completions"] = ENDPOINT_KINDS["/v1/chat/completions"]
 
 
 @dataclass(slots=True)

@@ -19,7 +19,8 @@ A manifest (`tasks.yaml`) lists tasks inline or by pack folder:
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-TASK_KINDS = ("generate", "classify", "tag", "embed")
+from polyhead.engine.core.kinds import TASK_KINDS
+
 POOLINGS = ("last", "mean", "cls")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 

@@ -5,9 +5,9 @@ The YAML format is documented in polyhead/train/config.py; errors name the field
 
 from dataclasses import dataclass, field
 
+from polyhead.engine.core.kinds import TASK_KINDS
 from polyhead.train.config_parse import path_error
 
-TASK_KINDS = ("classify", "tag", "generate", "embed")
 POOLINGS = ("last", "mean", "cls")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
