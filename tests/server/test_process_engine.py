@@ -136,3 +136,44 @@ def test_heads_and_adapters_register_in_the_child_and_requests_are_checked_here(
         engine.stop()
     torch.testing.assert_close(torch.tensor(pooled.pooled), torch.tensor(done[0].pooled))
     assert adapted.finished and len(adapted.token_ids) == 4
+
+
+def test_an_encoder_backbone_serves_from_a_child_process_as_on_a_thread(tiny_encoder, tmp_path):
+    import torch
+
+    from polyhead.engine.core.params import PoolingParams
+    from polyhead.models.heads import ClassifyHead
+
+    config = EngineConfig(model=str(tiny_encoder[0]), dtype="float32")
+    expected = AsyncEngine.from_config(config)
+    engine = ProcessEngine.from_config(config)
+    torch.manual_seed(0)
+    head = ClassifyHead(engine.info.hidden_size, 3)
+    texts = ["a short one", "a bit longer", "x"]  # the tiny tokenizer: about a token per character
+    try:
+        assert engine.pid != os.getpid() and not engine.info.is_generative and engine.info.kv_cache_summary is None
+        assert engine.info == expected.info and engine.rules == expected.rules
+        for client in (expected, engine):
+            client.register_head("topic", head)
+
+        async def run(client):
+            embed = [_all(client.generate(t, PoolingParams("embed"))) for t in texts]
+            classify = [_all(client.generate(t, PoolingParams("classify"), task="topic")) for t in texts]
+            return [outs[-1] for outs in await asyncio.gather(*embed, *classify)]
+
+        want, got = asyncio.run(run(expected)), asyncio.run(run(engine))
+        for a, b in zip(want, got):
+            assert b.finished and b.finish_reason == "stop" and b.prompt_token_ids == a.prompt_token_ids
+            torch.testing.assert_close(torch.tensor(b.pooled), torch.tensor(a.pooled), rtol=0, atol=1e-6)
+        # checked here by the encoder's rules, before anything crosses to the child
+        with pytest.raises(ValueError, match="encoder backbone"):
+            engine.generate("hi", SamplingParams())
+        with pytest.raises(ValueError, match="serves no LoRA adapters"):
+            engine.generate("hi", PoolingParams("embed"), adapter="x")
+        with pytest.raises(ValueError, match="max_model_len"):
+            engine.generate("word " * 40, PoolingParams("embed"))
+        with pytest.raises(ValueError, match="serves no LoRA adapters"):
+            engine.register_adapter("x", str(tmp_path))
+    finally:
+        engine.stop()
+        expected.stop()

@@ -104,7 +104,7 @@ class ProcessEngine(EngineClient):
         self.info, self.rules, self._stats = ready.info, ready.rules, ready.stats
         logger.info("engine process %d: %s", self._process.pid, self.info.kv_cache_summary or self.info.name)
         self.adapters = set(ready.adapters)  # the config's own (--lora-modules)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.info.folder)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.info.tokenizer_folder)
         self._stopping, self.dead_reason = False, None
         self.last_step_at = time.monotonic()
         self._reader = threading.Thread(target=self._read, args=(reports,), name="polyhead-engine-reader",

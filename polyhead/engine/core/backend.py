@@ -28,7 +28,8 @@ class BackboneInfo:
     """What callers know of a backbone, the same in every process (it crosses to the HTTP process)."""
 
     name: str  # the model's name (its folder's)
-    folder: str  # the model folder (the HTTP process loads the tokenizer from it)
+    folder: str  # the model folder
+    tokenizer_folder: str  # where its tokenizer is (the HTTP process loads it from there)
     is_generative: bool  # a causal LM (generate, zero-shot scoring) or an encoder (pooling only)
     hidden_size: int  # width of the final hidden states (task heads read them)
     has_prefix_cache: bool  # requests sharing a prompt prefix reuse its computed KV blocks

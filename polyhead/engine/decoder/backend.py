@@ -59,7 +59,7 @@ class DecoderBackend:
         self.runner = ModelRunner(self.model, num_blocks, config.block_size, dtype, self.lora)
         for name, folder in config.adapters.items():
             self.register_adapter(name, folder)
-        self.info = BackboneInfo(model_name(self.model_folder), str(self.model_folder), True,
+        self.info = BackboneInfo(model_name(self.model_folder), str(self.model_folder), str(self.model_folder), True,
                                  self.model_config.hidden_size, config.enable_prefix_caching,
                                  self.kv_cache_plan.describe())
         trim_heap()  # the loader's and the packing's freed temporaries

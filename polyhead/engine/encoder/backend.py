@@ -44,7 +44,8 @@ class EncoderBackend:
                              f"({self.max_model_len}): an encoder computes a whole prompt in one step")
         self.rules = EncoderLimits(name, self.model_config.vocab_size, self.max_model_len,
                                    self.sentence.do_lower_case, self.sentence.pooling, self.sentence.normalize)
-        self.info = BackboneInfo(name, str(self.model_folder), False, self.model_config.hidden_size, False, None)
+        self.info = BackboneInfo(name, str(self.model_folder), self.tokenizer.name_or_path, False,
+                                 self.model_config.hidden_size, False, None)
         self.runner = EncoderRunner(loaded.model)
         self._heads: dict[str, ClassifyHead | TagHead | EmbedPooler] = {}
         self.waiting: deque[Request] = deque()
