@@ -82,7 +82,8 @@ class LLM:
                 result[spec.name] = dict(zip(spec.labels, next(outputs).pooled))
         for spec in specs:
             if spec.is_zero_shot:
-                for result, probs in zip(results, zero_shot.classify(self.engine, spec, texts)):
+                plans = [zero_shot.build_plan(spec, self.tokenizer, text) for text in texts]
+                for result, probs in zip(results, zero_shot.classify(self.engine, plans)):
                     result[spec.name] = probs
         return [r[names[0]] for r in results] if isinstance(task, str) else [{n: r[n] for n in names} for r in results]
 

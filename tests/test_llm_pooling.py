@@ -122,7 +122,8 @@ def test_zero_shot_through_the_async_engine(tiny_llama):
         probs = asyncio.run(zero_shot.classify_async(engine, spec, "is it raining?", "zs-1"))
     finally:
         engine.stop()
-    offline = zero_shot.classify(make_engine(tiny_llama[0]), spec, ["is it raining?"])[0]
+    plan = zero_shot.build_plan(spec, engine.tokenizer, "is it raining?")
+    offline = zero_shot.classify(make_engine(tiny_llama[0]), [plan])[0]
     assert list(probs) == ["yes", "no"]
     assert_pooled_close(list(probs.values()), list(offline.values()))
     assert torch.tensor(list(probs.values())).sum().item() == pytest.approx(1.0)

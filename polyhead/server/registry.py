@@ -42,7 +42,6 @@ class ServedTask:
     spec: TaskSpec
     backbone: Backbone
     adapter: str | None  # the adapter name registered on the backbone's engine; None: base weights
-    verbalizer_ids: dict[str, list[int]] = field(default_factory=dict)  # zero-shot: label -> answer tokens
     dimensions: int | None = None  # embed: length of the vector
 
     @property
@@ -140,8 +139,6 @@ def _bind(spec: TaskSpec, backbone: Backbone) -> ServedTask:
             pooler = _load_embed_pooler(spec, backbone.hidden_size)
             engine.register_head(spec.name, pooler)
             served.dimensions = pooler.projection.shape[0]
-    elif spec.is_zero_shot:
-        served.verbalizer_ids = _verbalizer_ids(spec, backbone.tokenizer)
     return served
 
 
@@ -155,14 +152,3 @@ def _load_embed_pooler(spec: TaskSpec, hidden_size: int) -> EmbedPooler:
                          f"(the backbone's hidden size), got {shape}")
     return EmbedPooler(spec.pooling, spec.normalize, weight)
 
-
-def _verbalizer_ids(spec: TaskSpec, tokenizer) -> dict[str, list[int]]:
-    """Each label's answer as tokens appended to the prompt. The answers are tokenized on their own,
-    so every label's prompt starts with the very same tokens and the prefix cache shares them."""
-    ids = {}
-    for label in spec.labels:
-        tokens = tokenizer.encode(spec.verbalizer(label), add_special_tokens=False)
-        if not tokens:
-            raise ValueError(f"label {label!r}: its verbalizer tokenizes to nothing")
-        ids[label] = tokens
-    return ids

@@ -1,10 +1,20 @@
 """Zero-shot classification by label verbalizers: a classify task without a trained head asks
-the language model itself. When every label's answer is one token (" positive", " sports"), one
-`score` row on the prompt reads all of them from its last position: one row, one step. Otherwise
-the prompt (instruction + the text + an answer prefix) is prefilled once and each label's
-verbalizer is a `score` request on prompt + verbalizer that starts after the first one has
-computed the prompt (`after=`), so it reuses the prompt's cached blocks and computes only its own
-few tokens. The label probabilities are a softmax over the scores.
+the language model itself. This module is the one plan for it: `LLM.classify` and `/v1/classify`
+(either engine mode) both call `build_plan` and run what it returns.
+
+The prompt is the task's template as written (a task without one gets the default instruction
+ending in "Label:"), with no chat template around it, and each label's verbalizer is tokenized as
+it follows that prompt. That won on the example test splits: 0.63 mean accuracy over four tasks
+against 0.42 for the chat template with a "Label:" reply (scripts/zero_shot_eval.py,
+BENCHMARKS.md); few-shot templates ("Text: ...\nSentiment:") are plain-text patterns the model
+continues, and a chat turn around them breaks the pattern. The prompt is also exactly what a
+headed classify task on the same text runs, so a fan-out shares one prefill across both.
+
+When every label's answer is one token (" positive", " sports"), one `score` row on the prompt
+reads all of them from its last position: one row, one step. Otherwise each label's verbalizer is
+a `score` request on prompt + verbalizer that starts after the first one has computed the prompt
+(`after=`), so it reuses the prompt's cached blocks and computes only its own few tokens. The
+label probabilities are a softmax over the scores.
 
 Scores are length-normalized: each label's score is the mean log-probability of its verbalizer's
 tokens, not the sum. With the sum, a label whose verbalizer tokenizes into more pieces pays for
@@ -19,13 +29,12 @@ from dataclasses import dataclass
 from polyhead.engine.core.params import PoolingParams
 from polyhead.tasks.spec import TaskSpec
 
-# Picked by trying prompts on 12 labelled sentences (4 positive, 4 negative, 4 neutral) with the
-# default model, SmolLM2-135M-Instruct, float32: this one got 8/12 (every positive and negative
-# right, the neutrals called negative or positive); a plain "Which word describes this text best"
-# question got 4/12 and "Classify the text as one of ..." 4/12 (every text one label). Contextual
-# calibration (dividing by the label probabilities for "N/A") did not help this prompt (8/12).
+# For tasks without a prompt_template. Picked (inside the chat template, since dropped) by trying
+# prompts on 12 labelled sentences with the default model, SmolLM2-135M-Instruct: 8/12, against
+# 4/12 for "Which word describes this text best" and "Classify the text as one of ...". As plain
+# text it gets 0.58 (sentiment) and 0.53 (topic) on the example test splits (BENCHMARKS.md).
 DEFAULT_INSTRUCTION = "Read the text and pick the best label.\nLabels: {labels}\nText: {input}"
-ANSWER_PREFIX = "Label:"  # the assistant's reply starts with it; verbalizers follow after a space
+ANSWER_PREFIX = "Label:"  # ends the default instruction's prompt; verbalizers follow after a space
 
 
 @dataclass(slots=True)
@@ -34,7 +43,7 @@ class ZeroShotPlan:
 
     task: str  # the task's name (metrics)
     labels: list[str]  # in the task's order; probabilities come back in it
-    prompt_token_ids: list[int]  # instruction + text + answer prefix, prefilled once
+    prompt_token_ids: list[int]  # the rendered template (or default instruction), prefilled once
     continuations: list[list[int]]  # per label: its verbalizer's tokens as they follow the prompt
 
     @property
@@ -64,31 +73,24 @@ class ZeroShotPlan:
         return {label: w / total for label, w in zip(self.labels, weights)}
 
 
-def build_plan(spec: TaskSpec, tokenizer, text: str, use_chat_template: bool = True) -> ZeroShotPlan:
-    """The prompt from the task's template (or the default instruction) and each label's
-    verbalizer tokens. A verbalizer is tokenized as it follows the prompt (" positive" after
-    "Label:"), so its first token carries the word boundary the model would produce."""
+def build_plan(spec: TaskSpec, tokenizer, text: str) -> ZeroShotPlan:
+    """The prompt (the task's template as written, else the default instruction and "Label:") and
+    each label's verbalizer tokens. A verbalizer is tokenized as it follows the prompt (" positive"
+    after "Sentiment:"), so its first token carries the word boundary the model would produce."""
     if not spec.is_zero_shot:
         raise ValueError(f"task {spec.name!r} is not zero-shot (kind {spec.kind!r}, head {spec.head!r})")
     if not text:
         raise ValueError("text is empty: zero-shot classification needs something to classify")
-    labels = ", ".join(spec.verbalizer(label).strip() for label in spec.labels)
-    instruction = (spec.render(text) if spec.prompt_template is not None
-                   else DEFAULT_INSTRUCTION.format(labels=labels, input=text))
-    prefix = _with_chat_template(tokenizer, instruction) if use_chat_template else instruction + "\n"
-    prefix += ANSWER_PREFIX
+    if spec.prompt_template is not None:
+        prefix = spec.render(text)
+    else:
+        labels = ", ".join(spec.verbalizer(label).strip() for label in spec.labels)
+        prefix = DEFAULT_INSTRUCTION.format(labels=labels, input=text) + "\n" + ANSWER_PREFIX
     prompt_ids = _encode(tokenizer, prefix)
     sep = "" if prefix[-1].isspace() else " "  # a word after "Label:" starts with a space, after "\n" not
     continuations = [_continuation(tokenizer, prefix, prompt_ids, sep + spec.verbalizer(label).strip())
                      for label in spec.labels]
     return ZeroShotPlan(spec.name, list(spec.labels), prompt_ids, continuations)
-
-
-def _with_chat_template(tokenizer, instruction: str) -> str:
-    if not getattr(tokenizer, "chat_template", None):
-        return instruction + "\n"
-    return tokenizer.apply_chat_template([{"role": "user", "content": instruction}], add_generation_prompt=True,
-                                         tokenize=False)
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -104,14 +106,13 @@ def _continuation(tokenizer, prefix: str, prefix_ids: list[int], verbalizer: str
     return _encode(tokenizer, verbalizer)
 
 
-def classify(engine, spec: TaskSpec, texts: list[str]) -> list[dict[str, float]]:
-    """Offline: run every text's label rows on an Engine (stepping it) -> label probabilities."""
-    plans = [build_plan(spec, engine.tokenizer, text) for text in texts]
+def classify(engine, plans: list[ZeroShotPlan]) -> list[dict[str, float]]:
+    """Offline: run every plan's rows on an Engine (stepping it) -> label probabilities per plan."""
     req_ids: list[list[str]] = []
     for plan in plans:
         ids: list[str] = []
         for prompt, params in plan.requests():  # the first label's row computes the prompt
-            ids.append(engine.add_request(prompt, params, task=spec.name, after=ids[0] if ids else None))
+            ids.append(engine.add_request(prompt, params, task=plan.task, after=ids[0] if ids else None))
         req_ids.append(ids)
     wanted = {i for ids in req_ids for i in ids}
     scores: dict[str, float] = {}

@@ -17,17 +17,25 @@ SENTIMENT = TaskSpec(name="sentiment", kind="classify", labels=["negative", "neu
 def test_plan_shares_one_prompt_and_keeps_the_verbalizers_leading_space():
     tok = tiny_tokenizer()
     spec = TaskSpec(name="s", kind="classify", labels=["neg", "pos"], verbalizers={"pos": "great"},
-                    prompt_template="Review: {input}")
+                    prompt_template="Review: {input} Verdict:")
     plan = zero_shot.build_plan(spec, tok, "fine food")
-    text = tok.decode(plan.prompt_token_ids)
-    assert "Review: fine food" in text and text.endswith(zero_shot.ANSWER_PREFIX)
-    assert text.startswith("<|im_start|>user\n")  # the tokenizer's chat template wraps the instruction
+    assert tok.decode(plan.prompt_token_ids) == "Review: fine food Verdict:"  # as written: no chat template
     assert [tok.decode(c) for c in plan.continuations] == [" neg", " great"]
     (first, p1), (second, p2) = plan.requests()
     assert first[: len(plan.prompt_token_ids)] == second[: len(plan.prompt_token_ids)] == plan.prompt_token_ids
     assert (p1.kind, p1.num_scored_tokens, p2.num_scored_tokens) == ("score", 4, 6)
-    plain = zero_shot.build_plan(spec, tok, "fine food", use_chat_template=False)
-    assert tok.decode(plain.prompt_token_ids) == "Review: fine food\n" + zero_shot.ANSWER_PREFIX
+    spaced = zero_shot.build_plan(TaskSpec(name="t", kind="classify", labels=["a", "b"], prompt_template="{input}: "),
+                                  tok, "x")
+    assert spaced.continuations == [tok.encode("a"), tok.encode("b")]  # after a space: no second one
+
+
+def test_a_task_without_template_gets_the_default_instruction():
+    tok = tiny_tokenizer()
+    plan = zero_shot.build_plan(TaskSpec(name="s", kind="classify", labels=["neg", "pos"],
+                                         verbalizers={"pos": " great "}), tok, "fine food")
+    instruction = zero_shot.DEFAULT_INSTRUCTION.format(labels="neg, great", input="fine food")
+    assert tok.decode(plan.prompt_token_ids) == instruction + "\n" + zero_shot.ANSWER_PREFIX
+    assert [tok.decode(c) for c in plan.continuations] == [" neg", " great"]
 
 
 def test_probabilities_are_a_softmax_over_mean_token_log_probs():
@@ -62,9 +70,10 @@ def test_default_model_gets_clear_sentiments_right(default_model):
 
     engine = Engine(DecoderBackend(EngineConfig(dtype="float32", kv_cache_memory="64MiB"), default_model))
     texts = ["I absolutely loved this movie, it was wonderful!", "The food was cold and the waiter was rude."]
-    positive, negative = zero_shot.classify(engine, SENTIMENT, texts)
+    plans = [zero_shot.build_plan(SENTIMENT, engine.tokenizer, text) for text in texts]
+    positive, negative = zero_shot.classify(engine, plans)
     assert max(positive, key=positive.get) == "positive"
     assert max(negative, key=negative.get) == "negative"
     assert sum(positive.values()) == pytest.approx(1.0)
-    assert zero_shot.build_plan(SENTIMENT, engine.tokenizer, texts[0]).is_one_row  # one-token answers: one row
+    assert plans[0].is_one_row  # one-token answers: one row
     assert torch.tensor(list(positive.values())).min() > 0
