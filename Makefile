@@ -20,6 +20,7 @@ run: install
 # The second pass runs the kernel tests as an AVX2-only CPU (a Zen 3) would: POLYHEAD_CPU_FEATURES
 # narrows polyhead's kernels, torch's dispatch and oneDNN's to AVX2 (polyhead/cpu.py).
 test: install
+	$(VENV)/bin/ruff check polyhead tests scripts examples
 	$(PY) -m pytest -q
 	POLYHEAD_CPU_FEATURES=avx2 $(PY) -m pytest -q tests/kernels tests/test_cpu.py
 
@@ -27,4 +28,4 @@ bench: install
 	$(VENV)/bin/polyhead bench offline
 
 lint: install
-	$(VENV)/bin/ruff check polyhead tests
+	$(VENV)/bin/ruff check polyhead tests scripts examples

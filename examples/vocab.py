@@ -62,7 +62,8 @@ DOMAINS = {
                  "The update came out on {day}."],
     },
     "book": {
-        "item": ["this book", "the novel", "the sequel", "this cookbook", "the biography", "the short story collection"],
+        "item": ["this book", "the novel", "the sequel", "this cookbook", "the biography",
+                 "the short story collection"],
         "aspect": ["the writing", "the characters", "the ending", "the first chapter", "the translation",
                    "the pacing", "the illustrations"],
         "fact": ["I read it {when}.", "It has about three hundred pages.", "I borrowed it from the library.",
@@ -324,7 +325,8 @@ NER_TEMPLATES = [
 # Each pair says the same thing twice; both sides are filled with the same slot values.
 
 PARAPHRASES = [
-    ("{company} agreed to buy {company2} for {money}.", "{company2} will be taken over by {company} in a {money} deal."),
+    ("{company} agreed to buy {company2} for {money}.",
+     "{company2} will be taken over by {company} in a {money} deal."),
     ("{team} beat {team2} {score} on {day}.", "On {day}, {team2} lost {score} to {team}."),
     ("{leader} of {country} arrived in {city} for talks on {issue}.",
      "Talks on {issue} brought the leader of {country} to {city}."),
@@ -343,7 +345,8 @@ PARAPHRASES = [
      "Slowing demand means {number} people will lose their jobs at {company}."),
     ("Doctors recommend {advice} to lower the risk of {condition}.",
      "To reduce the chance of {condition}, doctors advise {advice}."),
-    ("A spacecraft launched on {day} is headed for {astro}.", "The probe that lifted off on {day} is on its way to {astro}."),
+    ("A spacecraft launched on {day} is headed for {astro}.",
+     "The probe that lifted off on {day} is on its way to {astro}."),
     ("Health officials in {country} reported a rise in {disease} cases.",
      "{disease} cases are increasing in {country}, officials say."),
     ("{title} topped the box office for a third straight weekend.",

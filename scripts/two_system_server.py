@@ -6,9 +6,10 @@ what a user would deploy beside llama-server without polyhead. A FastAPI server 
   POST /v1/embeddings  OpenAI shape, sentence-transformers' all-MiniLM-L6-v2
   GET  /health
 Requests are served on one worker thread per model, one model call at a time each (classify and
-embeddings overlap; a model call holds the CPU anyway); each classify request is one batched forward over its inputs' prompts (one row per label when an answer
-is longer than one token; when every answer is a single token, one row per input whose last-position
-log-probs score them all). bfloat16 where the CPU has native bf16, like polyhead.
+embeddings overlap; a model call holds the CPU anyway); each classify request is one batched forward
+over its inputs' prompts (one row per label when an answer is longer than one token; when every
+answer is a single token, one row per input whose last-position log-probs score them all). bfloat16
+where the CPU has native bf16, like polyhead.
 
 Usage: python scripts/two_system_server.py --port 8002 [--threads 2]
 """

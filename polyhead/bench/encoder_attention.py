@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
     figures = {name: statistics.median(ts) * 1000 for name, ts in times.items()}
     for name, ms in figures.items():
         print(f"| {name} | {ms:.1f} |")
-    print("command: python -m polyhead.bench.encoder_attention " + shlex.join(argv if argv is not None else sys.argv[1:]))
+    args_given = argv if argv is not None else sys.argv[1:]
+    print("command: python -m polyhead.bench.encoder_attention " + shlex.join(args_given))
     return figures
 
 

@@ -95,7 +95,8 @@ def run(sequences: int, context: int, ranks: list[int], repeats: int, dtype: str
         for rank in ranks:
             names = [f"r{rank}-{i}" for i in range(4)]
             for i, name in enumerate(names):
-                engine.register_adapter(name, str(write_random_adapter(Path(tmp) / name, engine.backend.model_config, rank, i)))
+                folder = write_random_adapter(Path(tmp) / name, engine.backend.model_config, rank, i)
+                engine.register_adapter(name, str(folder))
             for k in (0, 1, 2, 4):
                 for grouped in ((True, False) if k > 1 else (True,)):
                     assign(engine, sched, names[:k])

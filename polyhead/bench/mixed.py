@@ -47,7 +47,8 @@ async def send_json(client: httpx.AsyncClient, url: str, body: dict, timeout: fl
         async with asyncio.timeout(timeout):
             response = await client.post(url, json=body)
         if response.status_code != 200:
-            return RequestResult(time.perf_counter() - start, error=f"HTTP {response.status_code}: {response.text[:200]}")
+            error = f"HTTP {response.status_code}: {response.text[:200]}"
+            return RequestResult(time.perf_counter() - start, error=error)
         data = response.json()
         if not data.get("data"):
             return RequestResult(time.perf_counter() - start, error=f"no data in {str(data)[:200]}")

@@ -89,7 +89,8 @@ def run_offline(args) -> int:
         row = {"concurrency": num, "polyhead_tok_s": bench_polyhead(llm, prompts[:num], args.output_len)}
         if reference is not None:
             for cache in TRANSFORMERS_CACHES:
-                row[f"transformers_{cache}_tok_s"] = bench_transformers(reference, prompts[:num], args.output_len, cache)
+                row[f"transformers_{cache}_tok_s"] = bench_transformers(reference, prompts[:num], args.output_len,
+                                                                        cache)
             row["transformers_tok_s"] = max(row[f"transformers_{c}_tok_s"] for c in TRANSFORMERS_CACHES)
             row["ratio"] = row["polyhead_tok_s"] / row["transformers_tok_s"]
         rows.append(row)
@@ -104,7 +105,8 @@ def run_offline(args) -> int:
     print("| sequences | polyhead tok/s | transformers tok/s (dynamic / static cache) | ratio to the better |")
     print("|---|---|---|---|")
     for row in rows:
-        ref = " / ".join(f"{row[f'transformers_{c}_tok_s']:.1f}" for c in TRANSFORMERS_CACHES) if "ratio" in row else "-"
+        ref = (" / ".join(f"{row[f'transformers_{c}_tok_s']:.1f}" for c in TRANSFORMERS_CACHES)
+               if "ratio" in row else "-")
         ratio = f"{row['ratio']:.2f}x" if "ratio" in row else "-"
         print(f"| {row['concurrency']} | {row['polyhead_tok_s']:.1f} | {ref} | {ratio} |")
     print(f"process RSS after the run: {rss / 2**20:.0f} MiB"

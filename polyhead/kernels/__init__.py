@@ -27,7 +27,8 @@ from polyhead.cpu import LEVELS, cpu_features
 
 logger = logging.getLogger(__name__)
 
-_SOURCES = [Path(__file__).with_name(name) for name in ("paged_attention.cpp", "gemv.cpp", "rms_norm.cpp", "quant_gemm.cpp")]
+_SOURCES = [Path(__file__).with_name(name)
+            for name in ("paged_attention.cpp", "gemv.cpp", "rms_norm.cpp", "quant_gemm.cpp")]
 _HEADERS = [Path(__file__).with_name(name) for name in ("bf16.h", "simd.h")]
 _FLAGS = ["-O3", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 _ATTENTION_ARGTYPES = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 7 + [ctypes.c_float, ctypes.c_int64, ctypes.c_int]

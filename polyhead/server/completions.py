@@ -1,10 +1,10 @@
 """POST /v1/completions and /v1/chat/completions.
 
 `model` is a generative backbone or a generate task: a task's prompt template wraps the prompt
-(chat: the last user message), its adapter applies to its rows and its `sampling` defaults fill
-the fields the request leaves unset. A request with n choices becomes n engine requests with the same prompt: the first one's
-prefill fills the prefix cache and the others reuse those blocks. Streaming interleaves the
-choices' chunks as they come; usage closes every response.
+(chat: the last user message), its adapter applies to its rows and its `sampling` defaults fill the
+fields the request leaves unset. A request with n choices becomes n engine requests with the same
+prompt: the first one's prefill fills the prefix cache and the others reuse those blocks. Streaming
+interleaves the choices' chunks as they come; usage closes every response.
 """
 
 import asyncio

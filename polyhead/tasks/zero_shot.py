@@ -138,7 +138,8 @@ async def classify_async(async_engine, spec: TaskSpec, text: str, req_id: str, *
     finals = await asyncio.gather(*(_last(stream) for stream in streams))
     for out in finals:
         if out.pooled is None:
-            raise RuntimeError(f"zero-shot row {out.req_id} ended without a score: {out.finish_reason} {out.error or ''}")
+            raise RuntimeError(f"zero-shot row {out.req_id} ended without a score: "
+                               f"{out.finish_reason} {out.error or ''}")
     return plan.probabilities(plan.scores([out.pooled for out in finals]))
 
 

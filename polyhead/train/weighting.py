@@ -188,7 +188,8 @@ class GradNormWeighting(nn.Module):
             grads = torch.autograd.grad(losses[t], shared, retain_graph=True, allow_unused=True)
             squares = [(g.float() ** 2).sum() for g in grads if g is not None]
             norms.append(torch.stack(squares).sum().sqrt() if squares else torch.zeros(()))
-        stats = _rank_mean(torch.stack([torch.stack(norms), torch.stack([losses[t].detach().float() for t in self.tasks])]))
+        task_losses = torch.stack([losses[t].detach().float() for t in self.tasks])
+        stats = _rank_mean(torch.stack([torch.stack(norms), task_losses]))
         grad_norms, loss_values = stats[0].detach(), stats[1]  # [K], [K]
         first = self.initial_losses == 0
         self.initial_losses[first] = loss_values[first]

@@ -32,7 +32,8 @@ def parse(argv):
 
 def test_a_short_mixed_run_against_a_live_server(manifest_dir, tiny_llama, tmp_path, capsys):  # noqa: F811
     with running_task_server(manifest_dir[1], tiny_llama[0]) as (url, _):
-        args = parse(["--url", url, "--duration", "2", "--chat-streams", "2", "--output-len", "8", "--input-len", "6", "--task-input-len", "6",
+        args = parse(["--url", url, "--duration", "2", "--chat-streams", "2", "--output-len", "8", "--input-len", "6",
+                      "--task-input-len", "6",
                       "--classify-rate", "5", "--embed-rate", "5", "--task-e2e", "5", "--chat-ttft", "5",
                       "--chat-tpot", "1", "--json", str(tmp_path / "run.json"), "--label", "tiny"])
         assert run_bench_mixed(args) == 0

@@ -150,7 +150,8 @@ def test_wanda_and_magnitude_pick_different_channels(tmp_path):
     (["--semi-structured", "4:2"], "--semi-structured N:M needs 0 < N < M, got 4:2"),
     (["--semi-structured", "two:four"], "--semi-structured takes N:M"),
     (["--semi-structured", "2:3"], "not a multiple of 3"),
-    (["--structured", "mlp=0.2", "--calibration", "/no/such/file.txt"], "--calibration '/no/such/file.txt' is not a file"),
+    (["--structured", "mlp=0.2", "--calibration", "/no/such/file.txt"],
+     "--calibration '/no/such/file.txt' is not a file"),
 ])
 def test_bad_arguments_name_the_flag_and_limit(tmp_path, tiny_source, capsys, flags, message):
     assert main(["prune", str(tiny_source), "--output", str(tmp_path / "out"), *flags]) == 2

@@ -31,11 +31,13 @@ def test_auto_is_max_num_seqs_sequences_of_max_model_len_tokens(tiny_llama):
     engine = make_engine(tiny_llama[0], kv_cache_memory="auto", max_num_seqs=3)
     plan = engine.backend.kv_cache_plan
     assert plan.num_bytes == 3 * 256 * TINY_BYTES_PER_TOKEN  # 3 x the model's context of 256 tokens
-    assert engine.backend.runner.kv_cache.nbytes == plan.num_bytes and engine.backend.kv_cache.num_blocks == 3 * 256 // 16
+    backend = engine.backend
+    assert backend.runner.kv_cache.nbytes == plan.num_bytes and backend.kv_cache.num_blocks == 3 * 256 // 16
     assert engine.backend.max_model_len == 256 and "max_num_seqs 3 x max_model_len 256" in plan.describe()
     # a shorter max_model_len shrinks it; a partial block per sequence is rounded up to a whole block
     engine = make_engine(tiny_llama[0], kv_cache_memory="auto", max_num_seqs=2, max_model_len=40)
-    assert engine.backend.kv_cache_plan.num_bytes == 2 * 48 * TINY_BYTES_PER_TOKEN and engine.backend.max_model_len == 40
+    backend = engine.backend
+    assert backend.kv_cache_plan.num_bytes == 2 * 48 * TINY_BYTES_PER_TOKEN and backend.max_model_len == 40
     assert EngineConfig().kv_cache_memory == "auto"  # the default
 
 
@@ -48,7 +50,8 @@ def test_auto_is_capped_by_available_memory_but_never_below_one_sequence(tmp_pat
     # 128 x 8192 tokens would be 23 GiB: the cap is the share of MemAvailable
     plan = plan_kv_cache("auto", bytes_per_block, 16, 128, 8192, mem_available=available)
     assert plan.num_blocks == int(available * KV_AUTO_MEMORY_SHARE) // bytes_per_block
-    assert plan.num_bytes <= available * KV_AUTO_MEMORY_SHARE and "capped at 25% of MemAvailable 4.00 GiB" in plan.source
+    assert plan.num_bytes <= available * KV_AUTO_MEMORY_SHARE
+    assert "capped at 25% of MemAvailable 4.00 GiB" in plan.source
     # within the cap: exactly what max_num_seqs x max_model_len needs
     plan = plan_kv_cache("auto", bytes_per_block, 16, 4, 512, mem_available=available)
     assert plan.num_bytes == 4 * 512 * 23040 and "within" in plan.source
@@ -60,7 +63,8 @@ def test_auto_is_capped_by_available_memory_but_never_below_one_sequence(tmp_pat
 def test_explicit_sizes_are_honoured_and_errors_name_the_field(tiny_llama):
     engine = make_engine(tiny_llama[0], kv_cache_memory="64KiB", block_size=16)
     assert engine.backend.kv_cache.num_blocks == (64 << 10) // (16 * TINY_BYTES_PER_TOKEN) == 8
-    assert engine.backend.kv_capacity_tokens == 128 and engine.backend.max_model_len == 128  # below the context: capacity rules
+    # below the context: capacity rules
+    assert engine.backend.kv_capacity_tokens == 128 and engine.backend.max_model_len == 128
     assert make_engine(tiny_llama[0], kv_cache_memory=3 * 8192 + 5).backend.kv_cache.num_blocks == 3
     with pytest.raises(ValueError, match=r"kv_cache_memory \(1024 bytes\) is below one KV block \(8192 bytes"):
         make_engine(tiny_llama[0], kv_cache_memory="1KiB")
@@ -121,7 +125,8 @@ def test_the_engine_process_does_not_touch_its_cache(tiny_llama):
     engine = ProcessEngine.from_config(EngineConfig(model=str(tiny_llama[0]), dtype="float32",
                                                     kv_cache_memory="2GiB"))
     try:
-        assert "2048.0 MiB reserved" in engine.info.kv_cache_summary and "kv_cache_memory=" in engine.info.kv_cache_summary
+        summary = engine.info.kv_cache_summary
+        assert "2048.0 MiB reserved" in summary and "kv_cache_memory=" in summary
         status = Path(f"/proc/{engine.pid}/status").read_text()
         rss = int(status.split("VmRSS:")[1].split()[0]) * 1024
         assert rss < GIB, rss  # torch and transformers are ~0.4 GB here; a touched cache alone 2 GiB

@@ -62,7 +62,8 @@ def test_engine_wires_the_policy_and_times_out_requests(tiny_llama):
     assert engine.backend.kv_cache.num_free_blocks == engine.backend.kv_cache.num_blocks
 
     fair = make_engine(folder, policy="fair", tenant_weights={"a": 2.0}, task_weights={"chat": 3.0})
-    assert fair.backend.scheduler.policy.tenants.weights == {"a": 2.0} and fair.backend.scheduler.policy.task_weights == {"chat": 3.0}
+    policy = fair.backend.scheduler.policy
+    assert policy.tenants.weights == {"a": 2.0} and policy.task_weights == {"chat": 3.0}
 
 
 def test_encoder_engine_orders_by_the_policy_and_times_out_waiting_requests(tiny_encoder):

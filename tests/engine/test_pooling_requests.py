@@ -99,7 +99,8 @@ def test_abort_mid_prompt_and_while_parked(tiny_llama):
     engine.add_request(text, PoolingParams("tag", task="ner"), req_id="lead")
     engine.add_request(text, PoolingParams("embed"), req_id="follow", after="lead")
     engine.step()
-    assert engine.backend.scheduler.requests["lead"].num_computed_tokens == 8 and "follow" not in engine.backend.scheduler.requests
+    scheduled = engine.backend.scheduler.requests
+    assert scheduled["lead"].num_computed_tokens == 8 and "follow" not in scheduled
     engine.abort_request("follow")
     engine.abort_request("lead")
     outs = {o.req_id: o for o in engine.step()}

@@ -75,8 +75,9 @@ def test_tensor_problems_name_the_tensor(adapters, model_config, tmp_path):
         check_adapter(edited(adapters, tmp_path / "2", tensors=add_embedding), model_config, max_rank=64)
 
     def add_layer(t):
+        b_key = a_key.replace("lora_A", "lora_B")
         return {**t, a_key.replace("layers.0", "layers.7"): t[a_key].clone(),
-                a_key.replace("layers.0", "layers.7").replace("lora_A", "lora_B"): t[a_key.replace("lora_A", "lora_B")].clone()}
+                b_key.replace("layers.0", "layers.7"): t[b_key].clone()}
 
     with pytest.raises(ValueError, match="is for layer 7, but the model has 2 layers"):
         check_adapter(edited(adapters, tmp_path / "3", tensors=add_layer), model_config, max_rank=64)

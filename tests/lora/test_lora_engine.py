@@ -55,8 +55,9 @@ def test_mixed_batch_gives_every_request_what_it_gets_alone(lora_base, adapters)
     """Two adapters and the base, decode rows and prefill chunks in the same steps."""
     engine = lora_engine(lora_base, adapters, ["qv", "all"], max_num_batched_tokens=12, block_size=4)
     steps = []
-    execute = engine.backend.runner.execute
-    engine.backend.runner.execute = lambda sched: steps.append([(r.adapter, n) for r, n in sched.scheduled]) or execute(sched)
+    runner = engine.backend.runner
+    execute = runner.execute
+    runner.execute = lambda sched: steps.append([(r.adapter, n) for r, n in sched.scheduled]) or execute(sched)
     prompts = prompts_of([5, 19, 7, 26, 3, 11], seed=2)
     names = [None, "qv", "all", "qv", None, "all"]
     for i, (prompt, name) in enumerate(zip(prompts[:3], names)):
@@ -165,8 +166,8 @@ def test_mixed_batch_with_pooling_rows_two_adapters_and_base(lora_base, adapters
     register_heads(engine, heads)
     steps = []
     execute = engine.backend.runner.execute
-    engine.backend.runner.execute = lambda sched: steps.append([(r.adapter, r.is_pooling, n) for r, n in sched.scheduled]) \
-        or execute(sched)
+    engine.backend.runner.execute = lambda sched: steps.append(
+        [(r.adapter, r.is_pooling, n) for r, n in sched.scheduled]) or execute(sched)
     decodes = prompts_of([6, 11, 3], seed=12)
     generate = {"gen-base": (decodes[0], None), "gen-qv": (decodes[1], "qv"), "gen-all": (decodes[2], "all")}
     for req_id, (prompt, name) in generate.items():

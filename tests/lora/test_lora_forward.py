@@ -27,9 +27,8 @@ def flat_forward(loaded, sequences: list[list[int]], adapters: list) -> list[tor
     kv = [torch.zeros(2, config.num_kv_heads, sum(lens), config.head_dim) for _ in range(config.num_layers)]
     starts = [sum(lens[:i]) for i in range(len(lens))]
     window = config.sliding_window
-    meta = AttentionMetadata(torch.arange(sum(lens)), sum(lens), 0, None, None, None,
-                             [PrefillChunk(s, n, n, None, build_prefill_mask(0, n, window)) for s, n in zip(starts, lens)],
-                             window)
+    chunks = [PrefillChunk(s, n, n, None, build_prefill_mask(0, n, window)) for s, n in zip(starts, lens)]
+    meta = AttentionMetadata(torch.arange(sum(lens)), sum(lens), 0, None, None, None, chunks, window)
     ids = torch.tensor([t for s in sequences for t in s])
     positions = torch.cat([torch.arange(n) for n in lens])
     state = loaded.model.lora_state

@@ -55,6 +55,7 @@ def test_load_rejects_unknown_path():
 
 def test_load_rejects_unsupported_architecture(tmp_path):
     from transformers import GPT2Config
-    AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(tmp_path)
+    gpt2 = AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
+    gpt2.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="architecture 'gpt2' is not supported"):
         load_model(str(tmp_path), torch.float32)

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.model
 
 @pytest.fixture(scope="module")
 def kept():
-    return LLM.from_engine(Engine(DecoderBackend(EngineConfig(dtype="float32", quantization="auto", kv_cache_memory="64MiB",
-                                                  max_num_batched_tokens=16))))
+    config = EngineConfig(dtype="float32", quantization="auto", kv_cache_memory="64MiB", max_num_batched_tokens=16)
+    return LLM.from_engine(Engine(DecoderBackend(config)))
 
 
 def test_kept_q4_1_greedy_equals_transformers_on_the_dequantized_file(kept, default_model, hf_default_model):
@@ -28,8 +28,9 @@ def test_kept_q4_1_greedy_equals_transformers_on_the_dequantized_file(kept, defa
     for prompt, out in zip(PROMPTS, outs):
         ids = tokenizer.encode(prompt, add_special_tokens=False)
         with torch.no_grad():
-            ref = hf_default_model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                            do_sample=False, max_new_tokens=NEW_TOKENS, eos_token_id=-1, pad_token_id=0)
+            mask = torch.ones(1, len(ids), dtype=torch.long)
+            ref = hf_default_model.generate(torch.tensor([ids]), attention_mask=mask, do_sample=False,
+                                            max_new_tokens=NEW_TOKENS, eos_token_id=-1, pad_token_id=0)
         assert out.token_ids == ref[0, len(ids):].tolist(), prompt
 
 

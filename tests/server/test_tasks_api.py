@@ -81,7 +81,8 @@ def test_zero_shot_scores_each_label_answer(task_server, tiny_llama):
 
 def hit_tokens(url) -> float:
     text = httpx.get(f"{url}/metrics", timeout=30).text
-    line = next(x for x in text.splitlines() if x.startswith(f'polyhead_prefix_cache_hit_tokens_total{{backbone="{MODEL}"'))
+    name = f'polyhead_prefix_cache_hit_tokens_total{{backbone="{MODEL}"'
+    line = next(x for x in text.splitlines() if x.startswith(name))
     return float(line.split()[-1])
 
 

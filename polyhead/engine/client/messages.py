@@ -45,7 +45,7 @@ Command = AddRequest | AbortRequest | RegisterHead | RegisterAdapter | Stop
 
 # --- engine process -> HTTP process ---------------------------------------------------------------
 @dataclass(slots=True)
-class EngineReady:
+class StartUp:
     """The engine is built: what the HTTP process needs to check and route requests itself."""
 
     info: BackboneInfo
@@ -94,8 +94,8 @@ class StepReport:
 
 
 @dataclass(slots=True)
-class EngineDied:
+class LoopDied:
     reason: str  # the error that ended the step loop
 
 
-Report = EngineReady | LoadFailed | CommandDone | StepReport | EngineDied
+Report = StartUp | LoadFailed | CommandDone | StepReport | LoopDied

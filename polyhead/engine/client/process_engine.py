@@ -1,14 +1,14 @@
 """The engine in a child process (`--engine-mode process`).
 
-The child builds the Engine (either backend) and steps it on its main thread; the HTTP process
-only tokenizes, checks and talks to it over two pipes, in the messages of engine/client/messages.py.
+The child builds the Engine (either backend) and steps it on its main thread; the HTTP process only
+tokenizes, checks and talks to it over two pipes, in the messages of engine/client/messages.py.
 Commands go in (a `PreparedRequest`, aborts, and at start-up the task heads and adapters to
-register, each answered); after each step one `StepReport` comes back with every request's new tokens and text (deltas, never the whole output
-again), pooling results, and the engine's stats. This process keeps the backbone's request
-rules and the heads and adapter names it registered, so it checks a request exactly as the engine
-would before queueing it. A reader
-thread in this process rebuilds each request's RequestOutput from the deltas and hands the step
-to each event loop in one callback.
+register, each answered); after each step one `StepReport` comes back with every request's new
+tokens and text (deltas, never the whole output again), pooling results, and the engine's stats.
+This process keeps the backbone's request rules and the heads and adapter names it registered, so it
+checks a request exactly as the engine would before queueing it. A reader thread in this process
+rebuilds each request's RequestOutput from the deltas and hands the step to each event loop in one
+callback.
 If the child dies, its end of the pipe closes and every open stream fails with EngineDeadError.
 """
 
@@ -28,11 +28,11 @@ from polyhead.engine.client.messages import (
     AbortRequest,
     AddRequest,
     CommandDone,
-    EngineDied,
-    EngineReady,
     LoadFailed,
+    LoopDied,
     RegisterAdapter,
     RegisterHead,
+    StartUp,
     StepReport,
     Stop,
 )
@@ -100,7 +100,7 @@ class ProcessEngine(EngineClient):
         if isinstance(message, LoadFailed):
             self._process.join(5)
             raise message.error
-        ready: EngineReady = message
+        ready: StartUp = message
         self.info, self.rules, self._stats = ready.info, ready.rules, ready.stats
         logger.info("engine process %d: %s", self._process.pid, self.info.kv_cache_summary or self.info.name)
         self.adapters = set(ready.adapters)  # the config's own (--lora-modules)
@@ -201,7 +201,7 @@ class ProcessEngine(EngineClient):
         try:
             while True:
                 message = reports.recv()
-                if isinstance(message, EngineDied):
+                if isinstance(message, LoopDied):
                     reason = message.reason
                     break
                 if isinstance(message, CommandDone):  # the answer to a _call

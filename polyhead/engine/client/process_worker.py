@@ -14,12 +14,12 @@ from polyhead.engine.client.messages import (
     AbortRequest,
     AddRequest,
     CommandDone,
-    EngineDied,
-    EngineReady,
     LoadFailed,
+    LoopDied,
     OutputDelta,
     RegisterAdapter,
     RegisterHead,
+    StartUp,
     StepReport,
     Stop,
 )
@@ -37,13 +37,13 @@ def run_engine_process(config: EngineConfig, commands, reports, idle_wait_s: flo
     except BaseException as err:  # noqa: BLE001 - re-raised in the parent
         reports.send(LoadFailed(_picklable(err)))
         return
-    reports.send(EngineReady(engine.info, engine.rules, engine.stats(), engine.adapter_names))
+    reports.send(StartUp(engine.info, engine.rules, engine.stats(), engine.adapter_names))
     try:
         _serve(engine, commands, reports, idle_wait_s)
     except (EOFError, BrokenPipeError):
         pass  # the parent is gone
     except BaseException as err:
-        reports.send(EngineDied(f"the engine process died: {type(err).__name__}: {err}"))
+        reports.send(LoopDied(f"the engine process died: {type(err).__name__}: {err}"))
         raise
 
 
