@@ -134,7 +134,6 @@ def build_task_registry(args, default_name: str):
     from polyhead.config import parse_size
     from polyhead.engine.client.async_engine import AsyncEngine
     from polyhead.engine.client.process_engine import ProcessEngine
-    from polyhead.engine.factory import is_encoder_model
     from polyhead.server.registry import TaskRegistry
     from polyhead.tasks.default import resolve_manifest
     from polyhead.tasks.manifest import load_manifest
@@ -153,18 +152,25 @@ def build_task_registry(args, default_name: str):
             raise ValueError(f"--backbone-threads takes NAME=N with N >= 1 (e.g. all-MiniLM-L6-v2=2), got {item!r}")
         thread_budgets[name] = int(count)
 
-    def start(config):
-        # A decoder's step loop runs Python between its kernels every step; in its own process it
-        # does not take turns on one GIL with the HTTP event loop (BENCHMARKS.md: 1.20x tok/s at 32
-        # clients). An encoder's steps are single forwards, cheap to keep on a thread here.
-        if args.engine_mode == "process" and not is_encoder_model(config.model):
+    engine_modes = {}
+    for item in args.backbone_engine_mode or []:
+        name, sep, mode = item.rpartition("=")
+        if not sep or not name or mode not in ("thread", "process"):
+            raise ValueError(f"--backbone-engine-mode takes NAME=thread|process (e.g. all-MiniLM-L6-v2=thread), "
+                             f"got {item!r}")
+        engine_modes[name] = mode
+
+    def start(config, name: str):
+        # A step loop runs Python between its kernels every step; in its own process it does not
+        # take turns on one GIL with the HTTP event loop (BENCHMARKS.md: 1.20x tok/s at 32 clients).
+        if engine_modes.get(name, args.engine_mode) == "process":
             return ProcessEngine.from_config(config)
         return AsyncEngine.from_config(config)
 
     def make_engine(model: str | None):
         name = default_name if model is None else model
         if model is None:
-            return start(replace(base, kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory)))
+            return start(replace(base, kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory)), name)
         # another backbone: its own context length (an encoder's is its max_seq_length); --lora-modules
         # adapters are for the default backbone (a task's own adapter is registered on its backbone).
         # One thread unless told otherwise: each engine loop runs its own OpenMP team, and a second
@@ -174,7 +180,7 @@ def build_task_registry(args, default_name: str):
         config = replace(base, model=model, max_model_len=None, adapters={},
                          kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory),
                          num_threads=thread_budgets.get(name, 1))
-        return start(config)
+        return start(config, name)
 
     if not args.tasks:
         return TaskRegistry.single(make_engine(None), default_name)
@@ -209,15 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the model's)")
     p.add_argument("--default-max-tokens", type=int, default=256, help="when a request sets none (default: 256)")
     p.add_argument("--engine-mode", default="process", choices=["thread", "process"],
-                   help="step each decoder backbone's engine in its own child process, or on a thread of the "
-                   "server process; an encoder backbone (e.g. the embedding model) always steps on a thread "
-                   "here; see BENCHMARKS.md (default: process)")
+                   help="step each backbone's engine in its own child process, or on a thread of the "
+                   "server process; see BENCHMARKS.md (default: process)")
     p.add_argument("--tasks", default=None, metavar="MANIFEST",
                    help="serve the tasks of a tasks.yaml manifest, or `default` for the shipped set (chat, "
                    "summarize, translate, sentiment, topic, embed); each backbone gets its own engine")
     p.add_argument("--backbone-kv-cache-memory", action="append", metavar="NAME=SIZE",
                    help="KV cache for one backbone of the manifest, a size or auto (repeatable; others get "
                    "--kv-cache-memory)")
+    p.add_argument("--backbone-engine-mode", action="append", metavar="NAME=MODE",
+                   help="thread or process for one backbone of the manifest (repeatable; others get "
+                   "--engine-mode)")
     p.add_argument("--backbone-threads", action="append", metavar="NAME=N",
                    help="torch threads for a backbone of the manifest other than --model (repeatable; "
                    "default 1, so a small second backbone does not contend for the cores of the first)")
