@@ -134,6 +134,7 @@ def build_task_registry(args, default_name: str):
     from polyhead.config import parse_size
     from polyhead.engine.client.async_engine import AsyncEngine
     from polyhead.engine.client.process_engine import ProcessEngine
+    from polyhead.engine.factory import is_encoder_model
     from polyhead.server.registry import TaskRegistry
     from polyhead.tasks.default import resolve_manifest
     from polyhead.tasks.manifest import load_manifest
@@ -155,15 +156,20 @@ def build_task_registry(args, default_name: str):
     engine_modes = {}
     for item in args.backbone_engine_mode or []:
         name, sep, mode = item.rpartition("=")
-        if not sep or not name or mode not in ("thread", "process"):
-            raise ValueError(f"--backbone-engine-mode takes NAME=thread|process (e.g. all-MiniLM-L6-v2=thread), "
+        if not sep or not name or mode not in ("auto", "thread", "process"):
+            raise ValueError(f"--backbone-engine-mode takes NAME=auto|thread|process (e.g. all-MiniLM-L6-v2=process), "
                              f"got {item!r}")
         engine_modes[name] = mode
 
     def start(config, name: str):
-        # A step loop runs Python between its kernels every step; in its own process it does not
-        # take turns on one GIL with the HTTP event loop (BENCHMARKS.md: 1.20x tok/s at 32 clients).
-        if engine_modes.get(name, args.engine_mode) == "process":
+        # auto: a decoder's step loop runs Python between its kernels every step; in its own process
+        # it does not take turns on one GIL with the HTTP event loop (BENCHMARKS.md: 1.20x tok/s at 32
+        # clients). An encoder's steps are single forwards: in a child process the mixed workload ran
+        # the same (goodput 15.38 req/s either way) for ~300 MB more resident memory, so it stays here.
+        mode = engine_modes.get(name, args.engine_mode)
+        if mode == "auto":
+            mode = "thread" if is_encoder_model(config.model) else "process"
+        if mode == "process":
             return ProcessEngine.from_config(config)
         return AsyncEngine.from_config(config)
 
@@ -214,9 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="require this bearer key on /v1 (or set POLYHEAD_API_KEY)")
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the model's)")
     p.add_argument("--default-max-tokens", type=int, default=256, help="when a request sets none (default: 256)")
-    p.add_argument("--engine-mode", default="process", choices=["thread", "process"],
-                   help="step each backbone's engine in its own child process, or on a thread of the "
-                   "server process; see BENCHMARKS.md (default: process)")
+    p.add_argument("--engine-mode", default="auto", choices=["auto", "process", "thread"],
+                   help="step each backbone's engine in its own child process or on a thread of the server "
+                   "process; auto: decoders in a child process, encoders (e.g. the embedding model) on a "
+                   "thread, what measured best; see BENCHMARKS.md (default: auto)")
     p.add_argument("--tasks", default=None, metavar="MANIFEST",
                    help="serve the tasks of a tasks.yaml manifest, or `default` for the shipped set (chat, "
                    "summarize, translate, sentiment, topic, embed); each backbone gets its own engine")
@@ -224,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KV cache for one backbone of the manifest, a size or auto (repeatable; others get "
                    "--kv-cache-memory)")
     p.add_argument("--backbone-engine-mode", action="append", metavar="NAME=MODE",
-                   help="thread or process for one backbone of the manifest (repeatable; others get "
+                   help="thread, process or auto for one backbone of the manifest (repeatable; others get "
                    "--engine-mode)")
     p.add_argument("--backbone-threads", action="append", metavar="NAME=N",
                    help="torch threads for a backbone of the manifest other than --model (repeatable; "

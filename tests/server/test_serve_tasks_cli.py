@@ -13,8 +13,8 @@ def serve_args(*argv):
     return build_parser().parse_args(["serve", *argv])
 
 
-@pytest.mark.parametrize(("mode", "encoder_mode"), [("process", "process"), ("thread", "thread"),
-                                                  ("process", "thread")])
+@pytest.mark.parametrize(("mode", "encoder_mode"), [("auto", "auto"), ("process", "process"), ("thread", "thread"),
+                                                  ("process", "thread"), ("thread", "process")])
 def test_a_manifest_builds_one_engine_per_backbone(manifest_dir, tiny_llama, bert, mode, encoder_mode):  # noqa: F811
     args = serve_args("--model", str(tiny_llama[0]), "--served-model-name", MODEL, "--tasks", str(manifest_dir[1]),
                       "--dtype", "float32", "--kv-cache-memory", "16MiB", "--max-model-len", "128",
@@ -26,7 +26,9 @@ def test_a_manifest_builds_one_engine_per_backbone(manifest_dir, tiny_llama, ber
         assert list(registry.backbones) == [MODEL, str(bert[0])]
         llama = registry.backbones[MODEL].engine
         encoder = registry.backbones[str(bert[0])].engine
-        # every backbone steps in a child process unless told otherwise (--backbone-engine-mode per backbone)
+        # auto: the decoder in a child process, the encoder on a thread (--backbone-engine-mode per backbone)
+        mode = {"auto": "process"}.get(mode, mode)
+        encoder_mode = {"auto": "thread"}.get(encoder_mode, encoder_mode)
         assert isinstance(llama, ProcessEngine if mode == "process" else AsyncEngine)
         assert isinstance(encoder, ProcessEngine if encoder_mode == "process" else AsyncEngine)
         # a block: keys and values x 2 layers x 2 KV heads x head dim 16 x 16 tokens x 4 bytes = 8 KiB
@@ -54,6 +56,6 @@ def test_bad_manifest_and_flags_are_clear_errors(tmp_path, capsys):
         build_task_registry(serve_args("--tasks", "default", "--backbone-kv-cache-memory", "64MiB"), MODEL)
     with pytest.raises(ValueError, match="NAME=N with N >= 1"):
         build_task_registry(serve_args("--tasks", "default", "--backbone-threads", "all-MiniLM-L6-v2=0"), MODEL)
-    with pytest.raises(ValueError, match="NAME=thread|process"):
+    with pytest.raises(ValueError, match=r"NAME=auto\|thread\|process"):
         build_task_registry(serve_args("--tasks", "default", "--backbone-engine-mode", "all-MiniLM-L6-v2=fork"),
                             MODEL)
