@@ -57,7 +57,19 @@ def test_mixed_batch_gives_every_request_what_it_gets_alone(lora_base, adapters)
     steps = []
     runner = engine.backend.runner
     execute = runner.execute
-    runner.execute = lambda sched: steps.append([(r.adapter, n) for r, n in sched.scheduled]) or execute(sched)
+    num_reordered = 0
+
+    def execute_and_check(sched):
+        """The runner lays rows out in its own order; the scheduler's output stays as it was."""
+        nonlocal num_reordered
+        before = list(sched.scheduled)
+        num_reordered += engine.backend.lora.order_rows(before) != before
+        result = execute(sched)
+        assert sched.scheduled == before
+        steps.append([(r.adapter, n) for r, n in sched.scheduled])
+        return result
+
+    runner.execute = execute_and_check
     prompts = prompts_of([5, 19, 7, 26, 3, 11], seed=2)
     names = [None, "qv", "all", "qv", None, "all"]
     for i, (prompt, name) in enumerate(zip(prompts[:3], names)):
@@ -72,6 +84,7 @@ def test_mixed_batch_gives_every_request_what_it_gets_alone(lora_base, adapters)
     mixed = [s for s in steps if {a for a, n in s if n == 1} >= {None, "qv", "all"}
              and any(n > 1 for _, n in s)]
     assert mixed, "no step mixed decode rows of both adapters and the base with a prefill chunk"
+    assert num_reordered, "no step whose rows the runner had to regroup by adapter"
     for i, (prompt, name) in enumerate(zip(prompts, names)):
         assert_same(results[str(i)], run_alone(engine, prompt, name))
 
