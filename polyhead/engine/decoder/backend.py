@@ -93,14 +93,34 @@ class DecoderBackend:
             self.runner.pooler.release(request.req_id)
         if sched.is_empty:
             return BackendStep(StepStats(0, {}), timed_out, failed)
-        try:
-            result = self.runner.execute(sched)
-        except Exception as err:
-            raise StepFailed([r.req_id for r, _ in sched.scheduled]) from err
-        finished = self.scheduler.update(sched, result.sampled_token_ids)
+        sched, result, failed_rows = self._execute(sched)
+        failed.update(failed_rows)
+        failed.update(result.errors)
+        # Rows that failed are left out of the update: the engine ends them and frees their blocks.
+        finished = self.scheduler.update(sched.without(set(result.errors)), result.sampled_token_ids)
         pooled = {r.req_id: result.pooled[r.req_id] for r in finished if r.is_pooling}
         return BackendStep(_step_stats(sched, result), timed_out, failed, result.sampled_token_ids,
                            result.logprobs, pooled)
+
+    def _execute(self, sched: SchedulerOutput) -> tuple[SchedulerOutput, RunnerOutput, dict[str, str]]:
+        """Run the step's forward. When it fails and rows joined this step, they are the likeliest
+        cause (a new prompt, a freshly loaded adapter): run once more without them, and fail only
+        them if that works. Rows computed twice overwrite their own KV slots with the same values."""
+        try:
+            return sched, self.runner.execute(sched), {}
+        except Exception as err:
+            everyone = [r.req_id for r, _ in sched.scheduled]
+            newest = set(sched.started)
+            if not newest or len(newest) == len(everyone):
+                raise StepFailed(everyone) from err
+            logger.exception("a step of %d rows failed; retrying without the %d that joined it",
+                             len(everyone), len(newest))
+            why = f"the step's forward failed with this request in it: {type(err).__name__}: {err}"
+        kept = sched.without(newest)
+        try:
+            return kept, self.runner.execute(kept), dict.fromkeys(newest, why)
+        except Exception as err:
+            raise StepFailed(everyone) from err
 
     def _unloadable_adapter_requests(self) -> dict[str, str]:
         return {r.req_id: f"adapter {r.adapter!r} failed to load: {self.lora.failed[r.adapter]}"

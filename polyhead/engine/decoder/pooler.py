@@ -8,6 +8,7 @@ computes its last prompt token. A chunk that does not start where the accumulato
 the request was preempted and recomputed: its accumulator starts over.
 """
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +20,7 @@ from polyhead.engine.core.request import Request
 from polyhead.models.heads import ClassifyHead, EmbedPooler, TagHead, pool
 
 Pooled = list[float] | list[list[float]] | float
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -95,52 +97,85 @@ class Pooler:
             counts.append(len(positions))
         return hidden_rows, targets, counts
 
-    def __call__(self, hidden: torch.Tensor, rows: list[PoolingRow],
-                 score_logprobs: torch.Tensor | None, score_counts: list[int]) -> dict[str, Pooled]:
+    def __call__(self, hidden: torch.Tensor, rows: list[PoolingRow], score_logprobs: torch.Tensor | None,
+                 score_counts: list[int]) -> tuple[dict[str, Pooled], dict[str, str]]:
         """hidden: [T, H] the step's final-normed states; score_logprobs: [S] float32, the log-prob of
-        each scored token (score_inputs' order). Returns req_id -> result for requests that finished."""
+        each scored token (score_inputs' order). Returns req_id -> result for requests that finished,
+        and req_id -> why for rows whose head failed (the other rows' results are unaffected)."""
         results: dict[str, Pooled] = {}
+        errors: dict[str, str] = {}
         pooled_groups: dict[tuple[str, str | None], list[tuple[Request, torch.Tensor]]] = {}
         score_offset, score_index = 0, 0
         for item in rows:
             request, params = item.request, item.request.params
-            acc = self._accumulator(item)
-            acc.next_position = item.end
-            states = hidden[item.row:item.row + item.num_new]  # [n, H]
-            if params.kind == "score":
+            scored = None
+            if params.kind == "score":  # the offsets advance whatever happens to this row
                 count = score_counts[score_index]
                 score_index += 1
-                if count:
-                    scored = score_logprobs[score_offset:score_offset + count]
-                    acc.parts.append(scored if params.next_token_ids else scored.sum())
+                scored = score_logprobs[score_offset:score_offset + count] if count else None
                 score_offset += count
-            elif params.kind == "tag":
-                acc.parts.append(torch.softmax(self.heads[params.task](states), dim=-1))
-            elif params.pooling == "mean":
-                chunk_sum = states.float().sum(0)
-                acc.total = chunk_sum if acc.total is None else acc.total + chunk_sum
-            elif params.pooling == "cls" and item.start == 0:
-                acc.total = states[0].float()
-            if not item.is_last_chunk:
+            try:
+                vector = self._accumulate(item, hidden, scored, results)
+            except Exception as err:  # noqa: BLE001 - this row fails, the step goes on
+                self._fail(request.req_id, err, errors)
                 continue
-            del self._accumulators[request.req_id]
-            if params.kind == "score" and params.next_token_ids:
-                results[request.req_id] = acc.parts[-1].tolist()  # one log-prob per candidate
-            elif params.kind == "score":
-                results[request.req_id] = float(sum(acc.parts)) if acc.parts else 0.0
-            elif params.kind == "tag":
-                results[request.req_id] = torch.cat(acc.parts).tolist()
-            else:
-                vector = _finish_pool(params, acc, states, request.num_tokens)
+            if vector is not None:
                 pooled_groups.setdefault((params.kind, params.task), []).append((request, vector))
         for (kind, task), items in pooled_groups.items():  # one head call per task
-            requests, vectors = zip(*items)
-            out = self._apply(kind, task, torch.stack(vectors))  # [N, labels | dim]
-            for request, vector in zip(requests, out):
-                if request.params.normalize:
-                    vector = F.normalize(vector, dim=-1)
-                results[request.req_id] = vector.tolist()
-        return results
+            try:
+                self._finish_group(kind, task, items, results)
+            except Exception:  # noqa: BLE001 - then each row alone, so only the failing ones fail
+                for item in items:
+                    try:
+                        self._finish_group(kind, task, [item], results)
+                    except Exception as err:  # noqa: BLE001
+                        self._fail(item[0].req_id, err, errors)
+        return results, errors
+
+    def _accumulate(self, item: PoolingRow, hidden: torch.Tensor, scored: torch.Tensor | None,
+                    results: dict[str, Pooled]) -> torch.Tensor | None:
+        """Add this chunk to the request's accumulator; on its last chunk, the result (into `results`)
+        or, for classify / embed, the pooled vector [H] float32 its head still has to take."""
+        request, params = item.request, item.request.params
+        acc = self._accumulator(item)
+        states = hidden[item.row:item.row + item.num_new]  # [n, H]
+        if params.kind == "score":
+            if scored is not None:
+                acc.parts.append(scored if params.next_token_ids else scored.sum())
+        elif params.kind == "tag":
+            acc.parts.append(torch.softmax(self.heads[params.task](states), dim=-1))
+        elif params.pooling == "mean":
+            chunk_sum = states.float().sum(0)
+            acc.total = chunk_sum if acc.total is None else acc.total + chunk_sum
+        elif params.pooling == "cls" and item.start == 0:
+            acc.total = states[0].float()
+        acc.next_position = item.end  # only once the chunk is in: a failed chunk restarts the request
+        if not item.is_last_chunk:
+            return None
+        del self._accumulators[request.req_id]
+        if params.kind == "score" and params.next_token_ids:
+            results[request.req_id] = acc.parts[-1].tolist()  # one log-prob per candidate
+        elif params.kind == "score":
+            results[request.req_id] = float(sum(acc.parts)) if acc.parts else 0.0
+        elif params.kind == "tag":
+            results[request.req_id] = torch.cat(acc.parts).tolist()
+        else:
+            return _finish_pool(params, acc, states, request.num_tokens)
+        return None
+
+    def _finish_group(self, kind: str, task: str | None, items: list[tuple[Request, torch.Tensor]],
+                      results: dict[str, Pooled]) -> None:
+        requests, vectors = zip(*items)
+        out = self._apply(kind, task, torch.stack(vectors))  # [N, labels | dim]
+        for request, vector in zip(requests, out):
+            if request.params.normalize:
+                vector = F.normalize(vector, dim=-1)
+            results[request.req_id] = vector.tolist()
+
+    def _fail(self, req_id: str, err: Exception, errors: dict[str, str]) -> None:
+        logger.exception("the head of request %s failed", req_id)
+        self._accumulators.pop(req_id, None)
+        errors[req_id] = f"its task head failed: {type(err).__name__}: {err}"
 
     def _accumulator(self, item: PoolingRow) -> _Accumulator:
         req_id = item.request.req_id

@@ -1,6 +1,7 @@
 """Turns a SchedulerOutput into tensors, runs the backbone once, samples the rows that need it and
 hands pooling rows' hidden states to their heads (engine/decoder/pooler.py)."""
 
+import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -17,6 +18,8 @@ from polyhead.models.attention import AttentionMetadata, PrefillChunk, build_dec
 from polyhead.models.inference import prepare_for_inference
 from polyhead.models.llama import LlamaForCausalLM
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(slots=True)
 class RunnerOutput:
@@ -24,6 +27,7 @@ class RunnerOutput:
     logprobs: dict[str, TokenLogprobs]  # req_id -> logprobs of that token, where asked for
     pooled: dict[str, Pooled] = field(default_factory=dict)  # req_id -> result, pooling requests that finished
     pooling_rows: dict[str, int] = field(default_factory=dict)  # kind -> pooling rows in this step
+    errors: dict[str, str] = field(default_factory=dict)  # req_id -> why its row failed (the others went on)
 
 
 @dataclass(slots=True)
@@ -77,10 +81,27 @@ class ModelRunner:
     def _sample(self, logits: torch.Tensor, requests: list[Request]) -> RunnerOutput:
         # logits: [len(requests), vocab] float32
         rows = [SamplingRow(r.params, r.prompt_token_ids, r.output_token_ids, r.generator) for r in requests]
-        out = self.sampler(logits, rows)
+        try:
+            out = self.sampler(logits, rows)
+        except Exception:  # noqa: BLE001 - one row's failure must not take the others: sample them one by one
+            return self._sample_each(logits, requests, rows)
         ids = [r.req_id for r in requests]
         logprobs = {i: lp for i, lp in zip(ids, out.logprobs) if lp is not None}
         return RunnerOutput(dict(zip(ids, out.token_ids)), logprobs)
+
+    def _sample_each(self, logits: torch.Tensor, requests: list[Request], rows: list[SamplingRow]) -> RunnerOutput:
+        output = RunnerOutput({}, {})
+        for i, (request, row) in enumerate(zip(requests, rows)):
+            try:
+                out = self.sampler(logits[i:i + 1], [row])
+            except Exception as err:
+                logger.exception("sampling failed for request %s", request.req_id)
+                output.errors[request.req_id] = f"sampling failed: {type(err).__name__}: {err}"
+                continue
+            output.sampled_token_ids[request.req_id] = out.token_ids[0]
+            if out.logprobs[0] is not None:
+                output.logprobs[request.req_id] = out.logprobs[0]
+        return output
 
     def _execute_with_pooling(self, hidden: torch.Tensor, batch: BatchInputs) -> RunnerOutput:
         """Sampling rows and score rows share one LM-head call; the other pooling rows use their heads."""
@@ -97,7 +118,8 @@ class ModelRunner:
             log_probs = torch.log_softmax(logits[num_sample:], dim=-1)  # [U, vocab]
             where = {row: i for i, row in enumerate(distinct_rows)}
             score_logprobs = log_probs[[where[row] for row in score_rows], score_targets]  # [N]
-        output.pooled = self.pooler(hidden, batch.pooling_rows, score_logprobs, score_counts)
+        output.pooled, pooling_errors = self.pooler(hidden, batch.pooling_rows, score_logprobs, score_counts)
+        output.errors.update(pooling_errors)
         for item in batch.pooling_rows:
             kind = item.request.params.kind
             output.pooling_rows[kind] = output.pooling_rows.get(kind, 0) + 1

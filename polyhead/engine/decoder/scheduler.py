@@ -28,10 +28,17 @@ class SchedulerOutput:
     num_batched_tokens: int  # sum of the tokens above
     preempted: list[Request] = field(default_factory=list)  # sent back to waiting this step
     timed_out: list[Request] = field(default_factory=list)  # finished (FINISHED_TIMEOUT) before this step
+    started: list[str] = field(default_factory=list)  # req_ids taken from waiting into this step (the newest rows)
 
     @property
     def is_empty(self) -> bool:
         return not self.scheduled
+
+    def without(self, req_ids: set[str]) -> "SchedulerOutput":
+        """The same step less some rows (a new object: a SchedulerOutput is never changed)."""
+        kept = [(r, n) for r, n in self.scheduled if r.req_id not in req_ids]
+        return SchedulerOutput(kept, sum(n for _, n in kept), self.preempted, self.timed_out,
+                               [i for i in self.started if i not in req_ids])
 
 
 class Scheduler:
@@ -77,6 +84,7 @@ class Scheduler:
         reserve = self._pooling_reserve()  # left for pooling requests by every other prefill chunk
         scheduled: list[tuple[Request, int]] = []
         preempted: list[Request] = []
+        started: list[str] = []
 
         # Running requests, in the policy's order; when blocks run short the policy picks a victim
         # among those not scheduled yet (fcfs: the newest), possibly the request itself.
@@ -122,6 +130,7 @@ class Scheduler:
                 self._dequeue(request, scheduled=True)
                 request.status = RequestStatus.RUNNING
                 self.running.append(request)
+                started.append(request.req_id)
                 scheduled.append((request, num_new))
                 self.policy.on_scheduled(request, num_new)
                 budget -= num_new
@@ -129,7 +138,7 @@ class Scheduler:
 
         # Decode rows (one token) first: the runner batches them into one attention call.
         scheduled.sort(key=lambda item: item[1] != 1)
-        return SchedulerOutput(scheduled, self.max_num_batched_tokens - budget, preempted, timed_out)
+        return SchedulerOutput(scheduled, self.max_num_batched_tokens - budget, preempted, timed_out, started)
 
     def update(self, output: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
         """Advance computed counts, append sampled tokens and finish requests that are done.

@@ -8,6 +8,7 @@ step takes waiting requests in scheduling order while they fit `max_num_batched_
 `max_num_seqs`, runs them in one flat ragged batch and finishes them all.
 """
 
+import logging
 import time
 from collections import deque
 
@@ -21,6 +22,8 @@ from polyhead.engine.encoder.limits import EncoderLimits
 from polyhead.engine.encoder.runner import EncoderRunner
 from polyhead.models.encoder_loader import LoadedEncoder, load_encoder
 from polyhead.models.heads import ClassifyHead, EmbedPooler, TagHead
+
+logger = logging.getLogger(__name__)
 
 
 class EncoderBackend:
@@ -105,16 +108,28 @@ class EncoderBackend:
         stats = StepStats(sum(r.num_prompt_tokens for r in batch), rows)
         if not batch:
             return BackendStep(stats, timed_out)
-        try:
-            results = self.runner.execute(batch, self._heads)
-        except Exception as err:
-            for request in batch:  # taken off the queue: the engine ends them as failed
-                request.status = RequestStatus.FINISHED_ERROR
-            raise StepFailed([r.req_id for r in batch]) from err
-        for request in batch:
-            request.status = RequestStatus.FINISHED_STOPPED
+        pooled, failed = self._execute(batch)
+        for request in batch:  # taken off the queue: each finished, or failed (the engine ends those)
+            ok = request.req_id not in failed
+            request.status = RequestStatus.FINISHED_STOPPED if ok else RequestStatus.FINISHED_ERROR
             request.num_computed_tokens = request.num_prompt_tokens
-        return BackendStep(stats, timed_out, pooled={r.req_id: p for r, p in zip(batch, results)})
+        return BackendStep(stats, timed_out, failed, pooled=pooled)
+
+    def _execute(self, batch: list[Request]) -> tuple[dict, dict[str, str]]:
+        """The batch in one forward; if that fails, each request alone, so only the failing ones fail."""
+        try:
+            return {r.req_id: p for r, p in zip(batch, self.runner.execute(batch, self._heads))}, {}
+        except Exception as err:
+            if len(batch) == 1:
+                raise StepFailed([batch[0].req_id]) from err
+            logger.exception("an encoder step of %d requests failed; running each alone", len(batch))
+        pooled, failed = {}, {}
+        for request in batch:
+            try:
+                pooled[request.req_id] = self.runner.execute([request], self._heads)[0]
+            except Exception as err:  # noqa: BLE001 - reported as this request's error
+                failed[request.req_id] = f"the encoder failed on this request: {type(err).__name__}: {err}"
+        return pooled, failed
 
     def _take_batch(self) -> list[Request]:
         """Requests in the policy's order (engine/core/policy.py) while they fit both budgets; the
