@@ -120,6 +120,9 @@ def build_app(engine: EngineClient, settings: ServerSettings, registry: TaskRegi
     async def health():
         for name, backbone in registry.backbones.items():
             loop, age = backbone.engine, backbone.engine.seconds_since_last_step()
+            if loop.is_restarting:
+                return JSONResponse({"status": "restarting", "backbone": name, "reason": "the engine died and is "
+                                     "being restarted; requests wait for it"}, status_code=503)
             if not loop.is_running or age > HEALTH_STALE_AFTER_S:
                 reason = loop.dead_reason or f"the engine loop has not checked in for {age:.0f} s"
                 return JSONResponse({"status": "unhealthy", "backbone": name, "reason": reason}, status_code=503)

@@ -88,6 +88,8 @@ class _EngineCollector:
                                         "cache", labels=["backbone"]),
             "preempted": CounterMetricFamily("polyhead_preemptions", "Sequences preempted for lack of KV blocks",
                                              labels=["backbone"]),
+            "restarts": CounterMetricFamily("polyhead_engine_restarts", "Dead engines replaced by a new one",
+                                            labels=["backbone"]),
         }
         for name, backbone in self.tasks.backbones.items():
             stats = backbone.engine.stats()  # an encoder has neither scheduler nor KV cache: zeros
@@ -96,4 +98,5 @@ class _EngineCollector:
             families["kv"].add_metric([name], stats.kv_usage)
             families["hits"].add_metric([name], stats.num_prefix_hit_tokens)
             families["preempted"].add_metric([name], stats.num_preemptions)
+            families["restarts"].add_metric([name], backbone.engine.num_restarts)
         yield from families.values()

@@ -43,6 +43,7 @@ class EngineClient:
         # control reads these). Only the event loop's thread changes them.
         self.num_queued = 0
         self.num_queued_tokens = 0
+        self.num_restarts = 0  # times a dead engine was replaced by a new one (/metrics)
         self.on_step = None  # called after each step with its token count (metrics); not on the event loop
 
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
@@ -66,6 +67,16 @@ class EngineClient:
     def is_running(self) -> bool:
         raise NotImplementedError
 
+    @property
+    def is_restarting(self) -> bool:
+        """A dead engine is being replaced (supervision): requests wait, /health says so."""
+        return False
+
+    @property
+    def is_accepting(self) -> bool:
+        """New requests are taken: the loop runs, or is being restarted (they wait for it)."""
+        return self.is_running
+
     def seconds_since_last_step(self) -> float:
         return time.monotonic() - self.last_step_at
 
@@ -85,7 +96,7 @@ class EngineClient:
                 **routing):
         """Tokenize and validate (ValueError names the limit); nothing is queued yet.
         `routing`: task, adapter, priority, tenant, deadline, after (see Routing)."""
-        if not self.is_running:
+        if not self.is_accepting:
             raise EngineDeadError(self.dead_reason or "the engine loop is not running")
         return self._new_request(prompt, params, req_id or uuid.uuid4().hex, **routing)
 

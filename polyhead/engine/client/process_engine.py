@@ -9,7 +9,14 @@ This process keeps the backbone's request rules and the heads and adapter names 
 checks a request exactly as the engine would before queueing it. A reader thread in this process
 rebuilds each request's RequestOutput from the deltas and hands the step to each event loop in one
 callback.
-If the child dies, its end of the pipe closes and every open stream fails with EngineDeadError.
+
+Supervision: if the child dies (killed, out of memory, a crash in native code), its end of the
+pipe closes and the reader starts a new child, with backoff, registers the same task heads and
+adapters in it, and sends it every request that had not finished. A request that had produced
+tokens continues from them (its prompt and output so far are recomputed, as a preempted request
+is); one that had produced nothing starts again. Requests submitted meanwhile wait for the new
+child. A request that was in the child during two deaths fails (it may be what kills it), as
+does everything once restarts keep failing (`MAX_RESTART_ATTEMPTS`), with EngineDeadError.
 """
 
 import io
@@ -19,6 +26,7 @@ import multiprocessing as mp
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
 
 import torch
 
@@ -47,6 +55,15 @@ logger = logging.getLogger(__name__)
 __all__ = ["EngineDeadError", "PreparedRequest", "ProcessEngine"]
 
 
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # waits before each attempt to start a new child
+MAX_RESTART_ATTEMPTS = len(RESTART_BACKOFF_S)  # attempts in a row before the engine is given up
+MAX_RESTARTS_IN_WINDOW, RESTART_WINDOW_S = 5, 120.0  # more deaths than this in the window: given up
+
+
+class EngineRestartedError(EngineDeadError):
+    """The engine process died while this request ran, twice: it is not retried again."""
+
+
 @dataclass(slots=True)
 class _Assembly:
     """What this process keeps of a running request to rebuild full outputs from deltas."""
@@ -55,6 +72,16 @@ class _Assembly:
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     logprobs: list | None = None
+    num_deaths: int = 0  # engine processes that died while it ran
+    base_text: str = ""  # text before a continuation (the new child's whole text comes after it)
+    unsent_text: str = ""  # text of tokens already out whose characters the dead child held back
+
+
+@dataclass(slots=True)
+class _Child:
+    process: mp.Process
+    commands: Connection  # our sending end
+    reports: Connection  # our receiving end
 
 
 class ProcessEngine(EngineClient):
@@ -70,8 +97,13 @@ class ProcessEngine(EngineClient):
         self._send_lock = threading.Lock()
         self._reader: threading.Thread | None = None
         self._stopping = False
+        self._restarting = False  # a new child is being started: requests wait in _held
+        self._held: list[PreparedRequest] = []  # submitted while restarting
+        self._lock = threading.RLock()  # _assemblies and _held between the event loop and a restart
+        self._restart_times: list[float] = []  # time.monotonic() of recent deaths
         self.heads: dict = {}  # task -> head registered in the child (request checks read it)
         self.adapters: set[str] = set()  # adapter names registered in the child
+        self._adapter_folders: dict[str, str] = {}  # registered here (a new child gets them again)
         self._replies: dict[int, tuple[threading.Event, list]] = {}  # command token -> (done, [error])
         self._tokens = itertools.count()
 
@@ -84,33 +116,40 @@ class ProcessEngine(EngineClient):
         """Start the child and wait until its engine is built; a load error is raised here."""
         from transformers import AutoTokenizer
 
+        child, ready = self._spawn()
+        self.info, self.rules, self._stats = ready.info, ready.rules, ready.stats
+        self.adapters = set(ready.adapters)  # the config's own (--lora-modules)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.info.tokenizer_folder)
+        self._stopping, self.dead_reason = False, None
+        self._attach(child)
+        return self
+
+    def _spawn(self) -> tuple[_Child, StartUp]:
         context = mp.get_context("spawn")  # a fresh interpreter: no inherited OpenMP or torch state
-        child_commands, self._commands = context.Pipe(duplex=False)
+        child_commands, commands = context.Pipe(duplex=False)
         reports, child_reports = context.Pipe(duplex=False)
-        self._process = context.Process(target=run_engine_process, name="polyhead-engine", daemon=True,
-                                        args=(self.config, child_commands, child_reports, self.idle_wait_s))
-        self._process.start()
+        process = context.Process(target=run_engine_process, name="polyhead-engine", daemon=True,
+                                  args=(self.config, child_commands, child_reports, self.idle_wait_s))
+        process.start()
         child_commands.close()  # only the child holds these now, so its death closes our ends
         child_reports.close()
         try:
             message = reports.recv()
         except EOFError:
-            self._process.join(5)
-            raise RuntimeError(f"the engine process exited while loading (exit code {self._process.exitcode})")
+            process.join(5)
+            raise RuntimeError(f"the engine process exited while loading (exit code {process.exitcode})") from None
         if isinstance(message, LoadFailed):
-            self._process.join(5)
+            process.join(5)
             raise message.error
-        ready: StartUp = message
-        self.info, self.rules, self._stats = ready.info, ready.rules, ready.stats
-        logger.info("engine process %d: %s", self._process.pid, self.info.kv_cache_summary or self.info.name)
-        self.adapters = set(ready.adapters)  # the config's own (--lora-modules)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.info.tokenizer_folder)
-        self._stopping, self.dead_reason = False, None
+        logger.info("engine process %d: %s", process.pid, message.info.kv_cache_summary or message.info.name)
+        return _Child(process, commands, reports), message
+
+    def _attach(self, child: _Child) -> None:
+        self._process, self._commands = child.process, child.commands
         self.last_step_at = time.monotonic()
-        self._reader = threading.Thread(target=self._read, args=(reports,), name="polyhead-engine-reader",
+        self._reader = threading.Thread(target=self._read, args=(child.reports,), name="polyhead-engine-reader",
                                         daemon=True)
         self._reader.start()
-        return self
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._process is None:
@@ -127,7 +166,15 @@ class ProcessEngine(EngineClient):
     @property
     def is_running(self) -> bool:
         return (self._process is not None and self._process.is_alive() and self._reader is not None
-                and self._reader.is_alive() and self.dead_reason is None)
+                and self._reader.is_alive() and self.dead_reason is None and not self._restarting)
+
+    @property
+    def is_restarting(self) -> bool:
+        return self._restarting and self.dead_reason is None
+
+    @property
+    def is_accepting(self) -> bool:
+        return self.is_running or self.is_restarting
 
     @property
     def pid(self) -> int | None:
@@ -145,10 +192,11 @@ class ProcessEngine(EngineClient):
     def register_adapter(self, name: str, folder: str) -> None:
         self._call(lambda token: RegisterAdapter(token, name, str(folder)))
         self.adapters.add(name)
+        self._adapter_folders[name] = str(folder)
 
-    def _call(self, make_command, timeout: float = 300.0) -> None:
+    def _call(self, make_command, timeout: float = 300.0, while_restarting: bool = False) -> None:
         """Send a command the child answers (made from its token), and wait for the answer; its error
-        is a ValueError here."""
+        is a ValueError here. A restart registers in a child that is not yet serving requests."""
         token, done = next(self._tokens), threading.Event()
         self._replies[token] = (done, reply := [])
         command = make_command(token)
@@ -156,7 +204,8 @@ class ProcessEngine(EngineClient):
             if not self._send(command):
                 raise EngineDeadError(self.dead_reason or "the engine process is gone")
             while not done.wait(0.5):
-                if not self.is_running:
+                alive = self._process.is_alive() and self._reader.is_alive() and self.dead_reason is None
+                if not (alive if while_restarting else self.is_running):
                     raise EngineDeadError(self.dead_reason or "the engine process is gone")
                 if (timeout := timeout - 0.5) <= 0:
                     raise TimeoutError(f"the engine process did not answer {type(command).__name__} in time")
@@ -176,15 +225,23 @@ class ProcessEngine(EngineClient):
 
     def _send_add(self, prepared: PreparedRequest) -> None:
         wants_logprobs = getattr(prepared.params, "logprobs", None) is not None  # PoolingParams have none
-        self._assemblies[prepared.req_id] = _Assembly(prepared, logprobs=[] if wants_logprobs else None)
-        if not self._send(AddRequest(replace(prepared, prompt=None))):  # the text stays here
+        with self._lock:
+            self._assemblies[prepared.req_id] = _Assembly(prepared, logprobs=[] if wants_logprobs else None)
+            if self._restarting:
+                self._held.append(prepared)  # sent once the new child is up
+                return
+            sent = self._send(AddRequest(replace(prepared, prompt=None)))  # the text stays here
+        if not sent and not self._restarting and self.dead_reason is not None:
             self._assemblies.pop(prepared.req_id, None)
-            self._fail(prepared.req_id, EngineDeadError(self.dead_reason or "the engine process is gone"))
+            self._fail(prepared.req_id, EngineDeadError(self.dead_reason))
+        # else: the child just died; the restart sends it (it is in _assemblies)
 
     def _send_abort(self, req_id: str) -> None:
         # Nobody reads this request any more: forget it now; the child frees its blocks at its next step.
-        self._assemblies.pop(req_id, None)
-        self._streams.pop(req_id, None)
+        with self._lock:
+            self._assemblies.pop(req_id, None)
+            self._streams.pop(req_id, None)
+            self._held = [p for p in self._held if p.req_id != req_id]
         self._send(AbortRequest(req_id))
 
     def _send(self, command) -> bool:
@@ -220,12 +277,118 @@ class ProcessEngine(EngineClient):
             reports.close()
             if self._stopping and reason is None:
                 self.dead_reason = "the engine stopped"
+                self._give_up(self.dead_reason)
             else:
                 self._process.join(2)
-                self.dead_reason = reason or f"the engine process died (exit code {self._process.exitcode})"
-                logger.error("%s", self.dead_reason)
+                reason = reason or f"the engine process died (exit code {self._process.exitcode})"
+                logger.error("%s; starting a new one", reason)
+                self._restart(reason)
+
+    # --- supervision (the dead child's reader thread) --------------------------------------------
+    def _restart(self, reason: str) -> None:
+        """Replace a dead child: start a new one (with backoff), register the heads and adapters
+        again, then send it every unfinished request and those submitted meanwhile."""
+        with self._lock:
+            self._restarting = True
+        now = time.monotonic()
+        self._restart_times = [t for t in self._restart_times if now - t < RESTART_WINDOW_S] + [now]
+        if len(self._restart_times) > MAX_RESTARTS_IN_WINDOW:  # a crash loop: restarting does not help
+            self._give_up(f"{reason}; the engine process died {len(self._restart_times)} times in "
+                          f"{RESTART_WINDOW_S:.0f} s")
+            return
+        self._stats = _idle(self._stats)  # the dead engine's figures no longer hold
+        self._fail_repeat_victims(reason)
+        for attempt, wait in enumerate(RESTART_BACKOFF_S, start=1):
+            time.sleep(wait)
+            if self._stopping:
+                self._give_up("the engine stopped")
+                return
+            try:
+                child, ready = self._spawn()
+            except Exception as err:  # noqa: BLE001 - retried, then given up
+                logger.error("engine restart %d/%d failed: %s", attempt, MAX_RESTART_ATTEMPTS, err)
+                continue
+            self._stats = ready.stats
+            self._attach(child)
+            try:
+                self._register_again()
+            except Exception as err:  # noqa: BLE001 - the new child died or refused: try another
+                logger.error("engine restart %d/%d: registering heads and adapters failed: %s", attempt,
+                             MAX_RESTART_ATTEMPTS, err)
+                child.process.kill()
+                return  # its reader sees the death and restarts again
+            self.num_restarts += 1
+            self._resend()
+            logger.info("engine process %d replaces the dead one (restart %d)", child.process.pid, self.num_restarts)
+            return
+        self._give_up(f"{reason}; {MAX_RESTART_ATTEMPTS} restarts failed")
+
+    def _fail_repeat_victims(self, reason: str) -> None:
+        with self._lock:
+            for req_id, assembly in list(self._assemblies.items()):
+                assembly.num_deaths += 1
+                if assembly.num_deaths >= 2:
+                    del self._assemblies[req_id]
+                    self._fail(req_id, EngineRestartedError(
+                        f"{reason}, the second time while this request ran: it is not retried again"))
+
+    def _register_again(self) -> None:
+        for task, head in list(self.heads.items()):
+            blob = io.BytesIO()
+            torch.save(head, blob)
+            self._call(lambda token, task=task, blob=blob: RegisterHead(token, task, blob.getvalue()),
+                       while_restarting=True)
+        for name, folder in list(self._adapter_folders.items()):
+            self._call(lambda token, name=name, folder=folder: RegisterAdapter(token, name, folder),
+                       while_restarting=True)
+
+    def _resend(self) -> None:
+        with self._lock:
+            held = {p.req_id for p in self._held}
+            for req_id, assembly in list(self._assemblies.items()):
+                if req_id in held:
+                    continue
+                resumed = self._continuation(assembly)
+                if resumed is None:
+                    continue
+                self._send(AddRequest(resumed))
+            for prepared in self._held:
+                self._send(AddRequest(replace(prepared, prompt=None)))
+            self._held = []
+            self._restarting = False
+
+    def _continuation(self, assembly: _Assembly) -> PreparedRequest | None:
+        """What the new child runs for an unfinished request: the request again when it had produced
+        nothing; else its prompt and output so far as the prompt, for the tokens it has left."""
+        prepared = replace(assembly.prepared, prompt=None)
+        num_done = len(assembly.token_ids)
+        if num_done == 0 or isinstance(prepared.params, PoolingParams):
+            return prepared
+        left = prepared.params.max_tokens - num_done
+        if left <= 0:  # its last report was lost with the child: it had finished
+            self._finish_locally(assembly)
+            return None
+        whole = self.tokenizer.decode(assembly.token_ids, skip_special_tokens=prepared.params.skip_special_tokens)
+        assembly.unsent_text = whole[len(assembly.text):] if whole.startswith(assembly.text) else ""
+        assembly.base_text = assembly.text + assembly.unsent_text
+        return replace(prepared, token_ids=prepared.token_ids + assembly.token_ids,
+                       params=replace(prepared.params, max_tokens=left))
+
+    def _finish_locally(self, assembly: _Assembly) -> None:
+        prepared = assembly.prepared
+        del self._assemblies[prepared.req_id]
+        self._deliver([RequestOutput(
+            req_id=prepared.req_id, prompt=prepared.prompt, prompt_token_ids=prepared.token_ids, text=assembly.text,
+            token_ids=list(assembly.token_ids), finished=True, finish_reason="length",
+            logprobs=None if assembly.logprobs is None else list(assembly.logprobs))])
+
+    def _give_up(self, reason: str) -> None:
+        with self._lock:
+            self.dead_reason = reason
+            self._restarting = False
+            self._held = []
             self._assemblies.clear()
-            self._fail_all(self.dead_reason)
+        self._fail_all(reason)
 
     def _on_report(self, report: StepReport) -> None:
         self.last_step_at = report.at
@@ -239,16 +402,25 @@ class ProcessEngine(EngineClient):
             if assembly is None:
                 continue  # aborted here already
             assembly.token_ids.extend(delta.new_token_ids)
-            assembly.text = delta.text if delta.text is not None else assembly.text + delta.new_text
+            new_text, assembly.unsent_text = assembly.unsent_text + delta.new_text, ""
+            assembly.text = assembly.base_text + delta.text if delta.text is not None else assembly.text + new_text
             if assembly.logprobs is not None:
                 assembly.logprobs.extend(delta.new_logprobs)
             prepared = assembly.prepared
             outputs.append(RequestOutput(
                 req_id=delta.req_id, prompt=prepared.prompt, prompt_token_ids=prepared.token_ids,
-                text=assembly.text, token_ids=list(assembly.token_ids), new_text=delta.new_text,
+                text=assembly.text, token_ids=list(assembly.token_ids), new_text=new_text,
                 new_token_ids=delta.new_token_ids, finished=delta.finished, finish_reason=delta.finish_reason,
                 stop_reason=delta.stop_reason, num_cached_tokens=delta.num_cached_tokens, error=delta.error,
                 logprobs=None if assembly.logprobs is None else list(assembly.logprobs), pooled=delta.pooled))
         if report.stepped and self.on_step is not None:
             self.on_step(report.stats.last_step_num_tokens)
         self._deliver(outputs)
+
+
+def _idle(stats: EngineStats | None) -> EngineStats | None:
+    """Figures of an engine that holds nothing (a dead one's, until its successor reports)."""
+    if stats is None:
+        return None
+    return replace(stats, num_unfinished=0, num_running=0, num_free_blocks=stats.num_blocks, last_step_num_tokens=0,
+                   last_step_rows={})
