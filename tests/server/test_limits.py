@@ -85,15 +85,25 @@ def test_client_disconnect_mid_stream_frees_the_request(tiny_llama, mode):
         assert completion(url, max_tokens=3).status_code == 200
 
 
-def test_engine_process_death_fails_streams_and_health_not_hangs(tiny_llama):
-    with running_server(tiny_llama[0], "process") as (url, app):
+def test_an_engine_that_cannot_be_restarted_fails_streams_and_health_not_hangs(tiny_llama, tmp_path, monkeypatch):
+    """A dead engine process is restarted (tests/reliability/test_engine_restart.py); when the restarts
+    fail too (here: its model folder is gone), every stream ends with an error, /health stays 503
+    and new requests get a fast 503."""
+    import shutil
+
+    from polyhead.engine.client import process_engine
+
+    monkeypatch.setattr(process_engine, "RESTART_BACKOFF_S", (0.05, 0.05))
+    folder = shutil.copytree(tiny_llama[0], tmp_path / "model")
+    with running_server(folder, "process") as (url, app):
         engine = app.state.server.engine
         os.kill(engine.pid, signal.SIGSTOP)  # frozen: the request below waits in the pipe, in flight
-        with httpx.stream("POST", f"{url}/v1/completions", json={**LONG, "stream": True}, timeout=30) as response:
+        with httpx.stream("POST", f"{url}/v1/completions", json={**LONG, "stream": True}, timeout=60) as response:
+            shutil.rmtree(folder)
             os.kill(engine.pid, signal.SIGKILL)
             events = [line for line in response.iter_lines() if line.startswith("data: ")]
         error = json.loads(events[-1][6:])["error"]
-        assert "the engine process died (exit code -9)" in error["message"]
+        assert "the engine process died (exit code -9)" in error["message"] and "2 restarts failed" in error["message"]
         health = httpx.get(f"{url}/health", timeout=30)
         assert health.status_code == 503 and "exit code -9" in health.json()["reason"]
         response = completion(url, max_tokens=3)

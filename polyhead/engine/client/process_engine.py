@@ -16,7 +16,7 @@ adapters in it, and sends it every request that had not finished. A request that
 tokens continues from them (its prompt and output so far are recomputed, as a preempted request
 is); one that had produced nothing starts again. Requests submitted meanwhile wait for the new
 child. A request that was in the child during two deaths fails (it may be what kills it), as
-does everything once restarts keep failing (`MAX_RESTART_ATTEMPTS`), with EngineDeadError.
+does everything once restarts keep failing (`RESTART_BACKOFF_S`), with EngineDeadError.
 """
 
 import io
@@ -55,8 +55,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["EngineDeadError", "PreparedRequest", "ProcessEngine"]
 
 
-RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # waits before each attempt to start a new child
-MAX_RESTART_ATTEMPTS = len(RESTART_BACKOFF_S)  # attempts in a row before the engine is given up
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # waits before each attempt to start a new child; then given up
 MAX_RESTARTS_IN_WINDOW, RESTART_WINDOW_S = 5, 120.0  # more deaths than this in the window: given up
 
 
@@ -306,7 +305,7 @@ class ProcessEngine(EngineClient):
             try:
                 child, ready = self._spawn()
             except Exception as err:  # noqa: BLE001 - retried, then given up
-                logger.error("engine restart %d/%d failed: %s", attempt, MAX_RESTART_ATTEMPTS, err)
+                logger.error("engine restart %d/%d failed: %s", attempt, len(RESTART_BACKOFF_S), err)
                 continue
             self._stats = ready.stats
             self._attach(child)
@@ -314,14 +313,14 @@ class ProcessEngine(EngineClient):
                 self._register_again()
             except Exception as err:  # noqa: BLE001 - the new child died or refused: try another
                 logger.error("engine restart %d/%d: registering heads and adapters failed: %s", attempt,
-                             MAX_RESTART_ATTEMPTS, err)
+                             len(RESTART_BACKOFF_S), err)
                 child.process.kill()
                 return  # its reader sees the death and restarts again
             self.num_restarts += 1
             self._resend()
             logger.info("engine process %d replaces the dead one (restart %d)", child.process.pid, self.num_restarts)
             return
-        self._give_up(f"{reason}; {MAX_RESTART_ATTEMPTS} restarts failed")
+        self._give_up(f"{reason}; {len(RESTART_BACKOFF_S)} restarts failed")
 
     def _fail_repeat_victims(self, reason: str) -> None:
         with self._lock:
