@@ -96,11 +96,18 @@ def train_command(args) -> int:
 
 
 def launch_torchrun(args) -> int:
-    """Re-run this command under torchrun with --nproc processes (a free local port, gloo on CPU)."""
+    """Re-run this command under torchrun with --nproc processes (a free local port, gloo on CPU).
+    torchrun's agent watches the ranks: when one dies, it stops the others and reports which rank
+    failed and how (exit code or signal); the survivors' collectives fail at once on the closed
+    connection, so nothing waits for the process group's timeout."""
     argv = [a for a in sys.argv[1:] if a != "train"] if sys.argv[1:2] == ["train"] else sys.argv[1:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
            "-m", "polyhead.train", *_strip_nproc(argv)]
-    return subprocess.call(cmd)
+    status = subprocess.call(cmd)
+    if status != 0:
+        print(f"polyhead train: torchrun ended the run with exit status {status}: a rank failed or was stopped; "
+              "torchrun's report above names it and its exit code or signal (\"Root Cause\")", file=sys.stderr)
+    return status
 
 
 def _strip_nproc(argv: list[str]) -> list[str]:
