@@ -35,6 +35,13 @@ class KVCacheManager:
         self.free_cached: OrderedDict[int, None] = OrderedDict()  # free blocks holding a prefix, LRU first
         self.cached: dict[int, int] = {}  # block hash -> block id
         self.num_prefix_hit_tokens = 0  # running total, for metrics
+        # Blocks [0, num_touched) have held keys and values: their pages are resident. The cache's
+        # pages are mapped lazily (kv_memory.lazily_zeroed), so a block past it costs new memory.
+        self.num_touched = 0
+        # Free blocks holding a prefix kept before a never-used block is touched instead: the
+        # prefix cache lives in memory the load has already touched, plus this much, so resident
+        # memory follows the peak load rather than growing with every prompt ever seen.
+        self.min_cached_free = max(64, num_blocks // 10)
 
     @property
     def num_free_blocks(self) -> int:
@@ -119,10 +126,14 @@ class KVCacheManager:
         self.free_cached.clear()
 
     def _take_free_block(self) -> int:
-        if self.free_uncached:
+        """A touched block holding nothing first; then the least recently used prefix, while more
+        than min_cached_free are kept; then a block never used; then any prefix."""
+        touched_free = self.free_uncached and self.free_uncached[0] < self.num_touched
+        if touched_free or (self.free_uncached and len(self.free_cached) <= self.min_cached_free):
             block_id = heapq.heappop(self.free_uncached)
         else:
             block_id, _ = self.free_cached.popitem(last=False)
+        self.num_touched = max(self.num_touched, block_id + 1)
         block = self.blocks[block_id]
         self._forget_hash(block)
         block.ref_count = 1
