@@ -114,6 +114,10 @@ async def _respond(state, served, request, body, prompt, params: list[SamplingPa
     if any(out.finish_reason == "timeout" for out in finals):  # the engine's deadline, the same one
         clock.done("timeout", 0)
         raise deadline_error(timeout)
+    failed = next((out for out in finals if out.finish_reason == "error"), None)
+    if failed is not None:
+        clock.done("error", 0)
+        raise APIError(500, failed.error or "the engine failed on this request")
     response = _full_response(finals, body.model, kind, response_id, state.tokenizer)
     clock.done("ok", response["usage"]["completion_tokens"])
     return JSONResponse(response)
@@ -183,6 +187,10 @@ async def _sse(streams, body, kind: str, response_id: str, timeout: float, clock
                 status = "error"
                 yield _event(error_chunk(f"{type(output).__name__}: {output}"))
                 return
+            if output.finish_reason == "error":  # the engine failed this choice: an error, not a finish
+                status = "error"
+                yield _event(error_chunk(output.error or "the engine failed on this request"))
+                return
             clock.saw(output)
             if output.finished:
                 finals[index] = output
@@ -222,8 +230,6 @@ def _chunk(response_id, created, model, kind, index, delta, finish_reason=None) 
 def _full_response(finals: list[RequestOutput], model: str, kind: str, response_id: str, tokenizer) -> dict:
     choices = []
     for i, out in enumerate(finals):
-        if out.finish_reason == "error":
-            raise APIError(500, out.error or "the engine failed on this request")
         choice = {"index": i, "finish_reason": _openai_finish_reason(out)}
         if kind == "chat.completion":
             choice["message"] = {"role": "assistant", "content": out.text}
