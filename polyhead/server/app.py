@@ -110,7 +110,8 @@ def build_app(engine: EngineClient, settings: ServerSettings, registry: TaskRegi
     @app.middleware("http")
     async def require_api_key(request: Request, call_next):
         if settings.api_key and request.url.path not in settings.public_paths:
-            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+            given = given.strip() if scheme.lower() == "bearer" else ""  # the scheme is case-insensitive (RFC 7235)
             if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
                 return error_response(401, "missing or wrong API key: send Authorization: Bearer <key>",
                                       None, "invalid_api_key")

@@ -3,8 +3,8 @@
 `model` is a generative backbone or a generate task: a task's prompt template wraps the prompt
 (chat: the last user message), its adapter applies to its rows and its `sampling` defaults fill the
 fields the request leaves unset. A request with n choices becomes n engine requests with the same
-prompt: the first one's prefill fills the prefix cache and the others reuse those blocks. Streaming
-interleaves the choices' chunks as they come; usage closes every response.
+prompt: the first one's prefill fills the prefix cache and the others, queued `after` it, reuse those
+blocks. Streaming interleaves the choices' chunks as they come; usage closes every response.
 """
 
 import asyncio
@@ -83,8 +83,9 @@ async def _respond(state, served, request, body, prompt, params: list[SamplingPa
     engine = served.engine
     task = served.task_name or ("chat" if kind == "chat.completion" else "completion")
     routing = {**state.routing(request, body), "task": served.task_name, "adapter": served.adapter}
-    try:
-        tracked = [engine.prepare(prompt, p, f"{response_id}-{i}", **routing) for i, p in enumerate(params)]
+    try:  # the first choice computes the prompt; the others start once its blocks are prefix-cache hits
+        tracked = [engine.prepare(prompt, p, f"{response_id}-{i}", **routing, after=f"{response_id}-0" if i else None)
+                   for i, p in enumerate(params)]
     except ValueError as err:
         raise APIError(400, str(err), param) from err
     try:
@@ -93,52 +94,51 @@ async def _respond(state, served, request, body, prompt, params: list[SamplingPa
         raise APIError(400, str(err), param, "context_length_exceeded") from err
     state.admit(len(tracked), tracked[0].num_prompt_tokens)  # 429 when the queue is full
     timeout = state.timeout_for(body.timeout)
-    streams = _share_prefill(engine, tracked)
+    streams = [engine.stream(item) for item in tracked]
     clock = _Clock(task, state.metrics)
     if body.stream:
-        return StreamingResponse(_sse(streams, body, kind, response_id, timeout, clock),
-                                 media_type="text/event-stream")
+        return _EventStream(_sse(streams, body, kind, response_id, timeout, clock), streams, clock)
+    tasks = [asyncio.ensure_future(_last(s, clock)) for s in streams]
     try:
         async with asyncio.timeout(timeout):
-            finals = await asyncio.gather(*(_last(s, clock) for s in streams))
+            finals = await asyncio.gather(*tasks)
     except TimeoutError:
         clock.done("timeout", 0)
         raise deadline_error(timeout) from None
-    finally:
-        for stream in streams:  # a timeout or a disconnect: free whatever still runs
-            await stream.aclose()
+    finally:  # a timeout, a failed choice or a disconnect: free whatever still runs
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for stream in streams:
+            stream.close()
     if any(out.finish_reason == "timeout" for out in finals):  # the engine's deadline, the same one
         clock.done("timeout", 0)
         raise deadline_error(timeout)
+    failed = next((out for out in finals if out.finish_reason == "error"), None)
+    if failed is not None:
+        clock.done("error", 0)
+        raise APIError(500, failed.error or "the engine failed on this request")
     response = _full_response(finals, body.model, kind, response_id, state.tokenizer)
     clock.done("ok", response["usage"]["completion_tokens"])
     return JSONResponse(response)
 
 
-def _share_prefill(engine, tracked: list) -> list:
-    """n choices of one prompt: the first is queued now, the others once it has produced its first
-    token, by which time its prompt's full blocks are in the prefix cache and theirs are hits."""
-    first_token = asyncio.Event()
+class _EventStream(StreamingResponse):
+    """The SSE response, which closes its engine streams however it ends: the client may leave
+    before the body's generator first runs, and then the generator's own cleanup never does."""
 
-    async def leader(stream):
+    def __init__(self, events: AsyncIterator[str], streams: list, clock: "_Clock"):
+        super().__init__(events, media_type="text/event-stream")
+        self.streams, self.clock = streams, clock
+
+    async def __call__(self, scope, receive, send) -> None:
         try:
-            async for output in stream:
-                first_token.set()
-                yield output
+            await super().__call__(scope, receive, send)
         finally:
-            first_token.set()  # a failed or aborted leader must not hold the others back
-            await stream.aclose()  # now, not at garbage collection: closing aborts the request
-
-    async def follower(item):
-        await first_token.wait()
-        stream = engine.stream(item)
-        try:
-            async for output in stream:
-                yield output
-        finally:
-            await stream.aclose()
-
-    return [leader(engine.stream(tracked[0]))] + [follower(item) for item in tracked[1:]]
+            await self.body_iterator.aclose()  # runs _sse's cleanup now if it is paused at a yield
+            for stream in self.streams:
+                stream.close()
+            self.clock.done("aborted", 0)  # if nothing was recorded yet
 
 
 class _Clock:
@@ -147,13 +147,16 @@ class _Clock:
     def __init__(self, task: str, metrics):
         self.task, self.metrics = task, metrics
         self.start, self.first_token_at = time.monotonic(), None
+        self.is_done = False
 
     def saw(self, output: RequestOutput) -> None:
         if self.first_token_at is None and output.new_token_ids:
             self.first_token_at = time.monotonic()
 
     def done(self, status: str, num_tokens: int) -> None:
-        if self.metrics is not None:
+        """Once per HTTP request: later calls are ignored."""
+        if self.metrics is not None and not self.is_done:
+            self.is_done = True
             now = time.monotonic()
             ttft = None if self.first_token_at is None else self.first_token_at - self.start
             self.metrics.record(self.task, status, ttft, now - self.start, num_tokens)
@@ -183,6 +186,10 @@ async def _sse(streams, body, kind: str, response_id: str, timeout: float, clock
             if isinstance(output, BaseException):
                 status = "error"
                 yield _event(error_chunk(f"{type(output).__name__}: {output}"))
+                return
+            if output.finish_reason == "error":  # the engine failed this choice: an error, not a finish
+                status = "error"
+                yield _event(error_chunk(output.error or "the engine failed on this request"))
                 return
             clock.saw(output)
             if output.finished:
@@ -223,8 +230,6 @@ def _chunk(response_id, created, model, kind, index, delta, finish_reason=None) 
 def _full_response(finals: list[RequestOutput], model: str, kind: str, response_id: str, tokenizer) -> dict:
     choices = []
     for i, out in enumerate(finals):
-        if out.finish_reason == "error":
-            raise APIError(500, out.error or "the engine failed on this request")
         choice = {"index": i, "finish_reason": _openai_finish_reason(out)}
         if kind == "chat.completion":
             choice["message"] = {"role": "assistant", "content": out.text}

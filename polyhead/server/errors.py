@@ -1,12 +1,16 @@
 """Every error leaves the server through here, in OpenAI's shape:
 {"error": {"message", "type", "param", "code"}}."""
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from polyhead.engine.client.engine_client import EngineDeadError
+
+logger = logging.getLogger(__name__)
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           405: "invalid_request_error", 408: "timeout_error", 413: "invalid_request_error",
@@ -29,6 +33,7 @@ def deadline_error(timeout: float) -> APIError:
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
+    message = message.encode("utf-8", "backslashreplace").decode()  # a lone surrogate a client sent, echoed
     body = {"error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"),
                       "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -51,6 +56,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, err: RequestValidationError):
         first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":  # its loc is ("body", character position)
+            where = first["loc"][-1] if len(first.get("loc", ())) > 1 else "?"
+            reason = first.get("ctx", {}).get("error", "invalid JSON")
+            return error_response(400, f"the request body is not valid JSON: {reason} at character {where}",
+                                  None, "invalid_json")
         location = [str(part) for part in first.get("loc", ()) if part != "body"]
         param = ".".join(location) or None
         message = f"{param}: {first['msg']}" if param else first["msg"]
@@ -58,4 +68,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, err: StarletteHTTPException):
-        return error_response(err.status_code, str(err.detail))
+        return error_response(err.status_code, str(err.detail), headers=err.headers)  # 405 keeps its Allow
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, err: Exception):  # a bug, still answered in OpenAI's shape
+        logger.exception("unhandled error in a request handler", exc_info=err)
+        return error_response(500, f"internal server error: {type(err).__name__}", None, "internal_error")

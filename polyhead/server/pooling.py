@@ -43,7 +43,8 @@ async def run_jobs(state, jobs: list[PoolingJob], routing: dict, timeout: float,
     state.admit_total(len(prepared), sum(p.num_prompt_tokens for p in prepared))
     start = time.monotonic()
     # queued in job order, so every leader reaches its engine before the jobs that follow it
-    tasks = [asyncio.ensure_future(_last(job.backbone.engine.stream(item))) for job, item in zip(jobs, prepared)]
+    streams = [job.backbone.engine.stream(item) for job, item in zip(jobs, prepared)]
+    tasks = [asyncio.ensure_future(_last(stream)) for stream in streams]
     try:
         async with asyncio.timeout(timeout):
             finals = await asyncio.gather(*tasks)
@@ -54,6 +55,8 @@ async def run_jobs(state, jobs: list[PoolingJob], routing: dict, timeout: float,
         for task in tasks:  # a timeout or a disconnect: abort whatever still runs
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for stream in streams:  # also those whose task never started
+            stream.close()
     if any(out.finish_reason == "timeout" for out in finals):  # the engine's deadline, the same one
         _record(state, jobs, "timeout", time.monotonic() - start)
         raise deadline_error(timeout)
@@ -67,11 +70,8 @@ async def run_jobs(state, jobs: list[PoolingJob], routing: dict, timeout: float,
 
 async def _last(stream) -> RequestOutput:
     last = None
-    try:
-        async for output in stream:
-            last = output
-    finally:
-        await stream.aclose()  # now, not at garbage collection: closing aborts the request
+    async for output in stream:
+        last = output
     return last
 
 

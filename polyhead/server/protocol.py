@@ -5,19 +5,43 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from polyhead.engine.core.params import SamplingParams
+from polyhead.engine.core.params import MAX_SEED, MIN_SEED, SamplingParams
+
+
+class RequestBody(BaseModel):
+    """Every request body: unknown fields from other clients are ignored, as OpenAI does, and every
+    string must be valid Unicode (a lone surrogate such as "\\ud800" is legal JSON, but it can be
+    neither tokenized nor echoed back in UTF-8)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_unicode(cls, value):
+        _check_unicode(value)
+        return value
+
+
+def _check_unicode(value) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"has a lone surrogate (U+{ord(value[err.start]):04X}) at character {err.start}; "
+                             "text must be valid Unicode") from None
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_unicode(item)
 
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(RequestBody):
     """Fields shared by /v1/completions and /v1/chat/completions."""
-
-    model_config = ConfigDict(extra="ignore")  # unknown fields from other clients are ignored, as OpenAI does
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
@@ -27,7 +51,7 @@ class SamplingFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=MIN_SEED, le=MAX_SEED)  # 64 bits, as torch's generator takes
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     user: str | None = None
@@ -42,6 +66,8 @@ class SamplingFields(BaseModel):
     def sampling_params(self, default_max_tokens: int, logprobs: int | None, index: int = 0) -> SamplingParams:
         # With n > 1 and a seed, each choice gets its own seed so the choices differ yet repeat.
         seed = None if self.seed is None else self.seed + index
+        if seed is not None and seed > MAX_SEED:  # wraps into the negative half, still 64 bits
+            seed -= 2**64
         return SamplingParams(
             temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
             repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
@@ -63,7 +89,7 @@ class CompletionRequest(SamplingFields):
     echo: Literal[False] = False
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(RequestBody):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str
 

@@ -6,13 +6,13 @@ since one request may fan out to several tasks)."""
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from polyhead.server.protocol import RequestBody
 
 
-class TaskRequestFields(BaseModel):
+class TaskRequestFields(RequestBody):
     """Fields every task endpoint shares: routing, deadline and who is asking."""
-
-    model_config = ConfigDict(extra="ignore")
 
     user: str | None = None  # the tenant for fair scheduling (else the API key)
     priority: int = 0  # lower runs first under the priority policy

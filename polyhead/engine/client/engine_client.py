@@ -1,5 +1,5 @@
 """What the HTTP layer sees of an engine that steps elsewhere: submit a request, iterate its
-outputs on the caller's event loop, cancel it by leaving the iteration.
+outputs on the caller's event loop (a `RequestStream`), cancel it by closing that stream.
 
 Two kinds share this: `AsyncEngine` steps the engine on a thread of this process,
 `ProcessEngine` in a child process. Each hands over one step's outputs per event loop in one
@@ -9,8 +9,8 @@ callback (`_deliver`); this class turns them into per-request asyncio queues.
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Self
 
 from polyhead.engine.core.backend import BackboneInfo, RequestRules
 from polyhead.engine.core.outputs import EngineStats, RequestOutput
@@ -86,7 +86,7 @@ class EngineClient:
 
     # --- requests --------------------------------------------------------------------------------
     def generate(self, prompt: str | list[int], params: SamplingParams | PoolingParams,
-                 req_id: str | None = None, **routing) -> AsyncIterator[RequestOutput]:
+                 req_id: str | None = None, **routing) -> "RequestStream":
         """Queue a request now and return an iterator over its outputs; the last has finished=True
         (a pooling request yields just that one, with `pooled`). Bad input raises ValueError here,
         before anything is queued. `routing`: task, adapter, priority, tenant, deadline, after."""
@@ -100,34 +100,15 @@ class EngineClient:
             raise EngineDeadError(self.dead_reason or "the engine loop is not running")
         return self._new_request(prompt, params, req_id or uuid.uuid4().hex, **routing)
 
-    def stream(self, prepared) -> AsyncIterator[RequestOutput]:
-        """Queue a prepared request; leaving the iteration early (client gone, timeout,
-        cancellation) aborts it, and its blocks are freed at the next step."""
+    def stream(self, prepared) -> "RequestStream":
+        """Queue a prepared request and return its outputs' stream. Close it when done with it
+        (`aclose`, or `async with`): closing before the end aborts the request, and its blocks are
+        freed at the next step."""
         if prepared.req_id in self._streams:
             raise ValueError(f"req_id {prepared.req_id!r} is already in use")
         self.num_queued += 1
         self.num_queued_tokens += prepared.num_prompt_tokens
-        return self._iterate(prepared, self.submit(prepared))
-
-    async def _iterate(self, prepared, stream: _Stream) -> AsyncIterator[RequestOutput]:
-        finished, queued = False, True
-        try:
-            while True:
-                item = await stream.outputs.get()
-                if queued:  # its first output (or error) means it is no longer waiting
-                    self._leave_queue(prepared)
-                    queued = False
-                if isinstance(item, BaseException):
-                    raise item
-                finished = item.finished
-                yield item
-                if finished:
-                    return
-        finally:
-            if queued:
-                self._leave_queue(prepared)
-            if not finished:
-                self.abort(prepared.req_id)
+        return RequestStream(self, prepared, self.submit(prepared))
 
     def _leave_queue(self, prepared) -> None:
         self.num_queued -= 1
@@ -180,6 +161,65 @@ class EngineClient:
     def _fail_all(self, reason: str) -> None:
         for req_id in list(self._streams):
             self._fail(req_id, EngineDeadError(reason))
+
+
+class RequestStream:
+    """One submitted request's outputs, iterated on the caller's event loop. Until its first output
+    it counts as queued (admission control reads that). `close()` gives its place back and aborts it
+    if it has not finished, whether or not it was ever iterated: a deadline or a disconnect may come
+    before the first `__anext__`, and an async generator that never started never runs its finally.
+    Reaching the end, or an error or cancellation while waiting for an output, closes it too."""
+
+    def __init__(self, client: EngineClient, prepared, stream: _Stream):
+        self._client, self._prepared, self._stream = client, prepared, stream
+        self._is_queued = True  # no output yet
+        self._is_finished = False  # its last output came: nothing left to abort
+        self._is_closed = False
+
+    @property
+    def req_id(self) -> str:
+        return self._prepared.req_id
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self._is_closed:
+            raise StopAsyncIteration
+        try:
+            item = await self._stream.outputs.get()
+        except BaseException:  # cancelled: the caller has left
+            self.close()
+            raise
+        if self._is_queued:  # its first output (or error) means it is no longer waiting
+            self._client._leave_queue(self._prepared)
+            self._is_queued = False
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        if item.finished:
+            self._is_finished = True
+            self.close()
+        return item
+
+    def close(self) -> None:
+        if self._is_closed:
+            return
+        self._is_closed = True
+        if self._is_queued:
+            self._client._leave_queue(self._prepared)
+            self._is_queued = False
+        if not self._is_finished:
+            self._client.abort(self.req_id)
+
+    async def aclose(self) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_) -> None:
+        self.close()
 
 
 def _put_all(items: list) -> None:

@@ -5,6 +5,12 @@ from dataclasses import dataclass, field
 
 from polyhead.engine.core.kinds import POOLING_KINDS
 
+# The sampler computes in float32, where a top_p below this is 0 and keeps no token at all. A
+# nucleus that small is the most likely token alone, which this keeps too: the value is legal
+# (OpenAI and vLLM accept any top_p in (0, 1]), so it is raised to this, not refused.
+MIN_TOP_P = 2.0**-126  # float32's smallest normal number
+MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
+
 
 @dataclass(slots=True)
 class SamplingParams:
@@ -15,7 +21,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # > 1 discourages tokens seen in prompt or output (CTRL-style)
     presence_penalty: float = 0.0  # subtracted once from tokens already generated; in [-2, 2]
     frequency_penalty: float = 0.0  # subtracted per occurrence in the generated tokens; in [-2, 2]
-    seed: int | None = None  # same seed, same prompt -> same output
+    seed: int | None = None  # same seed, same prompt -> same output; in [-2^63, 2^64 - 1]
     max_tokens: int = 16  # new tokens to generate at most
     stop: list[str] = field(default_factory=list)  # stop strings, matched on the detokenized text
     stop_token_ids: list[int] = field(default_factory=list)  # extra token ids that end the output
@@ -29,6 +35,7 @@ class SamplingParams:
             self.stop = [self.stop]
         _check(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
         _check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        self.top_p = max(self.top_p, MIN_TOP_P)
         _check(self.top_k >= 0, "top_k", f"must be >= 0 (0 disables it), got {self.top_k}")
         _check(0 <= self.min_p <= 1, "min_p", f"must be in [0, 1], got {self.min_p}")
         _check(self.repetition_penalty > 0, "repetition_penalty",
@@ -37,6 +44,8 @@ class SamplingParams:
                f"must be in [-2, 2], got {self.presence_penalty}")
         _check(-2 <= self.frequency_penalty <= 2, "frequency_penalty",
                f"must be in [-2, 2], got {self.frequency_penalty}")
+        _check(self.seed is None or MIN_SEED <= self.seed <= MAX_SEED, "seed",
+               f"must fit in 64 bits: in [-2^63, 2^64 - 1], got {self.seed}")
         _check(self.max_tokens >= 1, "max_tokens", f"must be >= 1, got {self.max_tokens}")
         _check(self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs",
                f"must be None or in [0, 20], got {self.logprobs}")
