@@ -32,12 +32,13 @@ async def classify(body: ClassifyRequest, request: Request):
     tasks = [state.task(name, "/v1/classify", "tasks" if body.tasks else "task") for name in names]
     inputs = state.inputs(body.input)
     jobs, spans = [], []  # spans: (input, task, its zero-shot plan or None, the jobs that make its answer)
+    size = input_size(inputs)  # many small inputs are one large request
     for index, text in enumerate(inputs):
         for task in tasks:
             first = len(jobs)
             plan = None
             if task.spec.is_zero_shot:
-                plan = await tokenize_off_loop(input_size(text), _zero_shot_plan, task, text)
+                plan = await tokenize_off_loop(size, _zero_shot_plan, task, text)
             jobs += _jobs(task, text, plan, group=(index, task.backbone.name))
             spans.append((index, task, plan, first, len(jobs)))
     response_id = new_id("classify")
