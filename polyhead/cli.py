@@ -108,6 +108,7 @@ def serve(args) -> int:
 
     from polyhead.models.registry import DEFAULT_MODEL
     from polyhead.server.app import ServerSettings
+    from polyhead.server.run import ConnectionSettings
     from polyhead.server.run import serve as run_server
 
     settings = ServerSettings(
@@ -116,14 +117,16 @@ def serve(args) -> int:
         api_key=args.api_key or os.environ.get("POLYHEAD_API_KEY"), default_max_tokens=args.default_max_tokens,
         max_queued_requests=args.max_queued_requests, max_queued_tokens=args.max_queued_tokens,
         request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes,
-        max_inputs_per_request=args.max_inputs_per_request)
+        body_read_timeout_s=args.body_read_timeout, max_inputs_per_request=args.max_inputs_per_request)
+    connections = ConnectionSettings(grace_s=args.shutdown_grace, header_timeout_s=args.header_read_timeout,
+                                     keep_alive_s=args.timeout_keep_alive, limit_concurrency=args.limit_concurrency)
     registry = build_task_registry(args, settings.model_names[0])
     for name, backbone in registry.backbones.items():
         summary = backbone.engine.info.kv_cache_summary
         if summary is not None:
             print(f"polyhead: {name}: {summary}", file=sys.stderr, flush=True)
     run_server(registry.backbones[registry.default_backbone].engine, settings, args.host, args.port,
-               args.shutdown_grace, registry)
+               connections, registry)
     return 0
 
 
@@ -244,7 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--request-timeout", type=float, default=600.0,
                         help="seconds a request may take before it is aborted with 408 (default: 600)")
     limits.add_argument("--max-request-bytes", type=int, default=1 << 20,
-                        help="request bodies larger than this get 413 (default: 1048576)")
+                        help="request bodies larger than this get 413, chunked ones too, counted as they arrive "
+                        "(default: 1048576)")
+    limits.add_argument("--body-read-timeout", type=float, default=30.0,
+                        help="seconds a request body may take to arrive in full before 408 (default: 30)")
+    limits.add_argument("--header-read-timeout", type=float, default=10.0,
+                        help="seconds a connection may take to send a request's line and headers before it is "
+                        "closed, against slowloris clients (default: 10)")
+    limits.add_argument("--timeout-keep-alive", type=float, default=5.0,
+                        help="seconds an idle keep-alive connection stays open (uvicorn's; default: 5)")
+    limits.add_argument("--limit-concurrency", type=int, default=None,
+                        help="open connections plus running requests beyond which new requests get 503 "
+                        "(uvicorn's; default: no limit)")
     limits.add_argument("--max-inputs-per-request", type=int, default=64,
                         help="inputs in one classify/tag/embeddings request before 413 (default: 64)")
     limits.add_argument("--shutdown-grace", type=float, default=30.0,

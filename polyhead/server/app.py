@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from polyhead.engine.client.engine_client import EngineClient
 from polyhead.server.classify import router as classify_router
 from polyhead.server.completions import router as completions_router
+from polyhead.server.door import BodyLimit
 from polyhead.server.embeddings import router as embeddings_router
 from polyhead.server.errors import APIError, error_response, install_error_handlers
 from polyhead.server.metrics import Metrics
@@ -32,7 +33,8 @@ class ServerSettings:
     max_queued_requests: int = 256  # requests waiting for their first token; beyond: 429
     max_queued_tokens: int = 262_144  # their prompt tokens; beyond: 429
     request_timeout_s: float = 600.0  # deadline per request (a request's `timeout` may only lower it)
-    max_request_bytes: int = 1 << 20  # request bodies beyond this: 413
+    max_request_bytes: int = 1 << 20  # request bodies beyond this, counted as they arrive: 413
+    body_read_timeout_s: float = 30.0  # a body not all in by then: 408 (polyhead/server/door.py)
     max_inputs_per_request: int = 64  # inputs in one classify/tag/embeddings request; beyond: 413
     public_paths: set[str] = field(default_factory=lambda: {"/health", "/metrics"})
 
@@ -93,18 +95,16 @@ def build_app(engine: EngineClient, settings: ServerSettings, registry: TaskRegi
     app.state.server = ServerState(registry, settings)
     install_error_handlers(app)
 
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, timeout_s=settings.body_read_timeout_s,
+                       on_reject=lambda reason: app.state.server.metrics.rejected.labels(reason=reason).inc())
+
     @app.middleware("http")
-    async def limits_and_draining(request: Request, call_next):
+    async def draining(request: Request, call_next):
         server = app.state.server
-        if server.draining and request.url.path.startswith("/v1"):
+        if server.draining and (request.url.path.startswith("/v1") or request.url.path == "/health"):
             server.metrics.rejected.labels(reason="shutting_down").inc()
             return error_response(503, "the server is shutting down; retry on another replica", None,
-                                  "shutting_down")
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
-            server.metrics.rejected.labels(reason="too_large").inc()
-            return error_response(413, f"request body is {length} bytes; the limit is {settings.max_request_bytes} "
-                                  "(max_request_bytes)", None, "request_too_large")
+                                  "shutting_down", {"Retry-After": "1", "Connection": "close"})
         return await call_next(request)
 
     @app.middleware("http")

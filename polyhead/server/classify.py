@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 
 from polyhead.engine.core.params import PoolingParams
 from polyhead.server.errors import APIError
+from polyhead.server.offload import input_size, tokenize_off_loop
 from polyhead.server.pooling import PoolingJob, run_jobs
 from polyhead.server.protocol import new_id
 from polyhead.server.registry import ServedTask
@@ -31,10 +32,13 @@ async def classify(body: ClassifyRequest, request: Request):
     tasks = [state.task(name, "/v1/classify", "tasks" if body.tasks else "task") for name in names]
     inputs = state.inputs(body.input)
     jobs, spans = [], []  # spans: (input, task, its zero-shot plan or None, the jobs that make its answer)
+    size = input_size(inputs)  # many small inputs are one large request
     for index, text in enumerate(inputs):
         for task in tasks:
             first = len(jobs)
-            plan = _zero_shot_plan(task, text) if task.spec.is_zero_shot else None
+            plan = None
+            if task.spec.is_zero_shot:
+                plan = await tokenize_off_loop(size, _zero_shot_plan, task, text)
             jobs += _jobs(task, text, plan, group=(index, task.backbone.name))
             spans.append((index, task, plan, first, len(jobs)))
     response_id = new_id("classify")

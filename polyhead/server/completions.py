@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from polyhead.engine.core.outputs import RequestOutput
 from polyhead.engine.core.params import SamplingParams
 from polyhead.server.errors import APIError, deadline_error, error_chunk
+from polyhead.server.offload import input_size, tokenize_off_loop
 from polyhead.server.protocol import ChatCompletionRequest, CompletionRequest, new_id
 
 router = APIRouter()
@@ -44,7 +45,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     if served.task is not None:
         messages = _apply_task_template(served.task.spec, messages)
     try:
-        prompt = apply_chat_template(served.backbone.tokenizer, messages)
+        prompt = await tokenize_off_loop(input_size(messages), apply_chat_template, served.backbone.tokenizer, messages)
     except ValueError as err:
         raise APIError(400, str(err), "messages") from err
     params = [_params(state, served, body, body.chat_logprobs(), i) for i in range(body.n)]
@@ -84,8 +85,9 @@ async def _respond(state, served, request, body, prompt, params: list[SamplingPa
     task = served.task_name or ("chat" if kind == "chat.completion" else "completion")
     routing = {**state.routing(request, body), "task": served.task_name, "adapter": served.adapter}
     try:  # the first choice computes the prompt; the others start once its blocks are prefix-cache hits
-        tracked = [engine.prepare(prompt, p, f"{response_id}-{i}", **routing, after=f"{response_id}-0" if i else None)
-                   for i, p in enumerate(params)]
+        tracked = await tokenize_off_loop(input_size(prompt) * len(params), lambda: [
+            engine.prepare(prompt, p, f"{response_id}-{i}", **routing, after=f"{response_id}-0" if i else None)
+            for i, p in enumerate(params)])
     except ValueError as err:
         raise APIError(400, str(err), param) from err
     try:

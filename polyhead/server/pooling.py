@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from polyhead.engine.core.outputs import RequestOutput
 from polyhead.engine.core.params import PoolingParams
 from polyhead.server.errors import APIError, deadline_error
+from polyhead.server.offload import input_size, tokenize_off_loop
 from polyhead.server.registry import Backbone
 
 
@@ -31,13 +32,15 @@ async def run_jobs(state, jobs: list[PoolingJob], routing: dict, timeout: float,
                    param: str = "input") -> list[RequestOutput]:
     """Every job's final output, in job order; 400 for a bad input, 408 past the deadline, 429 when full."""
     prepared, leaders = [], {}  # leaders: share group -> its first job's req_id
+    size = sum(input_size(job.prompt) for job in jobs)  # many small inputs are one large request
     for i, job in enumerate(jobs):
         req_id = f"{request_id}-{i}"
         leader = leaders.setdefault((job.backbone.name, job.group), req_id)
         after = {"after": leader} if leader != req_id and job.backbone.has_prefix_cache else {}
         try:
-            prepared.append(job.backbone.engine.prepare(job.prompt, job.params, req_id, **routing, task=job.task,
-                                                        adapter=job.adapter, **after))
+            prepared.append(await tokenize_off_loop(size, job.backbone.engine.prepare, job.prompt,
+                                                    job.params, req_id, **routing, task=job.task, adapter=job.adapter,
+                                                    **after))
         except ValueError as err:
             raise APIError(400, f"{param}: {err}", param) from err
     state.admit_total(len(prepared), sum(p.num_prompt_tokens for p in prepared))

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 
 from polyhead.engine.core.params import PoolingParams
 from polyhead.server.errors import APIError
+from polyhead.server.offload import input_size, tokenize_off_loop
 from polyhead.server.pooling import PoolingJob, run_jobs
 from polyhead.server.protocol import new_id
 from polyhead.server.registry import ServedTask
@@ -27,7 +28,7 @@ async def tag(body: TagRequest, request: Request):
         raise APIError(400, str(err), "task") from err
     task = state.task(name, "/v1/tag")
     inputs = state.inputs(body.input)
-    encodings = [_encode(task, text) for text in inputs]
+    encodings = await tokenize_off_loop(input_size(inputs), lambda: [_encode(task, text) for text in inputs])
     params = PoolingParams(kind="tag", task=task.name)
     jobs = [PoolingJob(task.backbone, enc["input_ids"], params, task.name, task.adapter, group=i)
             for i, enc in enumerate(encodings)]
