@@ -91,9 +91,9 @@ def test_an_engine_that_cannot_be_restarted_fails_streams_and_health_not_hangs(t
     and new requests get a fast 503."""
     import shutil
 
-    from polyhead.engine.client import process_engine
+    from polyhead.engine.client import supervision
 
-    monkeypatch.setattr(process_engine, "RESTART_BACKOFF_S", (0.05, 0.05))
+    monkeypatch.setattr(supervision, "RESTART_BACKOFF_S", (0.05, 0.05))
     folder = shutil.copytree(tiny_llama[0], tmp_path / "model")
     with running_server(folder, "process") as (url, app):
         engine = app.state.server.engine

@@ -16,7 +16,8 @@ adapters in it, and sends it every request that had not finished. A request that
 tokens continues from them (its prompt and output so far are recomputed, as a preempted request
 is); one that had produced nothing starts again. Requests submitted meanwhile wait for the new
 child. A request that was in the child during two deaths fails (it may be what kills it), as
-does everything once restarts keep failing (`RESTART_BACKOFF_S`), with EngineDeadError.
+does everything once restarts keep failing, with EngineDeadError. The policy and the continuation
+are engine/client/supervision.py's, shared with AsyncEngine.
 """
 
 import io
@@ -25,7 +26,7 @@ import logging
 import multiprocessing as mp
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 
 import torch
@@ -45,6 +46,13 @@ from polyhead.engine.client.messages import (
     Stop,
 )
 from polyhead.engine.client.process_worker import run_engine_process
+from polyhead.engine.client.supervision import (
+    EngineRestartedError,
+    Progress,
+    RestartPolicy,
+    idle_stats,
+    take_repeat_victims,
+)
 from polyhead.engine.core.backend import RequestRules
 from polyhead.engine.core.engine import prepare_request
 from polyhead.engine.core.outputs import EngineStats, RequestOutput
@@ -52,28 +60,7 @@ from polyhead.engine.core.params import PoolingParams, SamplingParams
 from polyhead.engine.core.request import PreparedRequest, Routing
 
 logger = logging.getLogger(__name__)
-__all__ = ["EngineDeadError", "PreparedRequest", "ProcessEngine"]
-
-
-RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # waits before each attempt to start a new child; then given up
-MAX_RESTARTS_IN_WINDOW, RESTART_WINDOW_S = 5, 120.0  # more deaths than this in the window: given up
-
-
-class EngineRestartedError(EngineDeadError):
-    """The engine process died while this request ran, twice: it is not retried again."""
-
-
-@dataclass(slots=True)
-class _Assembly:
-    """What this process keeps of a running request to rebuild full outputs from deltas."""
-
-    prepared: PreparedRequest
-    token_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    logprobs: list | None = None
-    num_deaths: int = 0  # engine processes that died while it ran
-    base_text: str = ""  # text before a continuation (the new child's whole text comes after it)
-    unsent_text: str = ""  # text of tokens already out whose characters the dead child held back
+__all__ = ["EngineDeadError", "EngineRestartedError", "PreparedRequest", "ProcessEngine"]
 
 
 @dataclass(slots=True)
@@ -89,7 +76,7 @@ class ProcessEngine(EngineClient):
         self.config = config
         self.idle_wait_s = idle_wait_s  # the child reports at least this often, so health stays fresh
         self.rules: RequestRules | None = None  # the backbone's, sent by the child once built
-        self._assemblies: dict[str, _Assembly] = {}
+        self._assemblies: dict[str, Progress] = {}  # what this process rebuilds full outputs from deltas with
         self._stats: EngineStats | None = None
         self._process = None
         self._commands = None  # our sending end
@@ -99,7 +86,7 @@ class ProcessEngine(EngineClient):
         self._restarting = False  # a new child is being started: requests wait in _held
         self._held: list[PreparedRequest] = []  # submitted while restarting
         self._lock = threading.RLock()  # _assemblies and _held between the event loop and a restart
-        self._restart_times: list[float] = []  # time.monotonic() of recent deaths
+        self._policy = RestartPolicy()
         self.heads: dict = {}  # task -> head registered in the child (request checks read it)
         self.adapters: set[str] = set()  # adapter names registered in the child
         self._adapter_folders: dict[str, str] = {}  # registered here (a new child gets them again)
@@ -225,7 +212,7 @@ class ProcessEngine(EngineClient):
     def _send_add(self, prepared: PreparedRequest) -> None:
         wants_logprobs = getattr(prepared.params, "logprobs", None) is not None  # PoolingParams have none
         with self._lock:
-            self._assemblies[prepared.req_id] = _Assembly(prepared, logprobs=[] if wants_logprobs else None)
+            self._assemblies[prepared.req_id] = Progress(prepared, logprobs=[] if wants_logprobs else None)
             if self._restarting:
                 self._held.append(prepared)  # sent once the new child is up
                 return
@@ -289,15 +276,15 @@ class ProcessEngine(EngineClient):
         again, then send it every unfinished request and those submitted meanwhile."""
         with self._lock:
             self._restarting = True
-        now = time.monotonic()
-        self._restart_times = [t for t in self._restart_times if now - t < RESTART_WINDOW_S] + [now]
-        if len(self._restart_times) > MAX_RESTARTS_IN_WINDOW:  # a crash loop: restarting does not help
-            self._give_up(f"{reason}; the engine process died {len(self._restart_times)} times in "
-                          f"{RESTART_WINDOW_S:.0f} s")
+        if (crash_loop := self._policy.crash_loop(reason)) is not None:  # restarting does not help
+            self._give_up(crash_loop)
             return
-        self._stats = _idle(self._stats)  # the dead engine's figures no longer hold
-        self._fail_repeat_victims(reason)
-        for attempt, wait in enumerate(RESTART_BACKOFF_S, start=1):
+        self._stats = idle_stats(self._stats)  # the dead engine's figures no longer hold
+        with self._lock:
+            for req_id, error in take_repeat_victims(self._assemblies, reason):
+                self._fail(req_id, error)
+        backoff = self._policy.backoff_s
+        for attempt, wait in enumerate(backoff, start=1):
             time.sleep(wait)
             if self._stopping:
                 self._give_up("the engine stopped")
@@ -305,7 +292,7 @@ class ProcessEngine(EngineClient):
             try:
                 child, ready = self._spawn()
             except Exception as err:  # noqa: BLE001 - retried, then given up
-                logger.error("engine restart %d/%d failed: %s", attempt, len(RESTART_BACKOFF_S), err)
+                logger.error("engine restart %d/%d failed: %s", attempt, len(backoff), err)
                 continue
             self._stats = ready.stats
             self._attach(child)
@@ -313,23 +300,14 @@ class ProcessEngine(EngineClient):
                 self._register_again()
             except Exception as err:  # noqa: BLE001 - the new child died or refused: try another
                 logger.error("engine restart %d/%d: registering heads and adapters failed: %s", attempt,
-                             len(RESTART_BACKOFF_S), err)
+                             len(backoff), err)
                 child.process.kill()
                 return  # its reader sees the death and restarts again
             self.num_restarts += 1
             self._resend()
             logger.info("engine process %d replaces the dead one (restart %d)", child.process.pid, self.num_restarts)
             return
-        self._give_up(f"{reason}; {len(RESTART_BACKOFF_S)} restarts failed")
-
-    def _fail_repeat_victims(self, reason: str) -> None:
-        with self._lock:
-            for req_id, assembly in list(self._assemblies.items()):
-                assembly.num_deaths += 1
-                if assembly.num_deaths >= 2:
-                    del self._assemblies[req_id]
-                    self._fail(req_id, EngineRestartedError(
-                        f"{reason}, the second time while this request ran: it is not retried again"))
+        self._give_up(f"{reason}; {len(backoff)} restarts failed")
 
     def _register_again(self) -> None:
         for task, head in list(self.heads.items()):
@@ -347,39 +325,16 @@ class ProcessEngine(EngineClient):
             for req_id, assembly in list(self._assemblies.items()):
                 if req_id in held:
                     continue
-                resumed = self._continuation(assembly)
-                if resumed is None:
+                resumed = assembly.continuation(self.tokenizer)
+                if resumed is None:  # its last report was lost with the child: it had finished
+                    del self._assemblies[req_id]
+                    self._deliver([assembly.final_output()])
                     continue
-                self._send(AddRequest(resumed))
+                self._send(AddRequest(replace(resumed, prompt=None)))  # the text stays here
             for prepared in self._held:
                 self._send(AddRequest(replace(prepared, prompt=None)))
             self._held = []
             self._restarting = False
-
-    def _continuation(self, assembly: _Assembly) -> PreparedRequest | None:
-        """What the new child runs for an unfinished request: the request again when it had produced
-        nothing; else its prompt and output so far as the prompt, for the tokens it has left."""
-        prepared = replace(assembly.prepared, prompt=None)
-        num_done = len(assembly.token_ids)
-        if num_done == 0 or isinstance(prepared.params, PoolingParams):
-            return prepared
-        left = prepared.params.max_tokens - num_done
-        if left <= 0:  # its last report was lost with the child: it had finished
-            self._finish_locally(assembly)
-            return None
-        whole = self.tokenizer.decode(assembly.token_ids, skip_special_tokens=prepared.params.skip_special_tokens)
-        assembly.unsent_text = whole[len(assembly.text):] if whole.startswith(assembly.text) else ""
-        assembly.base_text = assembly.text + assembly.unsent_text
-        return replace(prepared, token_ids=prepared.token_ids + assembly.token_ids,
-                       params=replace(prepared.params, max_tokens=left))
-
-    def _finish_locally(self, assembly: _Assembly) -> None:
-        prepared = assembly.prepared
-        del self._assemblies[prepared.req_id]
-        self._deliver([RequestOutput(
-            req_id=prepared.req_id, prompt=prepared.prompt, prompt_token_ids=prepared.token_ids, text=assembly.text,
-            token_ids=list(assembly.token_ids), finished=True, finish_reason="length",
-            logprobs=None if assembly.logprobs is None else list(assembly.logprobs))])
 
     def _give_up(self, reason: str) -> None:
         with self._lock:
@@ -416,10 +371,3 @@ class ProcessEngine(EngineClient):
             self.on_step(report.stats.last_step_num_tokens)
         self._deliver(outputs)
 
-
-def _idle(stats: EngineStats | None) -> EngineStats | None:
-    """Figures of an engine that holds nothing (a dead one's, until its successor reports)."""
-    if stats is None:
-        return None
-    return replace(stats, num_unfinished=0, num_running=0, num_free_blocks=stats.num_blocks, last_step_num_tokens=0,
-                   last_step_rows={})
