@@ -16,7 +16,7 @@ from polyhead.engine.client.async_engine import AsyncEngine
 from polyhead.engine.client.engine_client import EngineDeadError
 from polyhead.engine.client.supervision import EngineRestartedError
 from polyhead.engine.core.engine import Engine
-from polyhead.engine.core.params import PoolingParams
+from polyhead.engine.core.params import PoolingParams, SamplingParams
 from polyhead.models.heads import ClassifyHead
 from tests.reliability.test_engine_restart import LONG, PROMPTS, _last, expected_tokens
 
@@ -78,6 +78,7 @@ def test_a_dead_loop_is_replaced_and_no_request_is_lost(engine, tiny_llama):
     outputs, late = asyncio.run(run())
     assert seen_restarting == [(False, True, 0)]  # /health 503 while restarting, requests still taken
     assert engine.is_running and engine.engine is not first_engine and engine.num_restarts == 1
+    assert engine.num_in_flight == 0
     for outs, want in zip(outputs, expected_tokens(tiny_llama[0])):
         final = outs[-1]
         assert final.finished and final.finish_reason == "length" and final.error is None
@@ -115,6 +116,21 @@ def test_a_request_in_two_deaths_fails_alone(engine):
 
     fine = asyncio.run(fine())
     assert fine.finish_reason == "length" and len(fine.token_ids) == LONG.max_tokens
+
+
+@pytest.mark.timeout(120)
+def test_a_request_left_before_the_death_is_not_run_again(engine):
+    short = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+
+    async def run():
+        left, other = engine.generate([1, 2, 3], LONG), engine.generate([4, 5, 6], short)
+        await anext(left)
+        die_once(engine.engine)
+        await left.aclose()  # the client went away: its abort reaches the loop with the next step, which dies
+        return await _last(other)
+
+    assert len(asyncio.run(run()).token_ids) == 8 and engine.num_restarts == 1
+    assert engine.stats().num_unfinished == 0 and engine.num_in_flight == 0
 
 
 @pytest.mark.timeout(120)

@@ -60,7 +60,8 @@ class AsyncEngine(EngineClient):
 
         OpenMP gives every thread that runs parallel work its own thread team; an engine loaded on
         one thread (weight packing, cache zeroing) and stepped on another leaves two teams fighting
-        over 2 cores, measured at 13 vs 24 ms per single-stream step here. So the loop thread does both.
+        over 2 cores, measured at 13 vs 24 ms per single-stream step here. So the loop thread does both,
+        and builds the engine that replaces a dead one too (supervision).
         """
         made: dict = {}
         ready = threading.Event()
@@ -144,6 +145,7 @@ class AsyncEngine(EngineClient):
         self._wake.set()
 
     def _send_abort(self, req_id: str) -> None:
+        self._streams.pop(req_id, None)  # nobody reads it any more (nor, after a restart, its lost abort output)
         self._commands.put(req_id)
         self._wake.set()
 
@@ -196,9 +198,9 @@ class AsyncEngine(EngineClient):
                     continue
                 if self.config is not None:
                     self._progress[command.req_id] = Progress(command)
-            elif not self.engine.abort_request(command):
-                self._streams.pop(command, None)  # already finished or never admitted
-                self._progress.pop(command, None)
+            else:
+                self._progress.pop(command, None)  # not continued if the engine dies before its abort output
+                self.engine.abort_request(command)
 
     def _track(self, outputs: list[RequestOutput]) -> None:
         """Keep what each request has been given, and put a continued request's output in its own terms."""
