@@ -206,3 +206,50 @@ def test_embed_requests_on_an_encoder_survive_a_dead_loop(tiny_encoder, fast_res
     for w, g in zip(want, got):
         assert g.prompt == w.prompt and g.finish_reason == "stop"
         torch.testing.assert_close(torch.tensor(g.pooled), torch.tensor(w.pooled))
+
+
+@pytest.mark.timeout(120)
+def test_over_http_streams_finish_health_says_restarting_and_metrics_count_it(tiny_llama, fast_restarts):
+    import httpx
+    import openai
+
+    from polyhead.server.app import ServerSettings, build_app
+    from tests.conftest import serve_in_thread
+    from tests.server.conftest import MODEL
+
+    engine = AsyncEngine.from_config(EngineConfig(model=str(tiny_llama[0]), dtype="float32",
+                                                  kv_cache_memory="16MiB", max_model_len=128))
+    app = build_app(engine, ServerSettings(model_names=[MODEL], default_max_tokens=8))
+    try:
+        with serve_in_thread(app, start_timeout_s=60) as url:
+            client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
+
+            async def stream(prompt: str) -> tuple[list[str], str | None]:
+                chunks, reason = [], None
+                response = await client.completions.create(model=MODEL, prompt=prompt, max_tokens=60, temperature=0,
+                                                           stream=True, extra_body={"ignore_eos": True})
+                async for chunk in response:
+                    chunks.append(chunk.choices[0].text)
+                    reason = chunk.choices[0].finish_reason or reason
+                return chunks, reason
+
+            async def run():
+                tasks = [asyncio.create_task(stream(p)) for p in ("one", "two two", "three three three")]
+                while engine.stats().num_running < 3:
+                    await asyncio.sleep(0.005)
+                die_once(engine.engine)
+                async with httpx.AsyncClient(base_url=url) as http:
+                    while (health := await http.get("/health")).status_code == 200:  # until it sees the death
+                        await asyncio.sleep(0.005)
+                    while (await http.get("/health")).status_code != 200:
+                        await asyncio.sleep(0.02)
+                    metrics = (await http.get("/metrics")).text
+                return await asyncio.gather(*tasks), health.json(), metrics
+
+            results, health, metrics = asyncio.run(run())
+    finally:
+        engine.stop()
+    assert health["status"] == "restarting"
+    assert f'polyhead_engine_restarts_total{{backbone="{MODEL}"}} 1.0' in metrics
+    for chunks, reason in results:
+        assert reason == "length" and len("".join(chunks)) > 0
