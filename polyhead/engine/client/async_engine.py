@@ -238,6 +238,7 @@ class AsyncEngine(EngineClient):
                     engine.register_adapter(name, folder)
             except Exception as err:  # noqa: BLE001 - retried, then given up
                 logger.error("engine restart %d/%d failed: %s", attempt, len(backoff), err)
+                engine = None  # one that refused a head is freed before the next is built
                 continue
             self._readmit(engine)
             self.engine = engine
