@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from polyhead.engine.core.outputs import RequestOutput
 from polyhead.engine.core.params import SamplingParams
-from polyhead.server.errors import APIError, deadline_error, error_chunk
+from polyhead.server.errors import APIError, deadline_error, error_chunk, exception_chunk
 from polyhead.server.offload import input_size, tokenize_off_loop
 from polyhead.server.protocol import ChatCompletionRequest, CompletionRequest, new_id
 
@@ -119,7 +119,7 @@ async def _respond(state, served, request, body, prompt, params: list[SamplingPa
     failed = next((out for out in finals if out.finish_reason == "error"), None)
     if failed is not None:
         clock.done("error", 0)
-        raise APIError(500, failed.error or "the engine failed on this request")
+        raise APIError(500, failed.error or "the engine failed on this request", None, "engine_error")
     response = _full_response(finals, body.model, kind, response_id, state.tokenizer)
     clock.done("ok", response["usage"]["completion_tokens"])
     return JSONResponse(response)
@@ -183,11 +183,11 @@ async def _sse(streams, body, kind: str, response_id: str, timeout: float, clock
                 output = None
             if output is None or getattr(output, "finish_reason", None) == "timeout":
                 status = "timeout"  # the server's timer or the engine's deadline: the same one
-                yield _event(error_chunk(deadline_error(timeout).message, 408))
+                yield _event(error_chunk(deadline_error(timeout).message, 408, "timeout"))
                 return
             if isinstance(output, BaseException):
                 status = "error"
-                yield _event(error_chunk(f"{type(output).__name__}: {output}"))
+                yield _event(exception_chunk(output))
                 return
             if output.finish_reason == "error":  # the engine failed this choice: an error, not a finish
                 status = "error"

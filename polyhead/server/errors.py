@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from polyhead.engine.client.engine_client import EngineDeadError
+from polyhead.engine.client.supervision import EngineRestartedError
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +40,20 @@ def error_response(status: int, message: str, param: str | None = None, code: st
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def error_chunk(message: str, status: int = 500) -> dict:
-    """An error in the middle of a stream, where the status line has already been sent."""
-    return {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "param": None, "code": None}}
+def error_chunk(message: str, status: int = 500, code: str | None = "engine_error") -> dict:
+    """An error in the middle of a stream, where the status line has already been sent. `code`
+    says what failed: engine_error (the engine failed this request), engine_dead (no engine, retry
+    later), engine_restarted (the engine died twice while it ran), timeout."""
+    message = message.encode("utf-8", "backslashreplace").decode()
+    return {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "param": None, "code": code}}
+
+
+def exception_chunk(err: BaseException) -> dict:
+    """The stream's error event for an exception its request's output iterator raised."""
+    if isinstance(err, EngineDeadError):
+        code = "engine_restarted" if isinstance(err, EngineRestartedError) else "engine_dead"
+        return error_chunk(f"the engine is not running: {err}", 503, code)
+    return error_chunk(f"{type(err).__name__}: {err}")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -51,7 +63,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EngineDeadError)
     async def _engine_dead(_: Request, err: EngineDeadError):
-        return error_response(503, f"the engine is not running: {err}", None, "engine_dead")
+        code = "engine_restarted" if isinstance(err, EngineRestartedError) else "engine_dead"
+        return error_response(503, f"the engine is not running: {err}", None, code, {"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, err: RequestValidationError):

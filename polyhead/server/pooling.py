@@ -66,7 +66,7 @@ async def run_jobs(state, jobs: list[PoolingJob], routing: dict, timeout: float,
     failed = next((out for out in finals if out.finish_reason == "error"), None)
     if failed is not None:
         _record(state, jobs, "error", time.monotonic() - start)
-        raise APIError(500, failed.error or "the engine failed on this request")
+        raise APIError(500, failed.error or "the engine failed on this request", None, "engine_error")
     _record(state, jobs, "ok", time.monotonic() - start)
     return finals
 

@@ -81,3 +81,16 @@ def test_a_disconnected_stream_is_counted(served):
     while requests_total(url, "aborted") == before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert requests_total(url, "aborted") == before + 1
+
+
+def test_stream_error_events_say_what_failed():
+    from polyhead.engine.client.engine_client import EngineDeadError
+    from polyhead.engine.client.supervision import EngineRestartedError
+    from polyhead.server.errors import error_chunk, exception_chunk
+
+    assert exception_chunk(EngineDeadError("gone"))["error"]["code"] == "engine_dead"
+    assert exception_chunk(EngineRestartedError("twice"))["error"] == {
+        "message": "the engine is not running: twice", "type": "service_unavailable", "param": None,
+        "code": "engine_restarted"}
+    assert exception_chunk(RuntimeError("boom"))["error"]["code"] == "engine_error"
+    assert error_chunk("late", 408, "timeout")["error"]["type"] == "timeout_error"
