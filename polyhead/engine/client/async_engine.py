@@ -47,7 +47,6 @@ class AsyncEngine(EngineClient):
         # supervision (config set); only the loop thread touches these, but for the flag
         self._progress: dict[str, Progress] = {}  # admitted, unfinished requests: what was delivered
         self._policy = RestartPolicy()
-        self._restarting = False  # the loop is building a new engine: requests wait in _commands
         self._heads: dict = {}  # task -> head registered here (a new engine gets them again)
         self._adapter_folders: dict[str, str] = {}  # registered here (a new engine gets them again)
         self._catalog: tuple = ({}, [], None)  # the dead engine's heads, adapters, default params (requests check them)
@@ -98,14 +97,6 @@ class AsyncEngine(EngineClient):
     def is_running(self) -> bool:
         return (self._thread is not None and self._thread.is_alive() and self.dead_reason is None
                 and not self._restarting)
-
-    @property
-    def is_restarting(self) -> bool:
-        return self._restarting and self.dead_reason is None
-
-    @property
-    def is_accepting(self) -> bool:
-        return self.is_running or self.is_restarting
 
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
         self.rules.check_fits(num_prompt_tokens, max_tokens)

@@ -44,6 +44,7 @@ class EngineClient:
         self.num_queued = 0
         self.num_queued_tokens = 0
         self.num_restarts = 0  # times a dead engine was replaced by a new one (/metrics)
+        self._restarting = False  # a dead engine is being replaced: new requests wait for the new one
         self.on_step = None  # called after each step with its token count (metrics); not on the event loop
 
     def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
@@ -70,12 +71,12 @@ class EngineClient:
     @property
     def is_restarting(self) -> bool:
         """A dead engine is being replaced (supervision): requests wait, /health says so."""
-        return False
+        return self._restarting and self.dead_reason is None
 
     @property
     def is_accepting(self) -> bool:
         """New requests are taken: the loop runs, or is being restarted (they wait for it)."""
-        return self.is_running
+        return self.is_running or self.is_restarting
 
     def seconds_since_last_step(self) -> float:
         return time.monotonic() - self.last_step_at

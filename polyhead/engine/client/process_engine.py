@@ -83,7 +83,6 @@ class ProcessEngine(EngineClient):
         self._send_lock = threading.Lock()
         self._reader: threading.Thread | None = None
         self._stopping = False
-        self._restarting = False  # a new child is being started: requests wait in _held
         self._held: list[PreparedRequest] = []  # submitted while restarting
         self._lock = threading.RLock()  # _assemblies and _held between the event loop and a restart
         self._policy = RestartPolicy()
@@ -153,14 +152,6 @@ class ProcessEngine(EngineClient):
     def is_running(self) -> bool:
         return (self._process is not None and self._process.is_alive() and self._reader is not None
                 and self._reader.is_alive() and self.dead_reason is None and not self._restarting)
-
-    @property
-    def is_restarting(self) -> bool:
-        return self._restarting and self.dead_reason is None
-
-    @property
-    def is_accepting(self) -> bool:
-        return self.is_running or self.is_restarting
 
     @property
     def pid(self) -> int | None:
