@@ -12,6 +12,32 @@ MIN_TOP_P = 2.0**-126  # float32's smallest normal number
 MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
 
 
+STRUCTURED_KINDS = ("json", "json_object", "regex", "choice", "grammar")
+
+
+@dataclass(frozen=True, slots=True)
+class StructuredOutput:
+    """A constraint on a request's output text, compiled to a token grammar by the engine.
+
+    kind json: `value` is a JSON schema as text; json_object: any JSON object (`value` unused);
+    regex: a regular expression the whole output matches; choice: the output is exactly one of the
+    strings in `choices`; grammar: a Lark grammar (llguidance's dialect, which also reads GBNF).
+    Frozen and hashable: compiled grammars are cached by it."""
+
+    kind: str
+    value: str = ""
+    choices: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        _check(self.kind in STRUCTURED_KINDS, "structured_outputs",
+               f"kind must be one of {', '.join(STRUCTURED_KINDS)}, got {self.kind!r}")
+        if self.kind == "choice":
+            _check(bool(self.choices) and all(isinstance(c, str) for c in self.choices), "structured_outputs",
+                   "choice needs a non-empty list of strings")
+        elif self.kind != "json_object":
+            _check(bool(self.value), "structured_outputs", f"{self.kind} needs a non-empty value")
+
+
 @dataclass(slots=True)
 class SamplingParams:
     temperature: float = 1.0  # 0 means greedy
@@ -29,6 +55,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     logprobs: int | None = None  # None: no logprobs; 0: the chosen token's; k: also the top-k
     skip_special_tokens: bool = True
+    structured: StructuredOutput | None = None  # the output must match this grammar; None: free text
 
     def __post_init__(self):
         if isinstance(self.stop, str):
