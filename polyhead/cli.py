@@ -135,9 +135,8 @@ def build_task_registry(args, default_name: str):
     from dataclasses import replace
 
     from polyhead.config import parse_size
-    from polyhead.engine.client.async_engine import AsyncEngine
     from polyhead.engine.client.process_engine import ProcessEngine
-    from polyhead.engine.factory import is_encoder_model
+    from polyhead.models.registry import is_encoder_model
     from polyhead.server.registry import TaskRegistry
     from polyhead.tasks.default import resolve_manifest
     from polyhead.tasks.manifest import load_manifest
@@ -174,6 +173,9 @@ def build_task_registry(args, default_name: str):
             mode = "thread" if is_encoder_model(config.model) else "process"
         if mode == "process":
             return ProcessEngine.from_config(config)
+        # imported only here: with every engine in a child process, this one never loads torch
+        from polyhead.engine.client.async_engine import AsyncEngine
+
         return AsyncEngine.from_config(config)
 
     def make_engine(model: str | None):

@@ -2,13 +2,15 @@
 
 import re
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from polyhead.cpu import check_dtype_supported, cpu_features
 from polyhead.engine.core.policy import POLICIES
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = ("float32", "bfloat16")
 QUANTIZATIONS = ("auto", "none", "int8", "int4")
 QUANTIZATION_GROUP_SIZES = (32, 64, 128, None)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2,
@@ -44,8 +46,8 @@ class EngineConfig:
     adapters: dict[str, str] = field(default_factory=dict)  # LoRA name -> PEFT folder, registered at start
 
     def __post_init__(self):
-        if self.dtype not in ("auto", *_DTYPES):
-            raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {self.dtype!r}")
+        if self.dtype not in ("auto", *DTYPES):
+            raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {self.dtype!r}")
         check_dtype_supported(self.dtype)
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}; got {self.quantization!r}")
@@ -70,10 +72,13 @@ class EngineConfig:
             raise ValueError(f"pooling_token_budget must be >= 0 (0 disables it), got {self.pooling_token_budget}")
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        if self.dtype == "auto":
-            return torch.bfloat16 if cpu_features().native_bf16 else torch.float32
-        return _DTYPES[self.dtype]
+    def torch_dtype(self) -> "torch.dtype":
+        import torch  # here, not at the top: the HTTP process reads configs and never needs torch
+
+        dtype = self.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if cpu_features().native_bf16 else "float32"
+        return getattr(torch, dtype)
 
 
 def parse_size(value: int | str, name: str, allow_auto: bool = False) -> int | str:

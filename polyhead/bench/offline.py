@@ -11,8 +11,6 @@ import random
 import time
 from datetime import date
 
-import torch
-
 from polyhead.quant.flags import add_group_size_argument
 
 CORPUS = (
@@ -50,6 +48,8 @@ TRANSFORMERS_CACHES = ("dynamic", "static")
 
 
 def bench_transformers(model, prompts, output_len: int, cache: str) -> float:
+    import torch
+
     input_ids = torch.tensor(prompts)  # equal lengths: one static batch, no padding
     options = {"cache_implementation": "static"} if cache == "static" else {}
     with torch.inference_mode():
@@ -63,6 +63,7 @@ def bench_transformers(model, prompts, output_len: int, cache: str) -> float:
 
 
 def run_offline(args) -> int:
+    import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM
 

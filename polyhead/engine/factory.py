@@ -7,14 +7,7 @@ from polyhead.engine.core.backend import Backend
 from polyhead.engine.core.engine import Engine
 from polyhead.engine.decoder.backend import DecoderBackend
 from polyhead.engine.encoder.backend import EncoderBackend
-from polyhead.models.encoder_loader import is_encoder_folder
-from polyhead.models.registry import resolve_model_path
-
-
-def is_encoder_model(model: str | None) -> bool:
-    """Whether `model` (a path or a known name) is a BERT-family encoder."""
-    path = resolve_model_path(model)
-    return path.is_dir() and is_encoder_folder(path)
+from polyhead.models.registry import is_encoder_model
 
 
 def build_backend(config: EngineConfig) -> Backend:

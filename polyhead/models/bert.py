@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ENCODER_ARCHITECTURES = ("bert", "roberta", "xlm-roberta")
+from polyhead.models.registry import ENCODER_ARCHITECTURES
+
 # A bucket takes sequences down to this fraction of its longest: attention on a padded sequence
 # then costs at most (1 / 0.75)^2 = 1.8x its own, and only attention sees the padding...
 BUCKET_MIN_FILL = 0.75

@@ -11,7 +11,7 @@ import torch
 
 from polyhead.models.bert import EncoderConfig, EncoderModel, hf_to_encoder_state_dict
 from polyhead.models.loader import read_float_weights
-from polyhead.models.registry import resolve_model_path
+from polyhead.models.registry import resolve_model_path, transformer_module_path
 
 # sentence-transformers pooling modes -> polyhead's (heads.pool); legacy configs use one bool per mode
 _POOLING_MODES = {"mean": "mean", "cls": "cls", "lasttoken": "last"}
@@ -40,19 +40,11 @@ class LoadedEncoder:
     folder: Path  # the folder the weights came from
 
 
-def is_encoder_folder(folder: Path) -> bool:
-    """Whether a model folder holds a BERT-family encoder (by config.json's model_type)."""
-    from polyhead.models.bert import ENCODER_ARCHITECTURES
-
-    config = folder / _transformer_module_path(folder) / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("model_type") in ENCODER_ARCHITECTURES
-
-
 def load_encoder(model: str | None, dtype: torch.dtype) -> LoadedEncoder:
     folder = resolve_model_path(model)
     if not folder.is_dir():
         raise ValueError(f"encoder model {str(folder)!r} must be a Hugging Face folder")
-    weights_folder = folder / _transformer_module_path(folder)
+    weights_folder = folder / transformer_module_path(folder)
     if not (weights_folder / "config.json").is_file():
         raise ValueError(f"model {str(weights_folder)!r} is not a Hugging Face folder (no config.json)")
     from transformers import AutoConfig, AutoTokenizer
@@ -106,13 +98,6 @@ def _pooling_mode(pooling_config: dict, where: Path) -> str:
         raise ValueError(f"pooling mode {modes} in {str(where)!r} is not supported; "
                          f"supported: one of {', '.join(_POOLING_MODES)}")
     return _POOLING_MODES[modes[0]]
-
-
-def _transformer_module_path(folder: Path) -> str:
-    for module in _read_json(folder / "modules.json") or []:
-        if module.get("type", "").rsplit(".", 1)[-1] == "Transformer":
-            return module.get("path", "")
-    return ""
 
 
 def _read_json(path: Path):

@@ -2,9 +2,11 @@
 PyPI package, so nothing is fetched from a model hub at run time."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+ENCODER_ARCHITECTURES = ("bert", "roberta", "xlm-roberta")  # config.json model_types served by the encoder backend
 
 # name -> (package that ships it, file inside the package, how to install the package)
 KNOWN_MODELS = {
@@ -35,3 +37,22 @@ def resolve_model_path(model: str | None) -> Path:
         raise ValueError(f"model {model!r} not found: it is neither an existing path (a Hugging Face folder "
                          f"or a .gguf file) nor a known name ({', '.join(KNOWN_MODELS)})")
     return path
+
+
+def is_encoder_model(model: str | None) -> bool:
+    """Whether `model` (a path or a known name) is a BERT-family encoder, by its config.json's
+    model_type. Reads JSON only: the HTTP process asks this before any engine (or torch) loads."""
+    folder = resolve_model_path(model)
+    if not folder.is_dir():
+        return False  # a .gguf file: a decoder
+    config = folder / transformer_module_path(folder) / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") in ENCODER_ARCHITECTURES
+
+
+def transformer_module_path(folder: Path) -> str:
+    """Where a sentence-transformers folder keeps its Transformer module ("" for a plain HF folder)."""
+    modules = folder / "modules.json"
+    for module in json.loads(modules.read_text()) if modules.is_file() else []:
+        if module.get("type", "").rsplit(".", 1)[-1] == "Transformer":
+            return module.get("path", "")
+    return ""

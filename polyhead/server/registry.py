@@ -11,9 +11,12 @@ task.
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from polyhead.models.heads import EmbedPooler, load_head
 from polyhead.tasks.spec import TaskSpec
+
+if TYPE_CHECKING:
+    from polyhead.models.heads import EmbedPooler
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +133,10 @@ def _bind(spec: TaskSpec, backbone: Backbone) -> ServedTask:
         engine.register_adapter(spec.name, spec.adapter)
         adapter = spec.name
     served = ServedTask(spec, backbone, adapter)
+    # heads load here and travel to the engine; imported only then, so a server without trained
+    # heads never loads torch in the HTTP process
+    from polyhead.models.heads import load_head
+
     if spec.kind in ("classify", "tag") and spec.head is not None:
         head = load_head(spec.head, spec.kind, len(spec.labels), backbone.hidden_size, spec.pooling)
         engine.register_head(spec.name, head)
@@ -142,8 +149,10 @@ def _bind(spec: TaskSpec, backbone: Backbone) -> ServedTask:
     return served
 
 
-def _load_embed_pooler(spec: TaskSpec, hidden_size: int) -> EmbedPooler:
+def _load_embed_pooler(spec: TaskSpec, hidden_size: int) -> "EmbedPooler":
     from safetensors.torch import load_file
+
+    from polyhead.models.heads import EmbedPooler
 
     weight = load_file(spec.head).get("weight")
     if weight is None or weight.dim() != 2 or weight.shape[1] != hidden_size:

@@ -10,8 +10,9 @@ import yaml
 from polyhead.config import EngineConfig
 from polyhead.engine.client.async_engine import AsyncEngine
 from polyhead.engine.client.process_engine import ProcessEngine
-from polyhead.engine.factory import build_engine, is_encoder_model
+from polyhead.engine.factory import build_engine
 from polyhead.models.heads import ClassifyHead, TagHead, save_head
+from polyhead.models.registry import is_encoder_model
 from polyhead.server.app import ServerSettings, build_app
 from polyhead.server.registry import TaskRegistry
 from polyhead.tasks.manifest import load_manifest

@@ -29,8 +29,6 @@ import time
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 
-import torch
-
 from polyhead.config import EngineConfig
 from polyhead.engine.client.engine_client import EngineClient, EngineDeadError
 from polyhead.engine.client.messages import (
@@ -58,6 +56,7 @@ from polyhead.engine.core.engine import prepare_request
 from polyhead.engine.core.outputs import EngineStats, RequestOutput
 from polyhead.engine.core.params import PoolingParams, SamplingParams
 from polyhead.engine.core.request import PreparedRequest, Routing
+from polyhead.models.text_tokenizer import TextTokenizer
 
 logger = logging.getLogger(__name__)
 __all__ = ["EngineDeadError", "EngineRestartedError", "PreparedRequest", "ProcessEngine"]
@@ -99,12 +98,11 @@ class ProcessEngine(EngineClient):
 
     def start(self) -> "ProcessEngine":
         """Start the child and wait until its engine is built; a load error is raised here."""
-        from transformers import AutoTokenizer
-
         child, ready = self._spawn()
         self.info, self.rules, self._stats = ready.info, ready.rules, ready.stats
         self.adapters = set(ready.adapters)  # the config's own (--lora-modules)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.info.tokenizer_folder)
+        # without transformers, which would import torch into this process for nothing
+        self.tokenizer = TextTokenizer(self.info.tokenizer_folder)
         self._stopping, self.dead_reason = False, None
         self._attach(child)
         return self
@@ -161,9 +159,8 @@ class ProcessEngine(EngineClient):
         self.rules.check_fits(num_prompt_tokens, max_tokens)
 
     def register_head(self, task: str, head) -> None:
-        blob = io.BytesIO()
-        torch.save(head, blob)  # a whole module: the child needs its class, sizes and weights
-        self._call(lambda token: RegisterHead(token, task, blob.getvalue()))
+        blob = _head_bytes(head)
+        self._call(lambda token: RegisterHead(token, task, blob))
         self.heads[task] = head
 
     def register_adapter(self, name: str, folder: str) -> None:
@@ -302,9 +299,8 @@ class ProcessEngine(EngineClient):
 
     def _register_again(self) -> None:
         for task, head in list(self.heads.items()):
-            blob = io.BytesIO()
-            torch.save(head, blob)
-            self._call(lambda token, task=task, blob=blob: RegisterHead(token, task, blob.getvalue()),
+            blob = _head_bytes(head)
+            self._call(lambda token, task=task, blob=blob: RegisterHead(token, task, blob),
                        while_restarting=True)
         for name, folder in list(self._adapter_folders.items()):
             self._call(lambda token, name=name, folder=folder: RegisterAdapter(token, name, folder),
@@ -362,3 +358,11 @@ class ProcessEngine(EngineClient):
             self.on_step(report.stats.last_step_num_tokens)
         self._deliver(outputs)
 
+
+def _head_bytes(head) -> bytes:
+    """A head module as the child loads it: its class, sizes and weights, as torch.save writes them."""
+    import torch  # here, not at the top: a server without trained heads never loads torch in this process
+
+    blob = io.BytesIO()
+    torch.save(head, blob)
+    return blob.getvalue()

@@ -6,8 +6,7 @@ import io
 import pickle
 import signal
 import time
-
-import torch
+from typing import TYPE_CHECKING
 
 from polyhead.config import EngineConfig
 from polyhead.engine.client.messages import (
@@ -23,15 +22,19 @@ from polyhead.engine.client.messages import (
     StepReport,
     Stop,
 )
-from polyhead.engine.core.engine import Engine
 from polyhead.engine.core.outputs import RequestOutput
-from polyhead.engine.factory import build_engine
+
+if TYPE_CHECKING:
+    from polyhead.engine.core.engine import Engine
 
 
 def run_engine_process(config: EngineConfig, commands, reports, idle_wait_s: float) -> None:
     # Ctrl-C reaches the whole process group: the parent drains and then stops us, or we see its pipe close.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # imported here, in the child: the parent imports this module for its name and never needs torch
+    from polyhead.engine.factory import build_engine
+
     try:
         engine = build_engine(config)
     except BaseException as err:  # noqa: BLE001 - re-raised in the parent
@@ -47,7 +50,7 @@ def run_engine_process(config: EngineConfig, commands, reports, idle_wait_s: flo
         raise
 
 
-def _serve(engine: Engine, commands, reports, idle_wait_s: float) -> None:
+def _serve(engine: "Engine", commands, reports, idle_wait_s: float) -> None:
     while True:
         busy = engine.has_unfinished_requests()
         rejected: list[tuple[str, str]] = []
@@ -75,8 +78,10 @@ def _serve(engine: Engine, commands, reports, idle_wait_s: float) -> None:
             reports.send(StepReport([], engine.stats(), time.monotonic(), False, rejected))
 
 
-def _register(engine: Engine, command: RegisterHead | RegisterAdapter) -> str | None:
+def _register(engine: "Engine", command: RegisterHead | RegisterAdapter) -> str | None:
     """Register a task head or an adapter folder; the error, if any."""
+    import torch
+
     try:
         if isinstance(command, RegisterHead):
             engine.register_head(command.task, torch.load(io.BytesIO(command.head), weights_only=False))

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import torch
-
 from polyhead.config import EngineConfig
 from polyhead.engine.core.outputs import EngineStats, StepStats, TokenLogprobs
 from polyhead.engine.core.params import PoolingParams, SamplingParams
@@ -109,6 +107,8 @@ class Backend(Protocol):
 
 def apply_runtime(config: EngineConfig) -> None:
     """Threads and the default RNG of the process that steps the engine, before its model loads."""
+    import torch  # here, not at the top: the HTTP process imports this module and never needs torch
+
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)

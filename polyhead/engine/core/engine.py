@@ -9,8 +9,6 @@ encoder. `LLM`, `AsyncEngine` and the engine process drive this class only.
 import logging
 from dataclasses import dataclass
 
-import torch
-
 from polyhead.engine.core.backend import Backend, BackendStep, Params, Pooled, StepFailed
 from polyhead.engine.core.detokenizer import IncrementalDetokenizer
 from polyhead.engine.core.outputs import EngineStats, RequestOutput, StepStats, TokenLogprobs
@@ -97,6 +95,8 @@ class Engine:
         request = Request(req_id, prepared.token_ids, params, eos, task=routing.task, adapter=routing.adapter,
                           priority=routing.priority, tenant=routing.tenant, deadline=routing.deadline)
         if not pooling and params.seed is not None:
+            import torch  # here, not at the top: the HTTP process prepares requests and never needs torch
+
             request.generator = torch.Generator().manual_seed(params.seed)
         detokenizer = None if pooling else IncrementalDetokenizer(self.tokenizer, prepared.token_ids, params)
         logprobs = [] if not pooling and params.logprobs is not None else None

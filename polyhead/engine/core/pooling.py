@@ -2,15 +2,16 @@
 left open filled in (its head's task, pooling and normalizing)."""
 
 from dataclasses import replace
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from polyhead.engine.core.kinds import KINDS
 from polyhead.engine.core.params import PoolingParams
-from polyhead.models import heads as head_classes
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
-def resolve_pooling_params(params: PoolingParams, task: str, heads: dict[str, nn.Module],
+def resolve_pooling_params(params: PoolingParams, task: str, heads: "dict[str, nn.Module]",
                            num_prompt_tokens: int) -> PoolingParams:
     """Check a pooling request against the registered heads and fill in what it left open: the head's
     task (params.task, else the request's routing task when a head is registered under it) and the
@@ -28,14 +29,19 @@ def resolve_pooling_params(params: PoolingParams, task: str, heads: dict[str, nn
     if name is None and task in heads:
         name = task
     head = heads.get(name) if name is not None else None
-    wanted = getattr(head_classes, KINDS[params.kind].head)
+    wanted = KINDS[params.kind].head  # the head class's name
     if KINDS[params.kind].needs_head and head is None:
-        raise ValueError(f"a {params.kind} request needs a task with a registered {wanted.__name__} "
+        raise ValueError(f"a {params.kind} request needs a task with a registered {wanted} "
                          f"(task); for zero-shot classification score the label verbalizers "
                          f"(polyhead.tasks.zero_shot)")
-    if head is not None and not isinstance(head, wanted):
-        raise ValueError(f"task {name!r} has a {type(head).__name__}, but a {params.kind} request needs "
-                         f"a {wanted.__name__}")
+    if head is not None:
+        # imported only with a head registered (which loaded torch already): the HTTP process of a
+        # server without trained heads never loads torch
+        from polyhead.models import heads as head_classes
+
+        if not isinstance(head, getattr(head_classes, wanted)):
+            raise ValueError(f"task {name!r} has a {type(head).__name__}, but a {params.kind} request needs "
+                             f"a {wanted}")
     head_pooling = getattr(head, "pooling", None)
     pooling = params.pooling or head_pooling or "last"
     if params.pooling is not None and head_pooling is not None and params.pooling != head_pooling:

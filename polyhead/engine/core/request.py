@@ -3,10 +3,12 @@
 import enum
 import time
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from polyhead.engine.core.params import PoolingParams, SamplingParams
+
+if TYPE_CHECKING:  # the HTTP process imports this module and never needs torch
+    import torch
 
 
 class RequestStatus(enum.IntEnum):
@@ -53,7 +55,7 @@ class Request:
     num_cached_tokens: int = 0  # prompt tokens served by the prefix cache at first schedule
     block_ids: list[int] = field(default_factory=list)  # the block table: block i holds tokens [i*B, (i+1)*B)
     block_hashes: list[int] = field(default_factory=list)  # chained hash of each full block of all_token_ids
-    generator: torch.Generator | None = None  # the request's own RNG when params.seed is set
+    generator: "torch.Generator | None" = None  # the request's own RNG when params.seed is set
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
 
     def __post_init__(self):
