@@ -1,6 +1,7 @@
 """Batched sampling: every row has its own parameters, all applied with per-row tensors each step.
 
-Order (as vLLM): logit_bias and min_tokens (logit_edits.py) -> penalties on the raw logits -> temperature -> top-k -> top-p -> min-p -> sample.
+Order (as vLLM): logit_bias and min_tokens (logit_edits.py) -> penalties on the raw logits -> temperature
+-> top-k -> top-p -> min-p -> sample.
 Reported logprobs are the raw model's log-softmax, before any of that.
 """
 
