@@ -116,8 +116,9 @@ async def _respond(state, served, request, body, prompts: list, params: list[Sam
             engine.prepare(prompt, p, f"{response_id}-{i * n + j}", **routing,
                            after=f"{response_id}-{i * n}" if j else None)
             for i, prompt in enumerate(prompts) for j, p in enumerate(params)])
-    except ValueError as err:
-        raise APIError(400, str(err), param) from err
+    except ValueError as err:  # the backbone's checks name the field first where it is not the prompt
+        named = str(err).split(" ", 1)[0]
+        raise APIError(400, str(err), named if named in type(body).model_fields else param) from err
     leaders = tracked[::n]  # each prompt's first choice
     try:
         for leader in leaders:
