@@ -17,7 +17,7 @@ def join_text_parts(parts: list) -> str:
     for i, part in enumerate(parts):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in NON_TEXT_PARTS:
-            raise PydanticCustomError("text_only", "part {index} is an {kind} part, but this model takes text "
+            raise PydanticCustomError("text_only", "part {index} has type {kind}, but this model takes text "
                                       "only: send parts of type text",
                                       {"index": i, "kind": kind})
         field = TEXT_PART_FIELDS.get(kind)

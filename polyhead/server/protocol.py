@@ -6,12 +6,12 @@ check_supported with a 400 naming it, where ignoring it would change what the re
 
 import time
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from polyhead.engine.core.params import MAX_SEED, MIN_SEED, SamplingParams
+from polyhead.engine.core.params import MAX_LOGIT_BIAS, MAX_SEED, MIN_SEED, SamplingParams
 from polyhead.server.content import join_text_parts
 from polyhead.server.errors import APIError
 
@@ -71,7 +71,9 @@ class SamplingFields(RequestBody):
     repetition_penalty: float = Field(default=1.0, gt=0.0)
     min_tokens: int = Field(default=0, ge=0)  # vLLM's: EOS, stop tokens and stop strings wait for this many
     ignore_eos: bool = False
-    logit_bias: dict[str, float] | None = None  # token id (as a string, JSON keys are) -> bias in [-100, 100]
+    # token id (a string of digits: JSON keys are strings) -> bias in [-100, 100]
+    logit_bias: dict[Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}$")],
+                     Annotated[float, Field(ge=-MAX_LOGIT_BIAS, le=MAX_LOGIT_BIAS)]] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -94,12 +96,7 @@ class SamplingFields(RequestBody):
             logprobs=logprobs, min_tokens=self.min_tokens, logit_bias=self._logit_bias())
 
     def _logit_bias(self) -> dict[int, float]:
-        bias = {}
-        for key, value in (self.logit_bias or {}).items():
-            if not key.strip().isdigit():
-                raise ValueError(f"logit_bias keys must be token ids (digits, as OpenAI sends them), got {key!r}")
-            bias[int(key)] = value
-        return bias
+        return {int(token_id): bias for token_id, bias in (self.logit_bias or {}).items()}
 
     def _stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
