@@ -44,6 +44,12 @@ def client(server):
     return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", timeout=30, max_retries=0)
 
 
+@pytest.fixture
+def any_client(any_server):
+    """Both engine modes: what crosses to the engine process (logit_bias, min_tokens) must survive it."""
+    return openai.OpenAI(base_url=f"{any_server}/v1", api_key="unused", timeout=30, max_retries=0)
+
+
 def post(url: str, path: str, body: dict) -> httpx.Response:
     return httpx.post(f"{url}{path}", json=body, timeout=30)
 
@@ -103,7 +109,8 @@ def test_a_message_name_reaches_a_template_that_renders_it(surface):
 
 
 # --- completions: lists of prompts, echo ---------------------------------------------------------
-def test_a_list_of_prompts_gets_n_choices_each_numbered_prompt_major(client, server):
+def test_a_list_of_prompts_gets_n_choices_each_numbered_prompt_major(any_client, any_server):
+    client, server = any_client, any_server
     batch = client.completions.create(model=MODEL, prompt=["ab", "xyz"], n=2, max_tokens=4, **GREEDY)
     assert [c.index for c in batch.choices] == [0, 1, 2, 3]
     alone = [client.completions.create(model=MODEL, prompt=p, max_tokens=4, **GREEDY).choices[0].text
@@ -146,13 +153,15 @@ def test_echo_puts_the_prompt_before_each_choice_streamed_and_whole(client):
 
 
 # --- sampling fields -------------------------------------------------------------------------------
-def test_logit_bias_of_100_makes_greedy_pick_that_token(client, server):
+def test_logit_bias_of_100_makes_greedy_pick_that_token(any_client, any_server):
+    client, server = any_client, any_server
     z = tokens(server, "z")[0]
     out = client.completions.create(model=MODEL, prompt="abc", max_tokens=5, logit_bias={str(z): 100}, **GREEDY)
     assert out.choices[0].text == "zzzzz"
 
 
-def test_min_tokens_holds_off_eos(client, server):
+def test_min_tokens_holds_off_eos(any_client, any_server):
+    client, server = any_client, any_server
     eos = tokens(server, "<|im_end|>")
     assert len(eos) == 1  # the tokenizer's EOS, a special token of its own
     bias = {str(eos[0]): 100}  # EOS first, unless min_tokens bans it
