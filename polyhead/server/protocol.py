@@ -171,6 +171,8 @@ class ChatCompletionRequest(SamplingFields):
         return (self.top_logprobs or 0) if self.logprobs else None
 
     def check_supported(self) -> None:
+        if self.top_logprobs is not None and not self.logprobs:  # OpenAI refuses it too
+            raise APIError(400, "top_logprobs needs logprobs: true", "top_logprobs", "invalid_value")
         if self.modalities is not None and set(self.modalities) - {"text"}:
             raise APIError(400, f"modalities {self.modalities} is not supported: this model answers in text only",
                            "modalities", "unsupported_parameter")

@@ -207,6 +207,11 @@ def test_a_field_that_would_change_the_reply_is_refused_naming_it(server, path, 
     assert error["code"] == "unsupported_parameter"
 
 
+def test_top_logprobs_without_logprobs_is_a_400(server):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}
+    assert_400(post(server, "/v1/chat/completions", body), "top_logprobs", "needs logprobs")
+
+
 def test_hints_openai_documents_as_optional_are_ignored(client):
     out = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
                                          store=False, metadata={"run": "1"}, service_tier="auto", user="u1",
