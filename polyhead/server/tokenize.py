@@ -43,22 +43,22 @@ class DetokenizeRequest(RequestBody):
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, request: Request):
     state = request.app.state.server
-    served = state.resolve_generate(body.model or state.settings.model_names[0])
-    tokenizer = served.backbone.tokenizer
+    backbone, task = _resolve(state, body.model)
+    tokenizer = backbone.tokenizer
     if body.messages is not None:
         messages = [m.template_dict() for m in body.messages]
-        if served.task is not None:
-            messages = apply_task_template(served.task.spec, messages)
+        if task is not None:
+            messages = apply_task_template(task.spec, messages)
         try:
             tokens = await tokenize_off_loop(input_size(messages), apply_chat_template, tokenizer, messages,
                                              add_generation_prompt=body.add_generation_prompt)
         except ValueError as err:
             raise APIError(400, str(err), "messages") from err
     else:
-        prompt = served.task.spec.render(body.prompt) if served.task is not None else body.prompt
-        add_special = served.backbone.add_special_tokens if body.add_special_tokens is None else body.add_special_tokens
+        prompt = task.spec.render(body.prompt) if task is not None else body.prompt
+        add_special = backbone.add_special_tokens if body.add_special_tokens is None else body.add_special_tokens
         tokens = await tokenize_off_loop(len(prompt), tokenizer.encode, prompt, add_special_tokens=add_special)
-    response = {"count": len(tokens), "max_model_len": served.engine.rules.max_model_len, "tokens": tokens,
+    response = {"count": len(tokens), "max_model_len": backbone.engine.rules.max_model_len, "tokens": tokens,
                 "token_strs": None}
     if body.return_token_strs:
         response["token_strs"] = tokenizer.convert_ids_to_tokens(tokens)
@@ -67,8 +67,7 @@ async def tokenize(body: TokenizeRequest, request: Request):
 
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request):
-    state = request.app.state.server
-    tokenizer = state.resolve_generate(body.model or state.settings.model_names[0]).backbone.tokenizer
+    tokenizer = _resolve(request.app.state.server, body.model)[0].tokenizer
     vocab = len(tokenizer)
     bad = next((i for i, token in enumerate(body.tokens) if not 0 <= token < vocab), None)
     if bad is not None:
@@ -76,6 +75,19 @@ async def detokenize(body: DetokenizeRequest, request: Request):
                        "tokenizer's vocabulary)", "tokens", "invalid_value")
     text = await tokenize_off_loop(len(body.tokens), tokenizer.decode, body.tokens, clean_up_tokenization_spaces=False)
     return {"prompt": text}
+
+
+def _resolve(state, name: str | None):
+    """`model` -> (its backbone, the generate task whose template applies or None): any backbone,
+    an encoder's too, any task, or a --lora-modules adapter; None is the default model."""
+    backbone = state.backbone_named(name or state.settings.model_names[0])
+    if backbone is not None:
+        return backbone, None
+    task = state.registry.tasks.get(name)
+    if task is not None:
+        return task.backbone, task if task.kind == "generate" else None
+    served = state.resolve_generate(name)  # an adapter, else the 404 that lists the names
+    return served.backbone, served.task
 
 
 @router.get("/version")

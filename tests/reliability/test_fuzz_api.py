@@ -13,7 +13,7 @@ from tests.server.task_fixtures import MODEL, bert, manifest_dir, running_task_s
 # wrong-kind 400; one in five keeps its generated name.
 NAMES = {"/v1/completions": [MODEL, "chat", "shout", "shout-lora"], "/v1/chat/completions": [MODEL, "chat", "shout"],
          "/v1/classify": ["sentiment", "yesno"], "/v1/tag": ["ner"], "/v1/embeddings": ["embed", "embed-llm", MODEL],
-         "/tokenize": [MODEL, "chat", "shout"], "/detokenize": [MODEL, "shout-lora"]}
+         "/tokenize": [MODEL, "chat", "shout", "embed"], "/detokenize": [MODEL, "shout-lora", "embed"]}
 MAX_EXAMPLES = 40  # per operation: bounded, seconds in all
 
 

@@ -12,6 +12,7 @@ import pytest
 import polyhead
 from tests.conftest import CHAT_TEMPLATE, make_tiny_model, tiny_tokenizer
 from tests.server.conftest import MODEL, running_server
+from tests.server.task_fixtures import bert, manifest_dir, running_task_server  # noqa: F401 - fixtures
 
 GREEDY = {"temperature": 0, "extra_body": {"ignore_eos": True}}
 FILE_DEFAULTS = {"temperature": 0.6, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.3}
@@ -250,6 +251,22 @@ def test_tokenize_and_detokenize_refuse_bad_input_in_openai_shape(server, path, 
     response = post(server, path, body)
     assert response.status_code in (400, 404), response.text
     assert response.json()["error"]["param"] == param
+
+
+def test_tokenize_names_any_backbone_or_task(manifest_dir, tiny_llama, bert):  # noqa: F811
+    from transformers import AutoTokenizer
+
+    with running_task_server(manifest_dir[1], tiny_llama[0]) as (url, _):
+        def tokenize(model: str) -> list[int]:
+            return post(url, "/tokenize", {"model": model, "prompt": "hi"}).json()["tokens"]
+
+        plain, templated, encoder = tokenize(MODEL), tokenize("shout"), tokenize("embed")
+    assert templated == tokens_of("Say loudly: hi") and plain == tokens_of("hi")
+    assert encoder == AutoTokenizer.from_pretrained(bert[0]).encode("hi")  # [CLS] ... [SEP], as the encoder sees it
+
+
+def tokens_of(text: str) -> list[int]:
+    return tiny_tokenizer().encode(text, add_special_tokens=False)
 
 
 def test_version(server):
