@@ -44,6 +44,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                        help="tokens per step kept for waiting classify/tag/embed requests; 0 disables (default: 64)")
 
 
+def add_generation_config_argument(parser) -> None:
+    parser.add_argument("--generation-config", default="auto", choices=["auto", "none"],
+                        help="auto: the model folder's generation_config.json fills the sampling fields "
+                        "(temperature, top_p, top_k, min_p, repetition_penalty) a request leaves unset; "
+                        "none: OpenAI's defaults (default: auto)")
+
+
 def engine_config(args):
     from polyhead.config import EngineConfig
 
@@ -89,8 +96,12 @@ def run(args) -> int:
     from polyhead.llm import LLM
 
     llm = LLM.from_config(engine_config(args))
-    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
-                            seed=args.seed)
+    sampling, source = run_sampling(args, llm.engine.info.folder)
+    params = SamplingParams(**sampling, max_tokens=args.max_tokens, seed=args.seed)
+    if args.verbose:
+        settings = ", ".join(f"{name}={value}" for name, value in sampling.items())
+        print(f"polyhead: sampling {settings}, max_tokens={args.max_tokens}, seed={args.seed} ({source})",
+              file=sys.stderr, flush=True)
     prompt = args.prompt
     if not args.raw:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
@@ -100,6 +111,21 @@ def run(args) -> int:
         sys.stdout.flush()
     sys.stdout.write("\n")
     return 0
+
+
+def run_sampling(args, model_folder: str) -> tuple[dict, str]:
+    """`polyhead run`'s sampling: the flags given, over the model's generation_config.json (auto),
+    over polyhead's RUN_DEFAULTS; --greedy is temperature 0. Returns it and where it came from."""
+    from polyhead.models.generation_config import RUN_DEFAULTS, read_generation_defaults
+
+    from_model = read_generation_defaults(model_folder, args.generation_config)
+    given = {"temperature": 0.0 if args.greedy else args.temperature, "top_p": args.top_p, "top_k": args.top_k,
+             "min_p": args.min_p, "repetition_penalty": args.repetition_penalty}
+    given = {name: value for name, value in given.items() if value is not None}
+    source = ("the model's generation_config.json" if from_model else "polyhead's defaults for run")
+    if given:
+        source = f"flags, then {source}"
+    return {**RUN_DEFAULTS, **from_model, **given}, source
 
 
 def serve(args) -> int:
@@ -117,7 +143,8 @@ def serve(args) -> int:
         api_key=args.api_key or os.environ.get("POLYHEAD_API_KEY"), default_max_tokens=args.default_max_tokens,
         max_queued_requests=args.max_queued_requests, max_queued_tokens=args.max_queued_tokens,
         request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes,
-        body_read_timeout_s=args.body_read_timeout, max_inputs_per_request=args.max_inputs_per_request)
+        body_read_timeout_s=args.body_read_timeout, max_inputs_per_request=args.max_inputs_per_request,
+        generation_config=args.generation_config)
     connections = ConnectionSettings(grace_s=args.shutdown_grace, header_timeout_s=args.header_read_timeout,
                                      keep_alive_s=args.timeout_keep_alive, limit_concurrency=args.limit_concurrency)
     registry = build_task_registry(args, settings.model_names[0])
@@ -210,9 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="a system message to put before the prompt")
     p.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
     p.add_argument("--max-tokens", type=int, default=256, help="new tokens at most (default: 256)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")
-    p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    sampling = p.add_argument_group("sampling", "unset: the model's generation_config.json (--generation-config "
+                                    "auto), else temperature 0.7, top_p 0.9, repetition_penalty 1.1")
+    sampling.add_argument("--greedy", action="store_true", help="always the most likely token (temperature 0)")
+    sampling.add_argument("--temperature", type=float, default=None, help="0 = greedy")
+    sampling.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
+    sampling.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (0: all)")
+    sampling.add_argument("--min-p", type=float, default=None, help="drop tokens below min_p * the top probability")
+    sampling.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeats")
+    sampling.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    add_generation_config_argument(sampling)
+    p.add_argument("--verbose", action="store_true", help="print the sampling settings used to stderr")
     p.add_argument("--adapter", default=None, help="answer with this LoRA adapter (one of --lora-modules)")
     add_engine_args(p)
     p.set_defaults(func=run)
@@ -241,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone-threads", action="append", metavar="NAME=N",
                    help="torch threads for a backbone of the manifest other than --model (repeatable; "
                    "default 1, so a small second backbone does not contend for the cores of the first)")
+    add_generation_config_argument(p)
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-queued-requests", type=int, default=256,
                         help="requests waiting for their first token before new ones get 429 (default: 256)")

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from polyhead.engine.client.engine_client import EngineClient
+from polyhead.models.generation_config import read_generation_defaults
 from polyhead.server.classify import router as classify_router
 from polyhead.server.completions import router as completions_router
 from polyhead.server.door import BodyLimit
@@ -20,6 +21,7 @@ from polyhead.server.registry import TaskRegistry
 from polyhead.server.tag import router as tag_router
 from polyhead.server.tasks import TaskRouting
 from polyhead.server.tasks import router as tasks_router
+from polyhead.server.tokenize import router as tokenize_router
 
 HEALTH_STALE_AFTER_S = 60.0  # the loop checks in at least every 0.5 s when idle; a step longer than this is stuck
 
@@ -36,6 +38,7 @@ class ServerSettings:
     max_request_bytes: int = 1 << 20  # request bodies beyond this, counted as they arrive: 413
     body_read_timeout_s: float = 30.0  # a body not all in by then: 408 (polyhead/server/door.py)
     max_inputs_per_request: int = 64  # inputs in one classify/tag/embeddings request; beyond: 413
+    generation_config: str = "auto"  # auto: a model folder's generation_config.json fills unset sampling fields
     public_paths: set[str] = field(default_factory=lambda: {"/health", "/metrics"})
 
 
@@ -51,6 +54,9 @@ class ServerState(TaskRouting):
         self.default_max_tokens = settings.default_max_tokens
         self.tokenizer = default.tokenizer
         self.metrics = Metrics(registry)
+        # per generative backbone: the sampling its generation_config.json recommends (models/generation_config.py)
+        self.generation_defaults = {b.name: read_generation_defaults(b.engine.info.folder, settings.generation_config)
+                                    for b in registry.backbones.values() if b.is_generative}
         self.draining = False  # set on shutdown: new requests get 503 while in-flight ones finish
 
     def admit(self, num_requests: int, num_prompt_tokens: int) -> None:
@@ -138,9 +144,11 @@ def build_app(engine: EngineClient, settings: ServerSettings, registry: TaskRegi
         state = app.state.server
         base = state.settings.model_names[0]
         # an adapter's card names the model it runs on, as vLLM lists LoRA modules
-        return ModelList(data=[ModelCard(id=name, parent=base if name in state.settings.lora_names else None)
+        return ModelList(data=[ModelCard(id=name, parent=base if name in state.settings.lora_names else None,
+                                         sampling_defaults=state.sampling_defaults_for(name))
                                for name in state.model_ids()]).model_dump()
 
-    for router in (completions_router, classify_router, tag_router, embeddings_router, tasks_router):
+    for router in (completions_router, classify_router, tag_router, embeddings_router, tasks_router,
+                   tokenize_router):
         app.include_router(router)
     return app

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from jinja2 import TemplateError
 
 from polyhead.engine.core.outputs import RequestOutput
 from polyhead.engine.core.params import SamplingParams
@@ -26,40 +27,62 @@ router = APIRouter()
 
 @router.post("/v1/completions")
 async def create_completion(body: CompletionRequest, request: Request):
+    body.check_supported()
     state = request.app.state.server
     served = state.resolve_generate(body.model)
-    prompt = body.prompt
-    if served.task is not None and isinstance(prompt, str):
-        prompt = served.task.spec.render(prompt)
+    prompts = completion_prompts(body.prompt, state.settings.max_inputs_per_request)
+    if served.task is not None:
+        prompts = [served.task.spec.render(p) if isinstance(p, str) else p for p in prompts]
     params = [_params(state, served, body, body.logprobs, i) for i in range(body.n)]
-    return await _respond(state, served, request, body, prompt, params, "text_completion", new_id("cmpl"))
+    echoes = [_prompt_text(p, served.backbone.tokenizer) for p in prompts] if body.echo else None
+    return await _respond(state, served, request, body, prompts, params, "text_completion", new_id("cmpl"), echoes)
+
+
+def completion_prompts(prompt: str | list, limit: int) -> list[str | list[int]]:
+    """The `prompt` field as a list of prompts: one text, one token list, or a list of either."""
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        return [prompt]
+    if not prompt:
+        raise APIError(400, "prompt is an empty list: send at least one prompt", "prompt", "empty_input")
+    if len(prompt) > limit:
+        raise APIError(413, f"prompt has {len(prompt)} prompts; the limit is {limit} per request "
+                       "(max_inputs_per_request)", "prompt", "too_many_inputs")
+    return list(prompt)
+
+
+def _prompt_text(prompt: str | list[int], tokenizer) -> str:
+    return prompt if isinstance(prompt, str) else tokenizer.decode(prompt, clean_up_tokenization_spaces=False)
 
 
 @router.post("/v1/chat/completions")
 async def create_chat_completion(body: ChatCompletionRequest, request: Request):
+    body.check_supported()
     state = request.app.state.server
     served = state.resolve_generate(body.model)
     if body.max_completion_tokens is not None:
         body.max_tokens = body.max_completion_tokens
-    messages = [m.model_dump() for m in body.messages]
+    messages = [m.template_dict() for m in body.messages]
     if served.task is not None:
-        messages = _apply_task_template(served.task.spec, messages)
+        messages = apply_task_template(served.task.spec, messages)
     try:
         prompt = await tokenize_off_loop(input_size(messages), apply_chat_template, served.backbone.tokenizer, messages)
     except ValueError as err:
         raise APIError(400, str(err), "messages") from err
     params = [_params(state, served, body, body.chat_logprobs(), i) for i in range(body.n)]
-    return await _respond(state, served, request, body, prompt, params, "chat.completion", new_id("chatcmpl"))
+    return await _respond(state, served, request, body, [prompt], params, "chat.completion", new_id("chatcmpl"))
 
 
-def apply_chat_template(tokenizer, messages: list[dict]) -> list[int]:
+def apply_chat_template(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("this model has no chat template; use /v1/completions")
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    try:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+    except TemplateError as err:  # the template refused these messages (e.g. roles out of order)
+        raise ValueError(f"the model's chat template refused these messages: {err}") from err
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
-def _apply_task_template(spec, messages: list[dict]) -> list[dict]:
+def apply_task_template(spec, messages: list[dict]) -> list[dict]:
     """The task's template wraps the last user message; earlier turns stay as they were."""
     last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
     if last is None:
@@ -70,36 +93,45 @@ def _apply_task_template(spec, messages: list[dict]) -> list[dict]:
 
 
 def _params(state, served, body, logprobs: int | None, index: int) -> SamplingParams:
-    if served.task is not None and served.task.spec.sampling:  # the task's defaults, where the body is silent
-        body = body.model_copy(update={k: v for k, v in served.task.spec.sampling.items()
-                                       if k not in body.model_fields_set})
+    defaults = state.request_defaults(served)  # the task's and the model's, where the body is silent
+    unset = {field: value for field, value in defaults.items() if field not in body.model_fields_set}
+    if unset:
+        body = body.model_copy(update=unset)
     try:
         return body.sampling_params(state.default_max_tokens, logprobs, index)
     except ValueError as err:
         raise APIError(400, str(err), str(err).split(" ", 1)[0]) from err
 
 
-async def _respond(state, served, request, body, prompt, params: list[SamplingParams], kind: str, response_id: str):
+async def _respond(state, served, request, body, prompts: list, params: list[SamplingParams], kind: str,
+                   response_id: str, echoes: list[str] | None = None):
+    """n = len(params) choices per prompt, numbered as OpenAI does: choice index = prompt_i * n + j.
+    `echoes`: per prompt, text each of its choices starts with (completions' echo), or None."""
     param = "prompt" if kind == "text_completion" else "messages"
-    engine = served.engine
+    engine, n = served.engine, len(params)
     task = served.task_name or ("chat" if kind == "chat.completion" else "completion")
     routing = {**state.routing(request, body), "task": served.task_name, "adapter": served.adapter}
-    try:  # the first choice computes the prompt; the others start once its blocks are prefix-cache hits
-        tracked = await tokenize_off_loop(input_size(prompt) * len(params), lambda: [
-            engine.prepare(prompt, p, f"{response_id}-{i}", **routing, after=f"{response_id}-0" if i else None)
-            for i, p in enumerate(params)])
-    except ValueError as err:
-        raise APIError(400, str(err), param) from err
+    try:  # a prompt's first choice computes it; the others start once its blocks are prefix-cache hits
+        tracked = await tokenize_off_loop(input_size(prompts) * n, lambda: [
+            engine.prepare(prompt, p, f"{response_id}-{i * n + j}", **routing,
+                           after=f"{response_id}-{i * n}" if j else None)
+            for i, prompt in enumerate(prompts) for j, p in enumerate(params)])
+    except ValueError as err:  # the backbone's checks name the field first where it is not the prompt
+        named = str(err).split(" ", 1)[0]
+        raise APIError(400, str(err), named if named in type(body).model_fields else param) from err
+    leaders = tracked[::n]  # each prompt's first choice
     try:
-        engine.check_fits(tracked[0].num_prompt_tokens, params[0].max_tokens)
+        for leader in leaders:
+            engine.check_fits(leader.num_prompt_tokens, params[0].max_tokens)
     except ValueError as err:
         raise APIError(400, str(err), param, "context_length_exceeded") from err
-    state.admit(len(tracked), tracked[0].num_prompt_tokens)  # 429 when the queue is full
+    state.admit_total(len(tracked), sum(item.num_prompt_tokens for item in tracked))  # 429 when the queue is full
     timeout = state.timeout_for(body.timeout)
     streams = [engine.stream(item) for item in tracked]
     clock = _Clock(task, state.metrics)
+    echoes = None if echoes is None else [echo for echo in echoes for _ in range(n)]  # per choice
     if body.stream:
-        return _EventStream(_sse(streams, body, kind, response_id, timeout, clock), streams, clock)
+        return _EventStream(_sse(streams, body, kind, response_id, timeout, clock, n, echoes), streams, clock)
     tasks = [asyncio.ensure_future(_last(s, clock)) for s in streams]
     try:
         async with asyncio.timeout(timeout):
@@ -120,7 +152,7 @@ async def _respond(state, served, request, body, prompt, params: list[SamplingPa
     if failed is not None:
         clock.done("error", 0)
         raise APIError(500, failed.error or "the engine failed on this request", None, "engine_error")
-    response = _full_response(finals, body.model, kind, response_id, state.tokenizer)
+    response = _full_response(finals, body.model, kind, response_id, served.backbone.tokenizer, n, echoes)
     clock.done("ok", response["usage"]["completion_tokens"])
     return JSONResponse(response)
 
@@ -164,7 +196,8 @@ class _Clock:
             self.metrics.record(self.task, status, ttft, now - self.start, num_tokens)
 
 
-async def _sse(streams, body, kind: str, response_id: str, timeout: float, clock: _Clock) -> AsyncIterator[str]:
+async def _sse(streams, body, kind: str, response_id: str, timeout: float, clock: _Clock, n: int,
+               echoes: list[str] | None) -> AsyncIterator[str]:
     created = int(time.time())
     merged: asyncio.Queue = asyncio.Queue()
     tasks = [asyncio.create_task(_pump(i, s, merged)) for i, s in enumerate(streams)]
@@ -175,6 +208,8 @@ async def _sse(streams, body, kind: str, response_id: str, timeout: float, clock
         if kind == "chat.completion":  # OpenAI opens every chat choice with the assistant role
             for i in range(len(streams)):
                 yield _event(_chunk(response_id, created, body.model, kind, i, {"role": "assistant", "content": ""}))
+        for i, echo in enumerate(echoes or []):  # echo: the prompt's text opens each choice
+            yield _event(_chunk(response_id, created, body.model, kind, i, echo))
         while len(finals) < len(streams):
             try:
                 async with asyncio.timeout_at(deadline):
@@ -203,7 +238,7 @@ async def _sse(streams, body, kind: str, response_id: str, timeout: float, clock
         status = "ok"
         if body.include_usage:
             yield _event({"id": response_id, "object": f"{kind}.chunk", "created": created, "model": body.model,
-                          "choices": [], "usage": _usage(list(finals.values()))})
+                          "choices": [], "usage": _usage([finals[i] for i in sorted(finals)], n)})
         yield "data: [DONE]\n\n"
     finally:  # the client may be gone: stop pumping and free every choice still running
         for task in tasks:
@@ -229,7 +264,8 @@ def _chunk(response_id, created, model, kind, index, delta, finish_reason=None) 
             "created": created, "model": model, "choices": [choice]}
 
 
-def _full_response(finals: list[RequestOutput], model: str, kind: str, response_id: str, tokenizer) -> dict:
+def _full_response(finals: list[RequestOutput], model: str, kind: str, response_id: str, tokenizer, n: int,
+                   echoes: list[str] | None) -> dict:
     choices = []
     for i, out in enumerate(finals):
         choice = {"index": i, "finish_reason": _openai_finish_reason(out)}
@@ -237,19 +273,20 @@ def _full_response(finals: list[RequestOutput], model: str, kind: str, response_
             choice["message"] = {"role": "assistant", "content": out.text}
             choice["logprobs"] = _chat_logprobs(out, tokenizer)
         else:
-            choice["text"] = out.text
+            choice["text"] = (echoes[i] if echoes else "") + out.text
             choice["logprobs"] = _completion_logprobs(out, tokenizer)
         choices.append(choice)
     return {"id": response_id, "object": kind, "created": int(time.time()), "model": model,
-            "choices": choices, "usage": _usage(finals)}
+            "choices": choices, "usage": _usage(finals, n)}
 
 
 def _openai_finish_reason(out: RequestOutput) -> str:
     return "length" if out.finish_reason == "length" else "stop"
 
 
-def _usage(finals: list[RequestOutput]) -> dict:
-    prompt = len(finals[0].prompt_token_ids) if finals else 0
+def _usage(finals: list[RequestOutput], n: int) -> dict:
+    """Each prompt counted once (its n choices share it), as OpenAI counts a list of prompts."""
+    prompt = sum(len(out.prompt_token_ids) for out in finals[::n])
     completion = sum(len(o.token_ids) for o in finals)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 

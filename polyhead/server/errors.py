@@ -74,7 +74,8 @@ def install_error_handlers(app: FastAPI) -> None:
             reason = first.get("ctx", {}).get("error", "invalid JSON")
             return error_response(400, f"the request body is not valid JSON: {reason} at character {where}",
                                   None, "invalid_json")
-        location = [str(part) for part in first.get("loc", ()) if part != "body"]
+        # ("body", "logit_bias", "abc", "[key]") -> logit_bias.abc: the bad key itself is named
+        location = [str(part) for part in first.get("loc", ()) if part not in ("body", "[key]")]
         param = ".".join(location) or None
         message = f"{param}: {first['msg']}" if param else first["msg"]
         return error_response(400, message, param, "invalid_value")

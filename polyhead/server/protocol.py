@@ -1,13 +1,21 @@
 """OpenAI-compatible request and response bodies. Requests convert themselves to SamplingParams;
-polyhead's extras (top_k, min_p, repetition_penalty, ignore_eos) ride in the same body."""
+polyhead's extras (top_k, min_p, repetition_penalty, min_tokens, ignore_eos) ride in the same body.
+A field polyhead does not implement is either ignored, where OpenAI documents it as a hint that does
+not change the reply (store, metadata, service_tier, prediction, ...), or refused by the request's
+check_supported with a 400 naming it, where ignoring it would change what the reply means."""
 
 import time
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from polyhead.engine.core.params import MAX_SEED, MIN_SEED, SamplingParams
+from polyhead.engine.core.params import MAX_LOGIT_BIAS, MAX_SEED, MIN_SEED, SamplingParams
+from polyhead.server.content import join_text_parts
+from polyhead.server.errors import APIError
+
+MAX_STOP_STRINGS = 4  # OpenAI's limit on `stop`
 
 
 class RequestBody(BaseModel):
@@ -61,7 +69,19 @@ class SamplingFields(RequestBody):
     top_k: int = Field(default=0, ge=0)
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0)
+    min_tokens: int = Field(default=0, ge=0)  # vLLM's: EOS, stop tokens and stop strings wait for this many
     ignore_eos: bool = False
+    # token id (a string of digits: JSON keys are strings) -> bias in [-100, 100]
+    logit_bias: dict[Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}$")],
+                     Annotated[float, Field(ge=-MAX_LOGIT_BIAS, le=MAX_LOGIT_BIAS)]] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, stop):
+        if isinstance(stop, list) and len(stop) > MAX_STOP_STRINGS:
+            raise PydanticCustomError("too_many_stops", "has {count} stop strings; the limit is {limit}",
+                                      {"count": len(stop), "limit": MAX_STOP_STRINGS})
+        return stop
 
     def sampling_params(self, default_max_tokens: int, logprobs: int | None, index: int = 0) -> SamplingParams:
         # With n > 1 and a seed, each choice gets its own seed so the choices differ yet repeat.
@@ -73,7 +93,10 @@ class SamplingFields(RequestBody):
             repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, seed=seed,
             max_tokens=self.max_tokens or default_max_tokens, stop=self._stops(), ignore_eos=self.ignore_eos,
-            logprobs=logprobs)
+            logprobs=logprobs, min_tokens=self.min_tokens, logit_bias=self._logit_bias())
+
+    def _logit_bias(self) -> dict[int, float]:
+        return {int(token_id): bias for token_id, bias in (self.logit_bias or {}).items()}
 
     def _stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -84,14 +107,55 @@ class SamplingFields(RequestBody):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[int]
+    # one prompt (text or token ids) or a list of them: each gets n choices, numbered prompt-major
+    prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: int | None = Field(default=None, ge=0, le=5)
-    echo: Literal[False] = False
+    echo: bool = False  # the prompt's text comes first in each choice's text
+    suffix: str | None = None  # refused: no fill-in-the-middle
+    best_of: int | None = Field(default=None, ge=1)  # refused unless it equals n
+
+    def check_supported(self) -> None:
+        if self.suffix:
+            raise APIError(400, "suffix is not supported: polyhead does not fill in the middle; send the text "
+                           "before the gap as the prompt", "suffix", "unsupported_parameter")
+        if self.best_of is not None and self.best_of != self.n:
+            raise APIError(400, f"best_of {self.best_of} with n {self.n} is not supported: polyhead returns "
+                           "every choice it generates (best_of may only equal n)", "best_of", "unsupported_parameter")
+        if self.echo and self.logprobs is not None:
+            raise APIError(400, "echo with logprobs is not supported: polyhead does not compute the prompt's "
+                           "logprobs", "echo", "unsupported_parameter")
+
+
+class ContentPart(BaseModel):
+    """One part of a message's content (content.py joins the text parts; the others are refused)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text", "refusal", "image_url", "input_audio", "file"]
+    text: str | None = None
+    refusal: str | None = None
 
 
 class ChatMessage(RequestBody):
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str
+    content: str | list[ContentPart] | None = None  # parts arrive joined into one string (content.py)
+    name: str | None = None  # the participant's name, handed to the chat template (templates that read it)
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _join_text_parts(cls, content):
+        return join_text_parts(content) if isinstance(content, list) else content
+
+    @model_validator(mode="after")
+    def _content_unless_assistant(self):
+        if self.content is None and self.role != "assistant":
+            raise PydanticCustomError("missing_content", "a {role} message needs content", {"role": self.role})
+        return self
+
+    def template_dict(self) -> dict:
+        """The message as chat templates read it: unset fields left out, content a string."""
+        message = self.model_dump(exclude_none=True)
+        message.setdefault("content", "")
+        return message
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -99,9 +163,25 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    modalities: list[str] | None = None  # refused unless text only
+    audio: dict | None = None  # refused: no audio output
+    web_search_options: dict | None = None  # refused: no web search
 
     def chat_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    def check_supported(self) -> None:
+        if self.top_logprobs is not None and not self.logprobs:  # OpenAI refuses it too
+            raise APIError(400, "top_logprobs needs logprobs: true", "top_logprobs", "invalid_value")
+        if self.modalities is not None and set(self.modalities) - {"text"}:
+            raise APIError(400, f"modalities {self.modalities} is not supported: this model answers in text only",
+                           "modalities", "unsupported_parameter")
+        if self.audio is not None:
+            raise APIError(400, "audio output is not supported: this model answers in text only", "audio",
+                           "unsupported_parameter")
+        if self.web_search_options is not None:
+            raise APIError(400, "web_search_options is not supported: polyhead does not search the web",
+                           "web_search_options", "unsupported_parameter")
 
 
 class Usage(BaseModel):
@@ -116,6 +196,9 @@ class ModelCard(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "polyhead"
     parent: str | None = None  # a LoRA adapter's base model
+    # what a chat/completions request to this model samples with where it sets none (the model's
+    # generation_config.json, a task's sampling, else OpenAI's); None: not a generative model
+    sampling_defaults: dict[str, float | int] | None = None
 
 
 class ModelList(BaseModel):

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request
 
 from polyhead.engine.core.kinds import KINDS
+from polyhead.models.generation_config import GENERATION_FIELDS
 from polyhead.server.errors import APIError
+from polyhead.server.protocol import SamplingFields
 from polyhead.server.registry import Backbone, ServedTask
 
 router = APIRouter()
@@ -81,6 +83,23 @@ class TaskRouting:
                            "model", "model_not_found")
         self._check_kind(task, "/v1/chat/completions", "model")
         return ServedModel(task.backbone, task)
+
+    def request_defaults(self, served: ServedModel) -> dict:
+        """What fills the fields a chat/completions request leaves unset: a generate task's `sampling`,
+        over its backbone's generation_config.json (self.generation_defaults), over OpenAI's defaults."""
+        defaults = dict(self.generation_defaults.get(served.backbone.name, {}))
+        if served.task is not None:
+            defaults.update(served.task.spec.sampling or {})
+        return defaults
+
+    def sampling_defaults_for(self, name: str) -> dict | None:
+        """For /v1/models: the sampling a request to `name` gets where it sets none, so a UI can show
+        it; None for a model that does not generate."""
+        try:
+            defaults = self.request_defaults(self.resolve_generate(name))
+        except APIError:
+            return None
+        return {field: defaults.get(field, SamplingFields.model_fields[field].default) for field in GENERATION_FIELDS}
 
     def task(self, name: str, endpoint: str, param: str = "task") -> ServedTask:
         """A task by name, checked against what the endpoint serves: 404 unknown, 400 wrong kind."""

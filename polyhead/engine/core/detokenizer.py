@@ -22,6 +22,11 @@ class IncrementalDetokenizer:
         self.skip_special_tokens = params.skip_special_tokens
         self.stops = list(params.stop)
         self.include_stop = params.include_stop_str_in_output
+        self.min_tokens = params.min_tokens
+        self.num_tokens = 0  # output tokens seen
+        # a stop string must start at or after this character: the text of the first min_tokens tokens
+        # cannot end the output (None until that many have arrived)
+        self.first_stop_char: int | None = 0 if params.min_tokens == 0 else None
         self.window = self._context(list(prompt_token_ids))
         self.num_context = len(self.window)  # window[:num_context] is already text (or prompt)
         self._text = ""
@@ -38,8 +43,11 @@ class IncrementalDetokenizer:
             return None
         for token_id in new_token_ids:  # one at a time, so each waits only for its own character
             self.window.append(token_id)
+            self.num_tokens += 1
             if (stop := self._append(self._decode_window(flush=False))) is not None:
                 return stop
+            if self.first_stop_char is None and self.num_tokens >= self.min_tokens:
+                self.first_stop_char = len(self._text)
         return None
 
     def take_delta(self, finished: bool = False) -> str:
@@ -90,10 +98,12 @@ class IncrementalDetokenizer:
             return None
         num_old = len(self._text)
         self._text += delta
+        if self.first_stop_char is None:  # still within the first min_tokens tokens
+            return None
         # Only the new text, plus the old chars a stop could start in, can hold a new match.
         ends = []
         for stop in self.stops:
-            start = self._text.find(stop, max(num_old - len(stop) + 1, 0))
+            start = self._text.find(stop, max(num_old - len(stop) + 1, self.first_stop_char))
             if start >= 0:
                 ends.append((start + len(stop), start, stop))
         if not ends:

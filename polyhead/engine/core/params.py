@@ -10,6 +10,8 @@ from polyhead.engine.core.kinds import POOLING_KINDS
 # (OpenAI and vLLM accept any top_p in (0, 1]), so it is raised to this, not refused.
 MIN_TOP_P = 2.0**-126  # float32's smallest normal number
 MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
+MAX_LOGIT_BIAS = 100.0  # OpenAI's range for a logit_bias value: [-100, 100]
+MAX_LOGIT_BIAS_TOKENS = 300  # OpenAI refuses more entries than this in one logit_bias map
 
 
 STRUCTURED_KINDS = ("json", "json_object", "regex", "choice", "grammar")
@@ -56,6 +58,8 @@ class SamplingParams:
     logprobs: int | None = None  # None: no logprobs; 0: the chosen token's; k: also the top-k
     skip_special_tokens: bool = True
     structured: StructuredOutput | None = None  # the output must match this grammar; None: free text
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit; in [-100, 100]
+    min_tokens: int = 0  # EOS, stop_token_ids and stop strings cannot end the output before this many tokens
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -77,6 +81,9 @@ class SamplingParams:
         _check(self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs",
                f"must be None or in [0, 20], got {self.logprobs}")
         _check(all(s for s in self.stop), "stop", "stop strings must be non-empty")
+        _check(0 <= self.min_tokens <= self.max_tokens, "min_tokens",
+               f"must be in [0, max_tokens ({self.max_tokens})], got {self.min_tokens}")
+        _check_logit_bias(self.logit_bias)
 
     @property
     def is_greedy(self) -> bool:
@@ -87,10 +94,26 @@ class SamplingParams:
         return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
                 or self.frequency_penalty != 0.0)
 
+    @property
+    def needs_logit_edits(self) -> bool:
+        """logit_bias or min_tokens change this row's logits before sampling (engine/decoder/logit_edits.py)."""
+        return bool(self.logit_bias) or self.min_tokens > 0
+
 
 def _check(ok: bool, name: str, message: str) -> None:
     if not ok:
         raise ValueError(f"{name} {message}")
+
+
+def _check_logit_bias(logit_bias: dict[int, float]) -> None:
+    """Ids are checked against the vocabulary by the backbone's rules (engine/decoder/limits.py)."""
+    _check(len(logit_bias) <= MAX_LOGIT_BIAS_TOKENS, "logit_bias",
+           f"has {len(logit_bias)} entries; the limit is {MAX_LOGIT_BIAS_TOKENS}")
+    for token_id, bias in logit_bias.items():
+        _check(isinstance(token_id, int) and token_id >= 0, "logit_bias",
+               f"keys must be token ids (integers >= 0), got {token_id!r}")
+        _check(isinstance(bias, int | float) and -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS, "logit_bias",
+               f"values must be in [-100, 100], got {bias!r} for token {token_id}")
 
 
 @dataclass(slots=True)

@@ -29,6 +29,8 @@ class RequestLimits:
         self.validate_prompt(token_ids)
         if isinstance(params, PoolingParams) and not all(0 <= t < self.vocab_size for t in params.next_token_ids):
             raise ValueError(f"next_token_ids must be token ids in [0, {self.vocab_size}) (vocab_size)")
+        if isinstance(params, SamplingParams) and any(t >= self.vocab_size for t in params.logit_bias):
+            raise ValueError(f"logit_bias keys must be token ids in [0, {self.vocab_size}) (vocab_size)")
         if adapter is not None and adapter not in adapters:
             known = ", ".join(sorted(adapters)) or "none"
             raise ValueError(f"adapter {adapter!r} is not registered (registered adapters: {known})")

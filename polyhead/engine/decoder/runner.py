@@ -80,7 +80,8 @@ class ModelRunner:
 
     def _sample(self, logits: torch.Tensor, requests: list[Request]) -> RunnerOutput:
         # logits: [len(requests), vocab] float32
-        rows = [SamplingRow(r.params, r.prompt_token_ids, r.output_token_ids, r.generator) for r in requests]
+        rows = [SamplingRow(r.params, r.prompt_token_ids, r.output_token_ids, r.generator, r.eos_token_ids)
+                for r in requests]
         try:
             out = self.sampler(logits, rows)
         except Exception:  # noqa: BLE001 - one row's failure must not take the others: sample them one by one

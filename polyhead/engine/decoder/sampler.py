@@ -1,6 +1,7 @@
 """Batched sampling: every row has its own parameters, all applied with per-row tensors each step.
 
-Order (as vLLM): penalties on the raw logits -> temperature -> top-k -> top-p -> min-p -> sample.
+Order (as vLLM): logit_bias and min_tokens (logit_edits.py) -> penalties on the raw logits -> temperature
+-> top-k -> top-p -> min-p -> sample.
 Reported logprobs are the raw model's log-softmax, before any of that.
 """
 
@@ -11,6 +12,7 @@ import torch
 
 from polyhead.engine.core.outputs import TokenLogprobs
 from polyhead.engine.core.params import SamplingParams
+from polyhead.engine.decoder.logit_edits import edit_logits, logit_edit
 
 # top-k/top-p first look for each row's cut-off among this many most likely tokens; only rows whose
 # kept set may reach past them pay for a sort of the whole vocabulary.
@@ -23,6 +25,7 @@ class SamplingRow:
     prompt_token_ids: list[int]
     output_token_ids: list[int]  # tokens generated so far (before this step)
     generator: torch.Generator | None  # the request's own RNG when params.seed is set, else None
+    eos_token_ids: frozenset[int] = frozenset()  # the request's EOS ids, banned while under params.min_tokens
 
 
 @dataclass(slots=True)
@@ -41,14 +44,18 @@ class Sampler:
         params = [r.params for r in rows]
         logprob_rows = [i for i, p in enumerate(params) if p.logprobs is not None]
         needs_penalties = any(p.needs_penalties for p in params)
-        if not logprob_rows and not needs_penalties and all(p.is_greedy for p in params):
+        edits = [_logit_edit(r) if r.params.needs_logit_edits else None for r in rows]
+        needs_edits = any(edit is not None for edit in edits)
+        if not logprob_rows and not needs_penalties and not needs_edits and all(p.is_greedy for p in params):
             # on CPU, converting to float32 first is faster than argmax over bf16
             return SamplerOutput(logits.float().argmax(dim=-1).tolist(), [None] * len(rows))
-        # penalties write in place, so they get their own copy, never the caller's tensor
-        logits = logits.to(torch.float32, memory_format=torch.contiguous_format, copy=needs_penalties)
+        # penalties and edits write in place, so they get their own copy, never the caller's tensor
+        logits = logits.to(torch.float32, memory_format=torch.contiguous_format, copy=needs_penalties or needs_edits)
         raw_logprobs = None  # [L, V] for the rows in logprob_rows; taken before penalties change logits
         if logprob_rows:
             raw_logprobs = _take_rows(logits, logprob_rows).log_softmax(dim=-1)
+        if needs_edits:
+            edit_logits(logits, edits)
         if needs_penalties:
             _apply_penalties(logits, rows)
         greedy = [i for i, p in enumerate(params) if p.is_greedy]
@@ -62,6 +69,10 @@ class Sampler:
             chosen[greedy] = logits[greedy].argmax(dim=-1)
             chosen[sampled] = _sample(logits[sampled], [rows[i] for i in sampled])
         return SamplerOutput(chosen.tolist(), _gather_logprobs(raw_logprobs, logprob_rows, chosen, rows))
+
+
+def _logit_edit(row: SamplingRow):
+    return logit_edit(row.params, len(row.output_token_ids), row.eos_token_ids | frozenset(row.params.stop_token_ids))
 
 
 def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
