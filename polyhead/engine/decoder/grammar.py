@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import llguidance
 import llguidance.hf
-import llguidance.torch
 import torch
 
 from polyhead.engine.core.params import StructuredOutput
@@ -111,12 +110,15 @@ class GrammarManager:
         out: list[torch.Tensor | None] = [None] * len(requests)
         if not constrained:
             return out
-        bitmask = llguidance.torch.allocate_token_bitmask(len(constrained), self.vocab_size)  # [R, ceil(V/32)]
+        # what llguidance.torch's fill helpers do; that module imports torch._dynamo (3 s) for a kernel
+        # this does not use
+        words = -(-self.vocab_size // 32)
+        bitmask = torch.zeros(len(constrained), words, dtype=torch.int32)  # [R, W]
         if len(constrained) == 1:
-            llguidance.torch.fill_next_token_bitmask(constrained[0][1], bitmask, 0)
+            constrained[0][1].unsafe_compute_mask_ptr(bitmask.data_ptr(), words * 4)
         else:
-            llguidance.torch.fill_next_token_bitmask_par(
-                self._parallel, [(matcher, j) for j, (_, matcher) in enumerate(constrained)], bitmask)
+            self._parallel.unsafe_compute_mask_ptr([(matcher, j) for j, (_, matcher) in enumerate(constrained)],
+                                                   bitmask.data_ptr(), words * 4, len(constrained))
         # bit b of word w is token 32 * w + b
         bits = (bitmask.unsqueeze(-1) >> _BIT_POSITIONS) & 1  # [R, W, 32]
         allowed = bits.view(len(constrained), -1)[:, :self.vocab_size].bool()  # [R, V]

@@ -37,6 +37,12 @@ def grammar_source(structured: StructuredOutput) -> str:
 @lru_cache(maxsize=1024)
 def check_structured(structured: StructuredOutput) -> None:
     """Raise ValueError when `structured` cannot compile; the message names the construct."""
+    for text in (structured.value, *structured.choices):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"structured_outputs {structured.kind} has a lone surrogate "
+                             f"(U+{ord(text[err.start]):04X}); text must be valid Unicode") from None
     if structured.kind == "json":
         try:
             schema = json.loads(structured.value)
