@@ -196,3 +196,11 @@ def test_the_sampler_applies_a_mask_to_its_row_only(temperature, with_logprobs):
     if temperature == 0.0:
         assert out.token_ids[1] == (5 if original[1, 5] > original[1, 7] else 7)
     assert torch.equal(logits, original)  # the caller's logits are never changed
+
+
+def test_ignore_eos_keeps_a_constrained_row_going_until_its_grammar_ends(engine):
+    endless = StructuredOutput("regex", "[a-z]*")  # accepting all along: EOS is always allowed
+    out = run(engine, {"r": ("q", SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True,
+                                                 structured=endless))})["r"]
+    assert (len(out.token_ids), out.finish_reason) == (30, "length")
+    assert engine.tokenizer.eos_token_id not in out.token_ids and re.fullmatch("[a-z]*", out.text)

@@ -44,6 +44,8 @@ class GrammarManager:
         self._eos_token_ids = sorted(eos_token_ids)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="polyhead-grammar")
         self._parallel = llguidance.LLExecutor()  # fills many rows' masks on its own threads
+        # masks are computed here while the forward runs (both release the GIL), read before sampling
+        self._mask_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="polyhead-grammar-mask")
         self._lock = threading.Lock()
         self._tokenizer: Future | None = None  # the llguidance tokenizer, converted once, on first use
         self._compiled: OrderedDict[StructuredOutput, Future] = OrderedDict()  # -> Future[LLMatcher]
@@ -103,6 +105,13 @@ class GrammarManager:
         return matcher
 
     # --- each step ----------------------------------------------------------------------------------
+    def start_allowed_tokens(self, requests: list[Request]) -> Future | None:
+        """allowed_tokens(requests) on the mask thread, to overlap the forward; None: no row is constrained.
+        The matchers do not change meanwhile: they advance after the step, in `advance`."""
+        if not any(r.req_id in self._matchers for r in requests):
+            return None
+        return self._mask_thread.submit(self.allowed_tokens, requests)
+
     def allowed_tokens(self, requests: list[Request]) -> list[torch.Tensor | None]:
         """Per request, the tokens its grammar allows next ([vocab_size] bool), None where free."""
         constrained = [(i, self._matchers[r.req_id].matcher) for i, r in enumerate(requests)
@@ -122,6 +131,11 @@ class GrammarManager:
         # bit b of word w is token 32 * w + b
         bits = (bitmask.unsqueeze(-1) >> _BIT_POSITIONS) & 1  # [R, W, 32]
         allowed = bits.view(len(constrained), -1)[:, :self.vocab_size].bool()  # [R, V]
+        # ignore_eos keeps going past EOS, as free text does: only the grammar's own end stops it. A
+        # matcher that is not stopped can always take more than EOS, so some token stays allowed.
+        keep_going = [j for j, (i, _) in enumerate(constrained) if requests[i].params.ignore_eos]
+        if keep_going and self._eos_token_ids:
+            allowed[torch.tensor(keep_going).unsqueeze(1), torch.tensor(self._eos_token_ids)] = False
         for j, (i, _) in enumerate(constrained):
             out[i] = allowed[j]
         return out
