@@ -23,10 +23,12 @@ import torch
 
 from polyhead.engine.core.params import StructuredOutput
 from polyhead.engine.core.request import Request
-from polyhead.engine.decoder.grammar_source import grammar_source
+from polyhead.engine.decoder.grammar_source import grammar_source, short_error
 
 logger = logging.getLogger(__name__)
 
+# every error of a request's grammar starts so: the server answers it as the client's (a 400)
+GRAMMAR_ERROR_PREFIX = "structured_outputs"
 MAX_CACHED_GRAMMARS = 256  # compiled grammars kept, least recently used dropped first
 _BIT_POSITIONS = torch.arange(32, dtype=torch.int32)
 
@@ -65,7 +67,7 @@ class GrammarManager:
             return False
         error = future.exception()
         if error is not None:
-            self.failed[request.req_id] = f"structured_outputs {structured.kind} cannot be compiled: {error}"
+            self.failed[request.req_id] = f"{GRAMMAR_ERROR_PREFIX} {structured.kind} cannot be compiled: {error}"
             return False
         matcher = future.result().deep_copy()
         state = self._matchers[request.req_id] = _RequestMatcher(matcher, 0)
@@ -101,7 +103,7 @@ class GrammarManager:
         # on the worker thread: the tokenizer's future was submitted before this one, so it is done
         matcher = llguidance.LLMatcher(self._tokenizer.result(), grammar_source(structured), log_level=0)
         if matcher.is_error():
-            raise ValueError(matcher.get_error())
+            raise ValueError(short_error(matcher.get_error()))
         return matcher
 
     # --- each step ----------------------------------------------------------------------------------
@@ -142,8 +144,9 @@ class GrammarManager:
 
     def advance(self, request: Request) -> str | None:
         """Feed the matcher the request's output tokens it has not seen. Returns "complete" when the
-        grammar takes nothing more (the request is done), "error: ..." when a token broke it,
-        None otherwise (also for a request without a grammar)."""
+        grammar takes nothing more (the request is done), an error message (GRAMMAR_ERROR_PREFIX...)
+        when the grammar failed (a limit of llguidance's hit while generating), None otherwise
+        (also for a request without a grammar)."""
         state = self._matchers.get(request.req_id)
         if state is None:
             return None
@@ -152,7 +155,7 @@ class GrammarManager:
         if new_tokens:
             state.matcher.consume_tokens(new_tokens)
         if state.matcher.is_error():
-            return f"error: {state.matcher.get_error()}"
+            return f"{GRAMMAR_ERROR_PREFIX} grammar failed while generating: {short_error(state.matcher.get_error())}"
         return "complete" if state.matcher.is_stopped() else None
 
     def release(self, req_id: str) -> None:
