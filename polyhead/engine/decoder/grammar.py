@@ -162,6 +162,11 @@ class GrammarManager:
         self._matchers.pop(req_id, None)
         self.failed.pop(req_id, None)
 
+    def clear_cache(self) -> None:
+        """Forget every compiled grammar (benchmarks time a compile from scratch)."""
+        with self._lock:
+            self._compiled.clear()
+
     def wait_compiled(self, structured: StructuredOutput) -> None:
         """Compile `structured` (or find it cached) and wait for it: benchmarks and warm-ups."""
         self._compile(structured).result()
