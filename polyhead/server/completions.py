@@ -18,6 +18,7 @@ from jinja2 import TemplateError
 
 from polyhead.engine.core.outputs import RequestOutput
 from polyhead.engine.core.params import SamplingParams
+from polyhead.engine.decoder.grammar import GRAMMAR_ERROR_PREFIX
 from polyhead.server.errors import APIError, deadline_error, error_chunk, exception_chunk
 from polyhead.server.offload import input_size, tokenize_off_loop
 from polyhead.server.protocol import ChatCompletionRequest, CompletionRequest, new_id
@@ -98,9 +99,12 @@ def _params(state, served, body, logprobs: int | None, index: int) -> SamplingPa
     if unset:
         body = body.model_copy(update=unset)
     try:
-        return body.sampling_params(state.default_max_tokens, logprobs, index)
+        params = body.sampling_params(state.default_max_tokens, logprobs, index)
     except ValueError as err:
-        raise APIError(400, str(err), str(err).split(" ", 1)[0]) from err
+        raise APIError(400, str(err), str(err).split(" ", 1)[0].split(".", 1)[0]) from err
+    if served.task is not None and served.task.structured is not None and not body.asks_structure:
+        params.structured = served.task.structured  # the task's own response_format
+    return params
 
 
 async def _respond(state, served, request, body, prompts: list, params: list[SamplingParams], kind: str,
@@ -151,10 +155,22 @@ async def _respond(state, served, request, body, prompts: list, params: list[Sam
     failed = next((out for out in finals if out.finish_reason == "error"), None)
     if failed is not None:
         clock.done("error", 0)
+        grammar_error = _grammar_error(failed, body)
+        if grammar_error is not None:
+            raise grammar_error
         raise APIError(500, failed.error or "the engine failed on this request", None, "engine_error")
     response = _full_response(finals, body.model, kind, response_id, served.backbone.tokenizer, n, echoes)
     clock.done("ok", response["usage"]["completion_tokens"])
     return JSONResponse(response)
+
+
+def _grammar_error(failed: RequestOutput, body) -> APIError | None:
+    """A 400 naming the field when the engine failed a choice because of its grammar (one of
+    llguidance's limits, met while generating): the client's input, not the engine, is at fault."""
+    if not (failed.error or "").startswith(GRAMMAR_ERROR_PREFIX):
+        return None
+    field = "response_format" if body.structured_outputs is None else "structured_outputs"
+    return APIError(400, field + failed.error.removeprefix(GRAMMAR_ERROR_PREFIX), field, "invalid_grammar")
 
 
 class _EventStream(StreamingResponse):
@@ -226,7 +242,9 @@ async def _sse(streams, body, kind: str, response_id: str, timeout: float, clock
                 return
             if output.finish_reason == "error":  # the engine failed this choice: an error, not a finish
                 status = "error"
-                yield _event(error_chunk(output.error or "the engine failed on this request"))
+                grammar_error = _grammar_error(output, body)
+                yield _event(error_chunk(output.error or "the engine failed on this request") if grammar_error is None
+                             else error_chunk(grammar_error.message, 400, grammar_error.code))
                 return
             clock.saw(output)
             if output.finished:

@@ -14,6 +14,7 @@ from pydantic_core import PydanticCustomError
 from polyhead.engine.core.params import MAX_LOGIT_BIAS, MAX_SEED, MIN_SEED, SamplingParams
 from polyhead.server.content import join_text_parts
 from polyhead.server.errors import APIError
+from polyhead.server.structured import ResponseFormat, StructuredOutputs, requested_structure
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit on `stop`
 
@@ -74,6 +75,9 @@ class SamplingFields(RequestBody):
     # token id (a string of digits: JSON keys are strings) -> bias in [-100, 100]
     logit_bias: dict[Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}$")],
                      Annotated[float, Field(ge=-MAX_LOGIT_BIAS, le=MAX_LOGIT_BIAS)]] | None = None
+    # structured output: OpenAI's response_format, or vLLM's structured_outputs extras (one of them)
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
 
     @field_validator("stop")
     @classmethod
@@ -93,10 +97,16 @@ class SamplingFields(RequestBody):
             repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, seed=seed,
             max_tokens=self.max_tokens or default_max_tokens, stop=self._stops(), ignore_eos=self.ignore_eos,
-            logprobs=logprobs, min_tokens=self.min_tokens, logit_bias=self._logit_bias())
+            logprobs=logprobs, min_tokens=self.min_tokens, logit_bias=self._logit_bias(),
+            structured=requested_structure(self.response_format, self.structured_outputs))
 
     def _logit_bias(self) -> dict[int, float]:
         return {int(token_id): bias for token_id, bias in (self.logit_bias or {}).items()}
+
+    @property
+    def asks_structure(self) -> bool:
+        """Did the body say what structure its reply has (response_format "text" included)?"""
+        return self.response_format is not None or self.structured_outputs is not None
 
     def _stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from polyhead.engine.core.params import StructuredOutput
+from polyhead.server.structured import ResponseFormat
 from polyhead.tasks.spec import TaskSpec
 
 if TYPE_CHECKING:
@@ -46,6 +48,7 @@ class ServedTask:
     backbone: Backbone
     adapter: str | None  # the adapter name registered on the backbone's engine; None: base weights
     dimensions: int | None = None  # embed: length of the vector
+    structured: StructuredOutput | None = None  # generate: its response_format, checked at start-up
 
     @property
     def name(self) -> str:
@@ -133,6 +136,8 @@ def _bind(spec: TaskSpec, backbone: Backbone) -> ServedTask:
         engine.register_adapter(spec.name, spec.adapter)
         adapter = spec.name
     served = ServedTask(spec, backbone, adapter)
+    if spec.response_format:
+        served.structured = ResponseFormat.model_validate(spec.response_format).to_structured()
     # heads load here and travel to the engine; imported only then, so a server without trained
     # heads never loads torch in the HTTP process
     from polyhead.models.heads import load_head

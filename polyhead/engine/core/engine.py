@@ -93,7 +93,8 @@ class Engine:
         pooling = isinstance(params, PoolingParams)
         eos = frozenset() if pooling or params.ignore_eos else self.backend.eos_token_ids
         request = Request(req_id, prepared.token_ids, params, eos, task=routing.task, adapter=routing.adapter,
-                          priority=routing.priority, tenant=routing.tenant, deadline=routing.deadline)
+                          priority=routing.priority, tenant=routing.tenant, deadline=routing.deadline,
+                          num_continued_tokens=prepared.num_continued_tokens)
         if not pooling and params.seed is not None:
             import torch  # here, not at the top: the HTTP process prepares requests and never needs torch
 

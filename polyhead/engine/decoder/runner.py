@@ -2,12 +2,14 @@
 hands pooling rows' hidden states to their heads (engine/decoder/pooler.py)."""
 
 import logging
+from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
 from polyhead.engine.core.request import Request
+from polyhead.engine.decoder.grammar import GrammarManager
 from polyhead.engine.decoder.kv_memory import kv_bytes_per_token, lazily_zeroed
 from polyhead.engine.decoder.pooler import Pooled, Pooler, PoolingRow
 from polyhead.engine.decoder.sampler import Sampler, SamplingRow, TokenLogprobs
@@ -42,7 +44,7 @@ class BatchInputs:
 
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int, dtype: torch.dtype,
-                 lora: LoRAManager | None = None):
+                 lora: LoRAManager | None = None, grammars: GrammarManager | None = None):
         config = model.config
         self.model = prepare_for_inference(model)
         self.block_size = block_size
@@ -57,6 +59,7 @@ class ModelRunner:
         self.sampler = Sampler()
         self.pooler = Pooler(config.hidden_size)
         self.lora = lora  # None: base weights only
+        self.grammars = grammars  # None: no structured outputs
 
     @staticmethod
     def cache_bytes_per_block(model: LlamaForCausalLM, block_size: int, dtype: torch.dtype) -> int:
@@ -68,20 +71,23 @@ class ModelRunner:
         # The runner's own row order (the scheduler's output is left as it is): rows grouped by adapter.
         rows = self.lora.order_rows(sched.scheduled) if self.lora is not None else sched.scheduled
         batch = self.prepare(rows)
+        # the grammars' masks for this step's sampling rows, computed while the forward runs
+        masks = self.grammars.start_allowed_tokens(batch.sample_requests) if self.grammars is not None else None
         adapters = self.lora.applied([(n, r.adapter) for r, n in rows]) if self.lora else nullcontext()
         with adapters:  # per-row LoRA, grouped by adapter (rows are laid out in `rows` order)
             hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta)
         if batch.pooling_rows:
-            return self._execute_with_pooling(hidden, batch)
+            return self._execute_with_pooling(hidden, batch, masks)
         if not batch.sample_rows:
             return RunnerOutput({}, {})
         logits = self.model.compute_logits(hidden[batch.sample_rows])  # only rows that sample
-        return self._sample(logits, batch.sample_requests)
+        return self._sample(logits, batch.sample_requests, masks)
 
-    def _sample(self, logits: torch.Tensor, requests: list[Request]) -> RunnerOutput:
-        # logits: [len(requests), vocab] float32
-        rows = [SamplingRow(r.params, r.prompt_token_ids, r.output_token_ids, r.generator, r.eos_token_ids)
-                for r in requests]
+    def _sample(self, logits: torch.Tensor, requests: list[Request], masks: Future | None) -> RunnerOutput:
+        # logits: [len(requests), vocab] float32; masks: the grammars' allowed tokens per request, or None
+        allowed = masks.result() if masks is not None else [None] * len(requests)
+        rows = [SamplingRow(r.params, r.prompt_token_ids, r.output_token_ids, r.generator, r.eos_token_ids, mask)
+                for r, mask in zip(requests, allowed)]
         try:
             out = self.sampler(logits, rows)
         except Exception:  # noqa: BLE001 - one row's failure must not take the others: sample them one by one
@@ -104,7 +110,7 @@ class ModelRunner:
                 output.logprobs[request.req_id] = out.logprobs[0]
         return output
 
-    def _execute_with_pooling(self, hidden: torch.Tensor, batch: BatchInputs) -> RunnerOutput:
+    def _execute_with_pooling(self, hidden: torch.Tensor, batch: BatchInputs, masks: Future | None) -> RunnerOutput:
         """Sampling rows and score rows share one LM-head call; the other pooling rows use their heads."""
         score_rows, score_targets, score_counts = self.pooler.score_inputs(batch.pooling_rows)
         # A row scoring next-token candidates reads one state once per candidate: the LM head and the
@@ -113,7 +119,7 @@ class ModelRunner:
         num_sample = len(batch.sample_rows)
         lm_rows = batch.sample_rows + distinct_rows
         logits = self.model.compute_logits(hidden[lm_rows]) if lm_rows else None  # [S + U, vocab]
-        output = self._sample(logits[:num_sample], batch.sample_requests) if num_sample else RunnerOutput({}, {})
+        output = self._sample(logits[:num_sample], batch.sample_requests, masks) if num_sample else RunnerOutput({}, {})
         score_logprobs = None
         if score_rows:
             log_probs = torch.log_softmax(logits[num_sample:], dim=-1)  # [U, vocab]

@@ -1,7 +1,7 @@
 """Batched sampling: every row has its own parameters, all applied with per-row tensors each step.
 
-Order (as vLLM): logit_bias and min_tokens (logit_edits.py) -> penalties on the raw logits -> temperature
--> top-k -> top-p -> min-p -> sample.
+Order (as vLLM): logit_bias and min_tokens (logit_edits.py) -> a grammar's token mask -> penalties on
+the raw logits -> temperature -> top-k -> top-p -> min-p -> sample.
 Reported logprobs are the raw model's log-softmax, before any of that.
 """
 
@@ -26,6 +26,7 @@ class SamplingRow:
     output_token_ids: list[int]  # tokens generated so far (before this step)
     generator: torch.Generator | None  # the request's own RNG when params.seed is set, else None
     eos_token_ids: frozenset[int] = frozenset()  # the request's EOS ids, banned while under params.min_tokens
+    allowed_tokens: torch.Tensor | None = None  # [V] bool: what its grammar allows next; None: any token
 
 
 @dataclass(slots=True)
@@ -46,16 +47,23 @@ class Sampler:
         needs_penalties = any(p.needs_penalties for p in params)
         edits = [_logit_edit(r) if r.params.needs_logit_edits else None for r in rows]
         needs_edits = any(edit is not None for edit in edits)
+        constrained = [i for i, r in enumerate(rows) if r.allowed_tokens is not None]
         if not logprob_rows and not needs_penalties and not needs_edits and all(p.is_greedy for p in params):
             # on CPU, converting to float32 first is faster than argmax over bf16
-            return SamplerOutput(logits.float().argmax(dim=-1).tolist(), [None] * len(rows))
-        # penalties and edits write in place, so they get their own copy, never the caller's tensor
-        logits = logits.to(torch.float32, memory_format=torch.contiguous_format, copy=needs_penalties or needs_edits)
+            logits = logits.float()
+            if constrained:
+                logits = _mask_disallowed(logits.clone(), rows, constrained)
+            return SamplerOutput(logits.argmax(dim=-1).tolist(), [None] * len(rows))
+        # penalties, edits and masks write in place, so they get their own copy, never the caller's tensor
+        logits = logits.to(torch.float32, memory_format=torch.contiguous_format,
+                           copy=needs_penalties or needs_edits or bool(constrained))
         raw_logprobs = None  # [L, V] for the rows in logprob_rows; taken before penalties change logits
         if logprob_rows:
             raw_logprobs = _take_rows(logits, logprob_rows).log_softmax(dim=-1)
         if needs_edits:
             edit_logits(logits, edits)
+        if constrained:  # after the edits: a bias never lifts a token the grammar forbids
+            _mask_disallowed(logits, rows, constrained)
         if needs_penalties:
             _apply_penalties(logits, rows)
         greedy = [i for i, p in enumerate(params) if p.is_greedy]
@@ -73,6 +81,15 @@ class Sampler:
 
 def _logit_edit(row: SamplingRow):
     return logit_edit(row.params, len(row.output_token_ids), row.eos_token_ids | frozenset(row.params.stop_token_ids))
+
+
+def _mask_disallowed(logits: torch.Tensor, rows: list[SamplingRow], constrained: list[int]) -> torch.Tensor:
+    # logits: [B, V], changed in place: -inf at the tokens a constrained row's grammar forbids
+    allowed = torch.stack([rows[i].allowed_tokens for i in constrained])  # [R, V]
+    if len(constrained) == len(rows):
+        return logits.masked_fill_(~allowed, float("-inf"))
+    logits[constrained] = logits[constrained].masked_fill(~allowed, float("-inf"))
+    return logits
 
 
 def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
