@@ -18,7 +18,7 @@ from jinja2 import TemplateError
 
 from polyhead.engine.core.outputs import RequestOutput
 from polyhead.engine.core.params import SamplingParams
-from polyhead.engine.decoder.grammar import GRAMMAR_ERROR_PREFIX
+from polyhead.engine.decoder.grammar_source import GRAMMAR_ERROR_PREFIX
 from polyhead.server.errors import APIError, deadline_error, error_chunk, exception_chunk
 from polyhead.server.offload import input_size, tokenize_off_loop
 from polyhead.server.protocol import ChatCompletionRequest, CompletionRequest, new_id

@@ -23,12 +23,10 @@ import torch
 
 from polyhead.engine.core.params import StructuredOutput
 from polyhead.engine.core.request import Request
-from polyhead.engine.decoder.grammar_source import grammar_source, short_error
+from polyhead.engine.decoder.grammar_source import GRAMMAR_ERROR_PREFIX, grammar_source, short_error
 
 logger = logging.getLogger(__name__)
 
-# every error of a request's grammar starts so: the server answers it as the client's (a 400)
-GRAMMAR_ERROR_PREFIX = "structured_outputs"
 MAX_CACHED_GRAMMARS = 256  # compiled grammars kept, least recently used dropped first
 _BIT_POSITIONS = torch.arange(32, dtype=torch.int32)
 

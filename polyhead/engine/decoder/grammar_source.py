@@ -9,7 +9,6 @@ import json
 from functools import lru_cache
 
 import llguidance
-import torch
 from llguidance import LLMatcher
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
@@ -20,6 +19,8 @@ from polyhead.engine.core.params import StructuredOutput
 # whitespace); this layout is the one models see most ({"a": 1, "b": 2}), and it is still JSON.
 JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 JSON_OBJECT_SCHEMA = '{"type": "object"}'
+# every error of a request's grammar starts so: the server answers it as the client's (a 400)
+GRAMMAR_ERROR_PREFIX = "structured_outputs"
 
 
 def grammar_source(structured: StructuredOutput) -> str:
@@ -89,13 +90,13 @@ def _first_steps_error(source: str) -> str:
     step), or "" when it hits none."""
     tokenizer = _byte_tokenizer()
     matcher = LLMatcher(tokenizer, source, log_level=0)
-    bitmask = torch.zeros(-(-tokenizer.vocab_size // 32), dtype=torch.int32)
     for _ in range(PROBE_STEPS):
         if matcher.is_error() or matcher.is_stopped():
             break
-        matcher.unsafe_compute_mask_ptr(bitmask.data_ptr(), bitmask.numel() * 4)
-        words = bitmask.tolist()
-        allowed = [i for i in range(tokenizer.vocab_size - 1) if (words[i // 32] >> (i % 32)) & 1]
+        # little-endian 32-bit words: token i is bit i % 8 of byte i // 8 (bytes, not a tensor: the
+        # HTTP process runs this check and never loads torch)
+        mask = matcher.compute_bitmask()
+        allowed = [i for i in range(tokenizer.vocab_size - 1) if (mask[i // 8] >> (i % 8)) & 1]
         if matcher.is_error() or not allowed:
             break
         matcher.consume_token(allowed[0])
