@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 
+import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -20,6 +21,8 @@ from polyhead.engine.core.params import SamplingParams
 from polyhead.server.errors import APIError, deadline_error, error_chunk, exception_chunk
 from polyhead.server.offload import input_size, tokenize_off_loop
 from polyhead.server.protocol import ChatCompletionRequest, CompletionRequest, new_id
+from polyhead.server.tool_parser import ToolCallStream, parse_reply
+from polyhead.server.tools import ToolPlan, chat_messages
 
 router = APIRouter()
 
@@ -41,21 +44,25 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     served = state.resolve_generate(body.model)
     if body.max_completion_tokens is not None:
         body.max_tokens = body.max_completion_tokens
+    tools = ToolPlan.from_request(body.tools, body.tool_choice, body.parallel_tool_calls)
     messages = [m.model_dump() for m in body.messages]
     if served.task is not None:
         messages = _apply_task_template(served.task.spec, messages)
+    messages, template_tools = chat_messages(messages, tools, served.backbone.tokenizer)
     try:
-        prompt = await tokenize_off_loop(input_size(messages), apply_chat_template, served.backbone.tokenizer, messages)
-    except ValueError as err:
+        prompt = await tokenize_off_loop(input_size([messages, template_tools]), apply_chat_template,
+                                         served.backbone.tokenizer, messages, template_tools)
+    except (ValueError, jinja2.TemplateError) as err:  # a template may refuse a conversation (raise_exception)
         raise APIError(400, str(err), "messages") from err
-    params = [_params(state, served, body, body.chat_logprobs(), i) for i in range(body.n)]
-    return await _respond(state, served, request, body, prompt, params, "chat.completion", new_id("chatcmpl"))
+    params = [tools.constrain(_params(state, served, body, body.chat_logprobs(), i)) for i in range(body.n)]
+    return await _respond(state, served, request, body, prompt, params, "chat.completion", new_id("chatcmpl"),
+                          tools if tools.is_calling else None)
 
 
-def apply_chat_template(tokenizer, messages: list[dict]) -> list[int]:
+def apply_chat_template(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("this model has no chat template; use /v1/completions")
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    ids = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True)
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
@@ -79,7 +86,9 @@ def _params(state, served, body, logprobs: int | None, index: int) -> SamplingPa
         raise APIError(400, str(err), str(err).split(" ", 1)[0]) from err
 
 
-async def _respond(state, served, request, body, prompt, params: list[SamplingParams], kind: str, response_id: str):
+async def _respond(state, served, request, body, prompt, params: list[SamplingParams], kind: str, response_id: str,
+                   tools: ToolPlan | None = None):
+    """`tools`: the reply is read for tool calls (chat, when the model may call one)."""
     param = "prompt" if kind == "text_completion" else "messages"
     engine = served.engine
     task = served.task_name or ("chat" if kind == "chat.completion" else "completion")
@@ -99,7 +108,7 @@ async def _respond(state, served, request, body, prompt, params: list[SamplingPa
     streams = [engine.stream(item) for item in tracked]
     clock = _Clock(task, state.metrics)
     if body.stream:
-        return _EventStream(_sse(streams, body, kind, response_id, timeout, clock), streams, clock)
+        return _EventStream(_sse(streams, body, kind, response_id, timeout, clock, tools), streams, clock)
     tasks = [asyncio.ensure_future(_last(s, clock)) for s in streams]
     try:
         async with asyncio.timeout(timeout):
@@ -120,7 +129,7 @@ async def _respond(state, served, request, body, prompt, params: list[SamplingPa
     if failed is not None:
         clock.done("error", 0)
         raise APIError(500, failed.error or "the engine failed on this request", None, "engine_error")
-    response = _full_response(finals, body.model, kind, response_id, state.tokenizer)
+    response = _full_response(finals, body.model, kind, response_id, state.tokenizer, tools)
     clock.done("ok", response["usage"]["completion_tokens"])
     return JSONResponse(response)
 
@@ -164,8 +173,10 @@ class _Clock:
             self.metrics.record(self.task, status, ttft, now - self.start, num_tokens)
 
 
-async def _sse(streams, body, kind: str, response_id: str, timeout: float, clock: _Clock) -> AsyncIterator[str]:
+async def _sse(streams, body, kind: str, response_id: str, timeout: float, clock: _Clock,
+               tools: ToolPlan | None) -> AsyncIterator[str]:
     created = int(time.time())
+    tool_streams = {i: ToolCallStream(tools.names, tools.max_calls) for i in range(len(streams))} if tools else {}
     merged: asyncio.Queue = asyncio.Queue()
     tasks = [asyncio.create_task(_pump(i, s, merged)) for i, s in enumerate(streams)]
     finals: dict[int, RequestOutput] = {}
@@ -196,7 +207,14 @@ async def _sse(streams, body, kind: str, response_id: str, timeout: float, clock
             clock.saw(output)
             if output.finished:
                 finals[index] = output
-            if output.new_text or output.finished:
+            if index in tool_streams:  # content and calls as the parser tells them apart
+                calls = tool_streams[index]
+                for delta in calls.deltas(output.new_text, output.finished):
+                    yield _event(_chunk(response_id, created, body.model, kind, index, delta))
+                if output.finished:
+                    yield _event(_chunk(response_id, created, body.model, kind, index, {},
+                                        _openai_finish_reason(output, calls.has_calls)))
+            elif output.new_text or output.finished:
                 delta = {"content": output.new_text} if kind == "chat.completion" else output.new_text
                 yield _event(_chunk(response_id, created, body.model, kind, index, delta,
                                     _openai_finish_reason(output) if output.finished else None))
@@ -229,11 +247,17 @@ def _chunk(response_id, created, model, kind, index, delta, finish_reason=None) 
             "created": created, "model": model, "choices": [choice]}
 
 
-def _full_response(finals: list[RequestOutput], model: str, kind: str, response_id: str, tokenizer) -> dict:
+def _full_response(finals: list[RequestOutput], model: str, kind: str, response_id: str, tokenizer,
+                   tools: ToolPlan | None) -> dict:
     choices = []
     for i, out in enumerate(finals):
         choice = {"index": i, "finish_reason": _openai_finish_reason(out)}
-        if kind == "chat.completion":
+        if kind == "chat.completion" and tools is not None:
+            content, calls = parse_reply(out.text, tools.names, tools.max_calls)
+            choice["message"] = {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}
+            choice["finish_reason"] = _openai_finish_reason(out, bool(calls))
+            choice["logprobs"] = _chat_logprobs(out, tokenizer)
+        elif kind == "chat.completion":
             choice["message"] = {"role": "assistant", "content": out.text}
             choice["logprobs"] = _chat_logprobs(out, tokenizer)
         else:
@@ -244,8 +268,10 @@ def _full_response(finals: list[RequestOutput], model: str, kind: str, response_
             "choices": choices, "usage": _usage(finals)}
 
 
-def _openai_finish_reason(out: RequestOutput) -> str:
-    return "length" if out.finish_reason == "length" else "stop"
+def _openai_finish_reason(out: RequestOutput, has_tool_calls: bool = False) -> str:
+    if out.finish_reason == "length":
+        return "length"
+    return "tool_calls" if has_tool_calls else "stop"
 
 
 def _usage(finals: list[RequestOutput]) -> dict:

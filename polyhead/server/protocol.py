@@ -5,9 +5,10 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from polyhead.engine.core.params import MAX_SEED, MIN_SEED, SamplingParams
+from polyhead.server.tool_protocol import Tool, ToolCall, ToolChoice
 
 
 class RequestBody(BaseModel):
@@ -34,6 +35,13 @@ def _check_unicode(value) -> None:
     elif isinstance(value, list | tuple):
         for item in value:
             _check_unicode(item)
+    elif isinstance(value, dict):  # a tool's JSON schema, keys included
+        for key, item in value.items():
+            _check_unicode(key)
+            _check_unicode(item)
+    elif isinstance(value, BaseModel):  # nested bodies (tools, tool calls) are checked through their fields
+        for name in type(value).model_fields:
+            _check_unicode(getattr(value, name))
 
 
 class StreamOptions(BaseModel):
@@ -91,7 +99,20 @@ class CompletionRequest(SamplingFields):
 
 class ChatMessage(RequestBody):
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str
+    content: str | None = None  # None only on an assistant message that carries tool_calls
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant: the calls it made, sent back in the history
+    tool_call_id: str | None = None  # tool: the call this message answers
+
+    @model_validator(mode="after")
+    def _content_or_tool_calls(self):
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (only an assistant message with tool_calls may omit it)")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("tool_call_id is required on a tool message: the id of the call it answers")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"tool_calls are only allowed on assistant messages, not {self.role}")
+        return self
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -99,6 +120,9 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None  # None: "auto" when tools are given, else "none" (OpenAI's defaults)
+    parallel_tool_calls: bool = True
 
     def chat_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
