@@ -81,9 +81,12 @@ def _params(state, served, body, logprobs: int | None, index: int) -> SamplingPa
         body = body.model_copy(update={k: v for k, v in served.task.spec.sampling.items()
                                        if k not in body.model_fields_set})
     try:
-        return body.sampling_params(state.default_max_tokens, logprobs, index)
+        params = body.sampling_params(state.default_max_tokens, logprobs, index)
     except ValueError as err:
-        raise APIError(400, str(err), str(err).split(" ", 1)[0]) from err
+        raise APIError(400, str(err), str(err).split(" ", 1)[0].split(".", 1)[0]) from err
+    if served.task is not None and served.task.structured is not None and not body.asks_structure:
+        params.structured = served.task.structured  # the task's own response_format
+    return params
 
 
 async def _respond(state, served, request, body, prompt, params: list[SamplingParams], kind: str, response_id: str,

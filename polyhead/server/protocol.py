@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from polyhead.engine.core.params import MAX_SEED, MIN_SEED, SamplingParams
+from polyhead.server.structured import ResponseFormat, StructuredOutputs, requested_structure
 from polyhead.server.tool_protocol import Tool, ToolCall, ToolChoice
 
 
@@ -70,6 +71,9 @@ class SamplingFields(RequestBody):
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0)
     ignore_eos: bool = False
+    # structured output: OpenAI's response_format, or vLLM's structured_outputs extras (one of them)
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
 
     def sampling_params(self, default_max_tokens: int, logprobs: int | None, index: int = 0) -> SamplingParams:
         # With n > 1 and a seed, each choice gets its own seed so the choices differ yet repeat.
@@ -81,7 +85,12 @@ class SamplingFields(RequestBody):
             repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, seed=seed,
             max_tokens=self.max_tokens or default_max_tokens, stop=self._stops(), ignore_eos=self.ignore_eos,
-            logprobs=logprobs)
+            logprobs=logprobs, structured=requested_structure(self.response_format, self.structured_outputs))
+
+    @property
+    def asks_structure(self) -> bool:
+        """Did the body say what structure its reply has (response_format "text" included)?"""
+        return self.response_format is not None or self.structured_outputs is not None
 
     def _stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -12,7 +12,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from polyhead.engine.core.params import StructuredOutput
 from polyhead.models.heads import EmbedPooler, load_head
+from polyhead.server.structured import ResponseFormat
 from polyhead.tasks.spec import TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class ServedTask:
     backbone: Backbone
     adapter: str | None  # the adapter name registered on the backbone's engine; None: base weights
     dimensions: int | None = None  # embed: length of the vector
+    structured: StructuredOutput | None = None  # generate: its response_format, checked at start-up
 
     @property
     def name(self) -> str:
@@ -130,6 +133,8 @@ def _bind(spec: TaskSpec, backbone: Backbone) -> ServedTask:
         engine.register_adapter(spec.name, spec.adapter)
         adapter = spec.name
     served = ServedTask(spec, backbone, adapter)
+    if spec.response_format:
+        served.structured = ResponseFormat.model_validate(spec.response_format).to_structured()
     if spec.kind in ("classify", "tag") and spec.head is not None:
         head = load_head(spec.head, spec.kind, len(spec.labels), backbone.hidden_size, spec.pooling)
         engine.register_head(spec.name, head)

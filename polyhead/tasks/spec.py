@@ -38,6 +38,9 @@ class TaskSpec:
     prompt_template: str | None = None  # "{input}" is replaced by the request's text
     verbalizers: dict[str, str] = field(default_factory=dict)  # zero-shot classify: label -> its answer text
     sampling: dict = field(default_factory=dict)  # generate: default SamplingParams fields
+    # generate: the structure every reply has unless the request asks for its own, in OpenAI's
+    # response_format shape, e.g. {type: json_schema, json_schema: {name: x, schema: {...}}}
+    response_format: dict = field(default_factory=dict)
     description: str = ""
 
     def __post_init__(self):
@@ -60,6 +63,8 @@ class TaskSpec:
                 raise ValueError(f"{where}: zero-shot labels need non-empty verbalizers: {missing}")
         if self.prompt_template is not None and "{input}" not in self.prompt_template:
             raise ValueError(f"{where}: prompt_template must contain {{input}}")
+        if self.response_format and self.kind != "generate":
+            raise ValueError(f"{where}: response_format applies to generate tasks only, not {self.kind}")
         unknown = set(self.verbalizers) - set(self.labels)
         if unknown:
             raise ValueError(f"{where}: verbalizers name unknown labels {sorted(unknown)}")

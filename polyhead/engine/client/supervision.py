@@ -55,7 +55,8 @@ class Progress:
         self.base_text = self.text + self.unsent_text
         self.num_base_tokens = num_done
         return replace(prepared, token_ids=prepared.token_ids + self.token_ids,
-                       params=replace(prepared.params, max_tokens=left))
+                       params=replace(prepared.params, max_tokens=left),
+                       num_continued_tokens=num_done)
 
     def rebase(self, out: RequestOutput) -> RequestOutput:
         """A continued request's output from the new engine, as the caller sees it: its own prompt,

@@ -95,7 +95,8 @@ class Engine:
         pooling = isinstance(params, PoolingParams)
         eos = frozenset() if pooling or params.ignore_eos else self.backend.eos_token_ids
         request = Request(req_id, prepared.token_ids, params, eos, task=routing.task, adapter=routing.adapter,
-                          priority=routing.priority, tenant=routing.tenant, deadline=routing.deadline)
+                          priority=routing.priority, tenant=routing.tenant, deadline=routing.deadline,
+                          num_continued_tokens=prepared.num_continued_tokens)
         if not pooling and params.seed is not None:
             request.generator = torch.Generator().manual_seed(params.seed)
         detokenizer = None if pooling else IncrementalDetokenizer(self.tokenizer, prepared.token_ids, params)

@@ -27,6 +27,8 @@ class StructuredOutput:
     kind: str
     value: str = ""
     choices: tuple[str, ...] = ()
+    # json: a schema keyword the grammar engine does not implement is refused (True) or ignored (False)
+    strict: bool = True
 
     def __post_init__(self):
         _check(self.kind in STRUCTURED_KINDS, "structured_outputs",

@@ -55,6 +55,9 @@ class Request:
     block_hashes: list[int] = field(default_factory=list)  # chained hash of each full block of all_token_ids
     generator: torch.Generator | None = None  # the request's own RNG when params.seed is set
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
+    # the prompt's last tokens that are its own output from an engine that died (a continuation):
+    # its grammar, if it has one, has already read them
+    num_continued_tokens: int = 0
 
     def __post_init__(self):
         self.all_token_ids = list(self.prompt_token_ids)
@@ -111,6 +114,7 @@ class PreparedRequest:
     token_ids: list[int]
     params: SamplingParams | PoolingParams  # checked, with the task head's defaults filled in
     routing: Routing
+    num_continued_tokens: int = 0  # the last prompt tokens that are output from before a restart
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -12,6 +12,7 @@ from polyhead.engine.core.outputs import EngineStats, StepStats
 from polyhead.engine.core.params import SamplingParams
 from polyhead.engine.core.policy import make_policy
 from polyhead.engine.core.request import Request, RequestStatus
+from polyhead.engine.decoder.grammar import GrammarManager
 from polyhead.engine.decoder.kv_cache import KVCacheManager
 from polyhead.engine.decoder.kv_memory import plan_kv_cache
 from polyhead.engine.decoder.limits import RequestLimits
@@ -52,11 +53,12 @@ class DecoderBackend:
         # The adapters in use are those of running requests: never evicted while a row needs them.
         self.lora = LoRAManager(self.model, self.model_config, dtype, config.max_loras, config.max_lora_rank,
                                 in_use=lambda: {r.adapter for r in self.scheduler.running if r.adapter is not None})
+        self.grammars = GrammarManager(self.tokenizer, self.model_config.vocab_size, self.eos_token_ids)
         policy = make_policy(config.policy, config.tenant_weights, config.task_weights)
         self.scheduler = Scheduler(self.kv_cache, config.max_num_seqs, config.max_num_batched_tokens,
                                    self.max_model_len, policy, config.pooling_token_budget,
-                                   is_adapter_ready=self.lora.is_ready)
-        self.runner = ModelRunner(self.model, num_blocks, config.block_size, dtype, self.lora)
+                                   is_adapter_ready=self.lora.is_ready, is_grammar_ready=self.grammars.is_ready)
+        self.runner = ModelRunner(self.model, num_blocks, config.block_size, dtype, self.lora, self.grammars)
         for name, folder in config.adapters.items():
             self.register_adapter(name, folder)
         self.info = BackboneInfo(model_name(self.model_folder), str(self.model_folder), str(self.model_folder), True,
@@ -83,11 +85,14 @@ class DecoderBackend:
 
     def finish(self, req_id: str, status: RequestStatus) -> bool:
         self.runner.pooler.release(req_id)
+        self.grammars.release(req_id)
         return self.scheduler.finish(req_id, status) is not None
 
     def step(self) -> BackendStep:
         failed = self._unloadable_adapter_requests() if self.lora.failed else {}
         sched = self.scheduler.schedule()
+        if self.grammars.failed:
+            failed.update(self.grammars.take_failed())
         timed_out = [r.req_id for r in sched.timed_out]
         for request in sched.preempted:  # a preempted pooling request restarts from scratch
             self.runner.pooler.release(request.req_id)
@@ -98,6 +103,7 @@ class DecoderBackend:
         failed.update(result.errors)
         # Rows that failed are left out of the update: the engine ends them and frees their blocks.
         finished = self.scheduler.update(sched.without(set(result.errors)), result.sampled_token_ids)
+        failed.update(self._advance_grammars(sched, result.sampled_token_ids, finished))
         pooled = {r.req_id: result.pooled[r.req_id] for r in finished if r.is_pooling}
         return BackendStep(_step_stats(sched, result), timed_out, failed, result.sampled_token_ids,
                            result.logprobs, pooled)
@@ -121,6 +127,24 @@ class DecoderBackend:
             return kept, self.runner.execute(kept), dict.fromkeys(newest, why)
         except Exception as err:
             raise StepFailed(everyone) from err
+
+    def _advance_grammars(self, sched: SchedulerOutput, sampled: dict[str, int],
+                          finished: list[Request]) -> dict[str, str]:
+        """Feed each constrained row's new token to its grammar. A grammar that takes nothing more
+        ends its request with "stop" (the reply is whole); one a token broke fails the request."""
+        broken = {}
+        for request in finished:
+            self.grammars.release(request.req_id)
+        for request, _ in sched.scheduled:
+            if request.req_id not in sampled or request.is_finished:
+                continue
+            verdict = self.grammars.advance(request)
+            if verdict == "complete":
+                self.scheduler.finish(request.req_id, RequestStatus.FINISHED_STOPPED)
+                self.grammars.release(request.req_id)
+            elif verdict is not None:
+                broken[request.req_id] = f"the output broke its structured_outputs grammar: {verdict}"
+        return broken
 
     def _unloadable_adapter_requests(self) -> dict[str, str]:
         return {r.req_id: f"adapter {r.adapter!r} failed to load: {self.lora.failed[r.adapter]}"

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from polyhead.engine.core.params import PoolingParams, SamplingParams
 from polyhead.engine.core.pooling import resolve_pooling_params
+from polyhead.engine.decoder.grammar_source import check_structured
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,8 @@ class RequestLimits:
             raise ValueError(f"adapter {adapter!r} is not registered (registered adapters: {known})")
         if isinstance(params, PoolingParams):
             params = resolve_pooling_params(params, task, heads, len(token_ids))
+        elif params.structured is not None:
+            check_structured(params.structured)
         return token_ids, params
 
     def validate_prompt(self, token_ids: list[int]) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from polyhead.engine.core.request import Request
+from polyhead.engine.decoder.grammar import GrammarManager
 from polyhead.engine.decoder.kv_memory import kv_bytes_per_token, lazily_zeroed
 from polyhead.engine.decoder.pooler import Pooled, Pooler, PoolingRow
 from polyhead.engine.decoder.sampler import Sampler, SamplingRow, TokenLogprobs
@@ -42,7 +43,7 @@ class BatchInputs:
 
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int, dtype: torch.dtype,
-                 lora: LoRAManager | None = None):
+                 lora: LoRAManager | None = None, grammars: GrammarManager | None = None):
         config = model.config
         self.model = prepare_for_inference(model)
         self.block_size = block_size
@@ -57,6 +58,7 @@ class ModelRunner:
         self.sampler = Sampler()
         self.pooler = Pooler(config.hidden_size)
         self.lora = lora  # None: base weights only
+        self.grammars = grammars  # None: no structured outputs
 
     @staticmethod
     def cache_bytes_per_block(model: LlamaForCausalLM, block_size: int, dtype: torch.dtype) -> int:
@@ -80,7 +82,9 @@ class ModelRunner:
 
     def _sample(self, logits: torch.Tensor, requests: list[Request]) -> RunnerOutput:
         # logits: [len(requests), vocab] float32
-        rows = [SamplingRow(r.params, r.prompt_token_ids, r.output_token_ids, r.generator) for r in requests]
+        allowed = self.grammars.allowed_tokens(requests) if self.grammars is not None else [None] * len(requests)
+        rows = [SamplingRow(r.params, r.prompt_token_ids, r.output_token_ids, r.generator, mask)
+                for r, mask in zip(requests, allowed)]
         try:
             out = self.sampler(logits, rows)
         except Exception:  # noqa: BLE001 - one row's failure must not take the others: sample them one by one

@@ -1,7 +1,7 @@
 """Batched sampling: every row has its own parameters, all applied with per-row tensors each step.
 
-Order (as vLLM): penalties on the raw logits -> temperature -> top-k -> top-p -> min-p -> sample.
-Reported logprobs are the raw model's log-softmax, before any of that.
+Order (as vLLM): a grammar's token mask -> penalties on the raw logits -> temperature -> top-k ->
+top-p -> min-p -> sample. Reported logprobs are the raw model's log-softmax, before any of that.
 """
 
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ class SamplingRow:
     prompt_token_ids: list[int]
     output_token_ids: list[int]  # tokens generated so far (before this step)
     generator: torch.Generator | None  # the request's own RNG when params.seed is set, else None
+    allowed_tokens: torch.Tensor | None = None  # [V] bool: what its grammar allows next; None: any token
 
 
 @dataclass(slots=True)
@@ -41,14 +42,21 @@ class Sampler:
         params = [r.params for r in rows]
         logprob_rows = [i for i, p in enumerate(params) if p.logprobs is not None]
         needs_penalties = any(p.needs_penalties for p in params)
+        constrained = [i for i, r in enumerate(rows) if r.allowed_tokens is not None]
         if not logprob_rows and not needs_penalties and all(p.is_greedy for p in params):
             # on CPU, converting to float32 first is faster than argmax over bf16
-            return SamplerOutput(logits.float().argmax(dim=-1).tolist(), [None] * len(rows))
-        # penalties write in place, so they get their own copy, never the caller's tensor
-        logits = logits.to(torch.float32, memory_format=torch.contiguous_format, copy=needs_penalties)
+            logits = logits.float()
+            if constrained:
+                logits = _mask_disallowed(logits.clone(), rows, constrained)
+            return SamplerOutput(logits.argmax(dim=-1).tolist(), [None] * len(rows))
+        # penalties and masks write in place, so they get their own copy, never the caller's tensor
+        logits = logits.to(torch.float32, memory_format=torch.contiguous_format,
+                           copy=needs_penalties or bool(constrained))
         raw_logprobs = None  # [L, V] for the rows in logprob_rows; taken before penalties change logits
         if logprob_rows:
             raw_logprobs = _take_rows(logits, logprob_rows).log_softmax(dim=-1)
+        if constrained:
+            _mask_disallowed(logits, rows, constrained)
         if needs_penalties:
             _apply_penalties(logits, rows)
         greedy = [i for i, p in enumerate(params) if p.is_greedy]
@@ -62,6 +70,15 @@ class Sampler:
             chosen[greedy] = logits[greedy].argmax(dim=-1)
             chosen[sampled] = _sample(logits[sampled], [rows[i] for i in sampled])
         return SamplerOutput(chosen.tolist(), _gather_logprobs(raw_logprobs, logprob_rows, chosen, rows))
+
+
+def _mask_disallowed(logits: torch.Tensor, rows: list[SamplingRow], constrained: list[int]) -> torch.Tensor:
+    # logits: [B, V], changed in place: -inf at the tokens a constrained row's grammar forbids
+    allowed = torch.stack([rows[i].allowed_tokens for i in constrained])  # [R, V]
+    if len(constrained) == len(rows):
+        return logits.masked_fill_(~allowed, float("-inf"))
+    logits[constrained] = logits[constrained].masked_fill(~allowed, float("-inf"))
+    return logits
 
 
 def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> None:

@@ -45,7 +45,8 @@ class Scheduler:
     def __init__(self, kv_cache: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
                  max_model_len: int, policy: SchedulingPolicy | None = None, pooling_token_budget: int = 0,
                  clock: Callable[[], float] = time.monotonic,
-                 is_adapter_ready: Callable[[str | None], bool] = lambda adapter: True):
+                 is_adapter_ready: Callable[[str | None], bool] = lambda adapter: True,
+                 is_grammar_ready: Callable[[Request], bool] = lambda request: True):
         self.kv_cache = kv_cache
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -58,6 +59,8 @@ class Scheduler:
         # adapter name (None: base) -> can a request using it run now? (LoRAManager.is_ready); a
         # waiting request that cannot is skipped without holding up those behind it
         self.is_adapter_ready = is_adapter_ready
+        # request -> has its structured output's grammar compiled? (GrammarManager.is_ready); skipped likewise
+        self.is_grammar_ready = is_grammar_ready
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
@@ -117,7 +120,7 @@ class Scheduler:
             for request in self.policy.waiting_order(self.waiting):  # (ordering costs: only when one can go)
                 if budget <= 0 or len(self.running) >= self.max_num_seqs:
                     break
-                if not self.is_adapter_ready(request.adapter):
+                if not self.is_adapter_ready(request.adapter) or not self.is_grammar_ready(request):
                     continue
                 limit = budget if request.is_pooling else budget - reserve
                 if limit <= 0:
