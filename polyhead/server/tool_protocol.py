@@ -2,9 +2,9 @@
 among them, and the calls an assistant message carries back in the history. Their strings are
 checked for valid Unicode by the request body that holds them (protocol.RequestBody)."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
 
 FUNCTION_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # what OpenAI accepts as a function's name
 
@@ -38,7 +38,16 @@ class NamedToolChoice(ToolBody):
     function: FunctionName
 
 
-ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+def _one_tool_choice(value, handler):
+    """One error for the whole field, not one per member of the union (which names pydantic's internals)."""
+    try:
+        return handler(value)
+    except ValidationError:
+        raise ValueError('must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}, '
+                         f"got {value!r}") from None
+
+
+ToolChoice = Annotated[Literal["none", "auto", "required"] | NamedToolChoice, WrapValidator(_one_tool_choice)]
 
 
 class FunctionCall(ToolBody):

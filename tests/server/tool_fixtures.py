@@ -1,7 +1,20 @@
 """A tiny Qwen2-architecture model whose tokenizer carries Qwen2.5's chat template, the one that
-renders `tools`, the assistant's `<tool_call>` blocks and `tool` replies; and a tool to offer it."""
+renders `tools`, the assistant's `<tool_call>` blocks and `tool` replies; tools to offer it; and a
+live server around it in either engine mode."""
 
-from tests.conftest import make_tiny_model, tiny_tokenizer
+import json
+from contextlib import contextmanager
+
+from polyhead.config import EngineConfig
+from polyhead.engine.client.async_engine import AsyncEngine
+from polyhead.engine.client.process_engine import ProcessEngine
+from polyhead.server.app import ServerSettings, build_app
+from tests.conftest import make_engine, make_tiny_model, serve_in_thread, tiny_tokenizer
+from tests.server.conftest import MODEL
+
+# The byte-level tiny tokenizer spends a token per character, and Qwen2.5's tool prompt alone is
+# about 900 characters: the tiny model's context is raised (its rotary positions have no table).
+MAX_MODEL_LEN = 2048
 
 # Qwen2.5-Instruct's chat template (tokenizer_config.json), as published.
 QWEN25_TEMPLATE = (
@@ -86,4 +99,19 @@ def make_tiny_qwen_with_tools(folder):
     """A tiny random Qwen2 model saved with a tokenizer whose template takes tools."""
     make_tiny_model(folder, "qwen2")
     qwen_tools_tokenizer().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": MAX_MODEL_LEN}))
     return folder
+
+
+@contextmanager
+def tools_server(folder, mode: str = "thread"):
+    """The base URL of a server around the model in `folder`, its engine stepping on a thread or in a child."""
+    if mode == "process":
+        engine = ProcessEngine.from_config(EngineConfig(model=str(folder), dtype="float32", kv_cache_memory="16MiB",
+                                                        max_model_len=MAX_MODEL_LEN))
+    else:
+        engine = AsyncEngine(make_engine(folder, max_model_len=MAX_MODEL_LEN))
+    app = build_app(engine, ServerSettings(model_names=[MODEL], default_max_tokens=16))
+    with serve_in_thread(app, start_timeout_s=60) as url:
+        yield url
