@@ -255,13 +255,9 @@ def _full_response(finals: list[RequestOutput], model: str, kind: str, response_
     choices = []
     for i, out in enumerate(finals):
         choice = {"index": i, "finish_reason": _openai_finish_reason(out)}
-        if kind == "chat.completion" and tools is not None:
-            content, calls = parse_reply(out.text, tools.names, tools.max_calls)
-            choice["message"] = {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}
-            choice["finish_reason"] = _openai_finish_reason(out, bool(calls))
-            choice["logprobs"] = _chat_logprobs(out, tokenizer)
-        elif kind == "chat.completion":
-            choice["message"] = {"role": "assistant", "content": out.text}
+        if kind == "chat.completion":
+            choice["message"] = _chat_message(out.text, tools)
+            choice["finish_reason"] = _openai_finish_reason(out, "tool_calls" in choice["message"])
             choice["logprobs"] = _chat_logprobs(out, tokenizer)
         else:
             choice["text"] = out.text
@@ -269,6 +265,13 @@ def _full_response(finals: list[RequestOutput], model: str, kind: str, response_
         choices.append(choice)
     return {"id": response_id, "object": kind, "created": int(time.time()), "model": model,
             "choices": choices, "usage": _usage(finals)}
+
+
+def _chat_message(text: str, tools: ToolPlan | None) -> dict:
+    if tools is None:
+        return {"role": "assistant", "content": text}
+    content, calls = parse_reply(text, tools.names, tools.max_calls)
+    return {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}
 
 
 def _openai_finish_reason(out: RequestOutput, has_tool_calls: bool = False) -> str:
