@@ -15,11 +15,17 @@ import json
 import re
 from dataclasses import dataclass, replace
 
+import llguidance
+
 from polyhead.engine.core.params import SamplingParams, StructuredOutput
 from polyhead.server.errors import APIError
 from polyhead.server.tool_protocol import NamedToolChoice, Tool
 
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+
+# An enforced call is written as Qwen2.5's template writes one (json.dumps' separators, no newlines),
+# not in whatever whitespace the grammar would allow: a small model otherwise spends its tokens on it.
+CALL_JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 # Qwen2.5's own text, so a model trained on either writes the same calls the parser reads.
 TOOLS_SYSTEM_PROMPT = (
@@ -56,6 +62,8 @@ class ToolPlan:
                                     f"tools ({', '.join(names) or 'none given'})", "tool_choice")
         if choice in ("required", "named") and not tools:
             raise APIError(400, f"tool_choice {choice!r} needs at least one tool in tools", "tool_choice")
+        for i, tool in enumerate(tools):
+            _check_parameters(tool, i, is_enforced=choice == "required" or tool.function.name == forced_name)
         return cls(tools, choice, forced_name, parallel_tool_calls)
 
     @property
@@ -84,11 +92,27 @@ class ToolPlan:
         """A Lark grammar (llguidance's dialect): one or more calls, each a JSON object whose name is one
         of the allowed functions and whose arguments follow that function's parameters schema."""
         allowed = [t for t in self.tools if self.forced_name in (None, t.function.name)]
-        call = {"anyOf": [_call_schema(tool) for tool in allowed]}
+        call = {"x-guidance": CALL_JSON_LAYOUT, "anyOf": [_call_schema(tool) for tool in allowed]}
         many = "" if self.max_calls == 1 else ' ("\\n" tool_call)*'
         lark = (f"start: tool_call{many}\n"
                 f'tool_call: "{TOOL_CALL_OPEN}\\n" %json {json.dumps(call)} "\\n{TOOL_CALL_CLOSE}"\n')
         return StructuredOutput("grammar", lark)
+
+
+def _check_parameters(tool: Tool, index: int, is_enforced: bool) -> None:
+    """The parameters are an object's schema; one the grammar will enforce must also compile, and its
+    error names the tool (the engine's would name only the whole tool-call grammar)."""
+    parameters, param = tool.function.parameters, f"tools.{index}.function.parameters"
+    if parameters is None:
+        return
+    if parameters.get("type", "object") != "object":
+        raise APIError(400, f"{param}: must describe an object (the arguments), not type {parameters['type']!r}",
+                       param)
+    if is_enforced:
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
+            llguidance.LLMatcher.grammar_from_json_schema(parameters))
+        if is_error:
+            raise APIError(400, f"{param}: this schema cannot be enforced: {messages[0]}", param)
 
 
 def _call_schema(tool: Tool) -> dict:

@@ -151,6 +151,11 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", 
     ({"tools": [{"type": "retrieval"}]}, "tools.0.type"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"\ud800": {}}}}]}, "tools"),
     ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]},
+     "tools.0.function.parameters"),
+    ({"tools": [WEATHER_TOOL, {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"type": "strin"}}}}}], "tool_choice": "required"},
+     "tools.1.function.parameters"),
     ({"messages": [*QUESTION, {"role": "tool", "content": "22 C"}]}, "messages.1"),
     ({"messages": [*QUESTION, {"role": "assistant"}]}, "messages.1"),
     ({"messages": [*QUESTION, {"role": "assistant", "tool_calls": [{**CALL, "function": {

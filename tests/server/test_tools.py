@@ -16,7 +16,7 @@ from tests.conftest import CHAT_TEMPLATE, tiny_tokenizer
 from tests.server.tool_fixtures import QWEN25_TEMPLATE, TIME_TOOL, WEATHER_TOOL, qwen_tools_tokenizer
 
 PARIS = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>'
-UTC = '<tool_call>\n{"name":"get_time","arguments":{"zone":"UTC"}}\n</tool_call>'
+UTC = '<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n</tool_call>'
 
 
 def plan(tool_choice="auto", parallel=True, tools=(WEATHER_TOOL, TIME_TOOL)) -> ToolPlan:
@@ -47,6 +47,7 @@ def test_required_accepts_calls_to_any_tool_and_nothing_else(ll_tokenizer):
     assert not accepts(ll_tokenizer, grammar.value, PARIS.replace('"celsius"', '"kelvin"'))  # the enum
     assert not accepts(ll_tokenizer, grammar.value, PARIS.replace('"Paris"', '"Llanfairpwllgwyngyll"'))  # maxLength
     assert not accepts(ll_tokenizer, grammar.value, PARIS.replace(', "unit": "celsius"', ""))  # required
+    assert not accepts(ll_tokenizer, grammar.value, PARIS.replace('{"city"', '{ "city"'))  # Qwen's layout only
 
 
 def test_named_choice_and_no_parallel_calls_allow_one_call(ll_tokenizer):
