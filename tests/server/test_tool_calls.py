@@ -15,6 +15,7 @@ from tests.server.tool_fixtures import (
     WEATHER_TOOL,
     make_tiny_qwen_with_tools,
     qwen_tools_tokenizer,
+    streamed_calls,
     tools_server,
 )
 
@@ -76,9 +77,10 @@ def test_named_choice_whole_and_streamed_then_the_tool_reply_goes_back(client):
     chunks = list(client.chat.completions.create(**kwargs, stream=True))
     deltas = [c.choices[0].delta for c in chunks if c.choices]
     assert deltas[0].role == "assistant"
-    streamed = [d.tool_calls[0] for d in deltas if d.tool_calls]
-    assert len(streamed) == 1 and streamed[0].index == 0 and streamed[0].id.startswith("call_")
-    assert (streamed[0].function.name, streamed[0].function.arguments) == (call.function.name, call.function.arguments)
+    [streamed] = streamed_calls(chunks)
+    assert streamed["id"].startswith("call_")
+    assert (streamed["name"], streamed["arguments"]) == (call.function.name, call.function.arguments)
+    assert sum(bool(d.tool_calls) for d in deltas) > 2  # the arguments came in pieces, as they were written
     assert not "".join(d.content or "" for d in deltas)
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
@@ -94,11 +96,15 @@ def test_named_choice_whole_and_streamed_then_the_tool_reply_goes_back(client):
     assert answer.usage.prompt_tokens == prompt_tokens(rendered)  # the call and its reply, in Qwen's template
 
 
-def test_required_without_parallel_calls_makes_exactly_one_call(thread_client):
-    outs = thread_client.chat.completions.create(model=MODEL, messages=QUESTION, tools=TOOLS, tool_choice="required",
-                                                 parallel_tool_calls=False, temperature=1.0, seed=3, n=3,
-                                                 max_tokens=200)
-    for choice in outs.choices:
+def test_required_without_parallel_calls_makes_exactly_one_call_per_choice(thread_client):
+    kwargs = {"model": MODEL, "messages": QUESTION, "tools": TOOLS, "tool_choice": "required",
+              "parallel_tool_calls": False, "temperature": 1.0, "seed": 3, "n": 3, "max_tokens": 200}
+    outs = thread_client.chat.completions.create(**kwargs)
+    chunks = list(thread_client.chat.completions.create(**kwargs, stream=True))
+    for choice in outs.choices:  # seeded: each streamed choice is its whole twin
+        [streamed] = streamed_calls(chunks, choice.index)
+        assert (streamed["name"], streamed["arguments"]) == \
+            (choice.message.tool_calls[0].function.name, choice.message.tool_calls[0].function.arguments)
         assert choice.finish_reason == "tool_calls"
         [call] = choice.message.tool_calls
         if call.function.name == "get_weather":
@@ -112,9 +118,7 @@ def test_required_with_parallel_calls_streams_every_call_with_its_index(thread_c
               "seed": 11, "max_tokens": 400}
     whole = thread_client.chat.completions.create(**kwargs).choices[0]
     chunks = list(thread_client.chat.completions.create(**kwargs, stream=True))
-    streamed = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or []]
-    assert [c.index for c in streamed] == list(range(len(whole.message.tool_calls)))
-    assert [(c.function.name, c.function.arguments) for c in streamed] == \
+    assert [(c["name"], c["arguments"]) for c in streamed_calls(chunks)] == \
         [(c.function.name, c.function.arguments) for c in whole.message.tool_calls]
     assert whole.finish_reason in ("tool_calls", "length")
 

@@ -13,7 +13,7 @@ from polyhead.models.registry import DEFAULT_MODEL
 from polyhead.server.app import ServerSettings, build_app
 from polyhead.server.tools import TOOLS_SYSTEM_PROMPT
 from tests.conftest import serve_in_thread
-from tests.server.tool_fixtures import TIME_TOOL, WEATHER_TOOL
+from tests.server.tool_fixtures import TIME_TOOL, WEATHER_TOOL, streamed_calls
 
 pytestmark = pytest.mark.model
 
@@ -48,9 +48,7 @@ def test_named_choice_calls_the_tool_with_sensible_arguments_whole_and_streamed(
     assert whole.usage.prompt_tokens == prompt_tokens(app, [{"role": "system", "content": system}, *QUESTION])
 
     chunks = list(client.chat.completions.create(**kwargs, stream=True))
-    streamed = [c for chunk in chunks if chunk.choices for c in chunk.choices[0].delta.tool_calls or []]
-    assert [(c.index, c.function.name, c.function.arguments) for c in streamed] == \
-        [(0, "get_weather", call.function.arguments)]
+    assert [(c["name"], c["arguments"]) for c in streamed_calls(chunks)] == [("get_weather", call.function.arguments)]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
     reply = {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 22, "sky": "sunny"}'}

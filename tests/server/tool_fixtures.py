@@ -115,3 +115,17 @@ def tools_server(folder, mode: str = "thread"):
     app = build_app(engine, ServerSettings(model_names=[MODEL], default_max_tokens=16))
     with serve_in_thread(app, start_timeout_s=60) as url:
         yield url
+
+
+def streamed_calls(chunks, choice_index: int = 0) -> list[dict]:
+    """A choice's tool calls put together from streamed chunks, as OpenAI documents it: a call's first
+    delta has its index, id and name, the later ones more arguments for that index."""
+    calls: list[dict] = []
+    for chunk in chunks:
+        for choice in chunk.choices:
+            for delta in (choice.delta.tool_calls or []) if choice.index == choice_index else []:
+                if delta.id is not None:
+                    assert delta.index == len(calls) and delta.type == "function"
+                    calls.append({"id": delta.id, "name": delta.function.name, "arguments": ""})
+                calls[delta.index]["arguments"] += delta.function.arguments or ""
+    return calls
