@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from polyhead.server.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 # Read only once the arguments' first character is in, so the whitespace before them is the header's.
+_JSON = json.JSONDecoder()
 _CALL_HEADER = re.compile(r'\s*\{\s*"name"\s*:\s*"([A-Za-z0-9_-]{1,64})"\s*,\s*"arguments"\s*:\s*(?=\S)')
 
 
@@ -164,8 +165,17 @@ class ToolCallParser:
 
 def _arguments_so_far(text: str, is_complete: bool) -> str:
     """The arguments in the text after the header: all but the call object's closing `}` and the
-    whitespace around it; while the block is open, also all but a possible start of `</tool_call>`."""
-    if not is_complete:
+    whitespace around it; while the block is open, also all but a possible start of `</tool_call>`.
+    A complete block whose arguments are one JSON value followed by at most that `}` is read exactly,
+    so a call cut just before its own `}` keeps its arguments' last brace."""
+    if is_complete:
+        try:
+            _, end = _JSON.raw_decode(text)
+        except json.JSONDecodeError:
+            end = None
+        if end is not None and text[end:].strip() in ("", "}"):
+            return text[:end]
+    else:
         text = text[:len(text) - _partial_tag_length(text, TOOL_CALL_CLOSE)]
     text = text.rstrip()
     return text[:-1].rstrip() if text.endswith("}") else text

@@ -63,6 +63,8 @@ def test_a_call_cut_by_max_tokens_keeps_what_was_written():
     content, tool_calls = parse_reply(f"{WEATHER}\n{TIME[:-18]}", NAMES)
     assert content is None and [c["function"]["arguments"] for c in tool_calls] == \
         ['{"city": "Paris", "unit": "celsius"}', '{"zone": "U']
+    cut_before_its_brace = parse_reply(TIME[:-14], NAMES)[1]  # ...{"zone": "UTC"}
+    assert cut_before_its_brace[0]["function"]["arguments"] == '{"zone": "UTC"}'
 
 
 def test_a_call_cut_before_its_closing_tag_is_still_read():
@@ -99,7 +101,7 @@ OTHER_LAYOUT = '<tool_call>{"arguments": {"zone": "CET"}, "name": "get_time"}</t
 @pytest.mark.parametrize(("text", "max_calls"), [
     (f"Checking <the> weather:\n{WEATHER}\n{TIME}", None), (f"{WEATHER}\n{TIME}\n{PRETTY}", 1),
     ("plain <tool_cal text  ", None), (f"{WEATHER}\nand then some text\n", None),
-    (f"{PRETTY}\n{OTHER_LAYOUT}\n{TIME[:-18]}", None), (f"{OTHER_LAYOUT} {WEATHER}", 1)])
+    (f"{PRETTY}\n{OTHER_LAYOUT}\n{TIME[:-18]}", None), (f"{OTHER_LAYOUT} {WEATHER}", 1), (TIME[:-14], None)])
 def test_every_split_of_a_stream_adds_up_to_the_whole_reply(text, max_calls):
     whole_content, whole_calls = parse_reply(text, NAMES, max_calls)
     assert len(whole_calls) == (max_calls or text.count("<tool_call>"))
