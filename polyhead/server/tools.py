@@ -85,7 +85,8 @@ class ToolPlan:
             return params
         if params.structured is not None:
             raise APIError(400, f"tool_choice {self.choice!r} constrains the reply to tool calls; it cannot be "
-                                "combined with response_format", "tool_choice")
+                                "combined with response_format or structured_outputs (nor a task's own "
+                                "response_format)", "tool_choice")
         return replace(params, structured=self.grammar())
 
     def grammar(self) -> StructuredOutput:
