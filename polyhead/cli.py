@@ -280,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     from polyhead.bench.offline import add_offline_parser
     from polyhead.bench.perplexity import add_perplexity_parser
     from polyhead.bench.serve import add_serve_parser
+    from polyhead.bench.structured import add_structured_parser
 
     bench = commands.add_parser("bench", help="measure polyhead (and its peers) on this machine")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
@@ -288,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_mixed_parser(bench_commands)
     add_perplexity_parser(bench_commands)
     add_agreement_parser(bench_commands)
+    add_structured_parser(bench_commands)
     return parser
 
 

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from polyhead.engine.core.outputs import RequestOutput
 from polyhead.engine.core.params import SamplingParams
+from polyhead.engine.decoder.grammar import GRAMMAR_ERROR_PREFIX
 from polyhead.server.errors import APIError, deadline_error, error_chunk, exception_chunk
 from polyhead.server.offload import input_size, tokenize_off_loop
 from polyhead.server.protocol import ChatCompletionRequest, CompletionRequest, new_id
@@ -129,6 +130,10 @@ async def _respond(state, served, request, body, prompt, params: list[SamplingPa
         clock.done("timeout", 0)
         raise deadline_error(timeout)
     failed = next((out for out in finals if out.finish_reason == "error"), None)
+    if failed is not None and (failed.error or "").startswith(GRAMMAR_ERROR_PREFIX):  # the client's grammar
+        clock.done("error", 0)
+        field = "response_format" if body.structured_outputs is None else "structured_outputs"
+        raise APIError(400, field + failed.error.removeprefix(GRAMMAR_ERROR_PREFIX), field, "invalid_grammar")
     if failed is not None:
         clock.done("error", 0)
         raise APIError(500, failed.error or "the engine failed on this request", None, "engine_error")

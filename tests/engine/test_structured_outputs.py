@@ -152,11 +152,24 @@ def test_a_continued_request_resumes_its_grammar_after_its_earlier_output(engine
     (StructuredOutput("regex", "a(b"), "unclosed group"),
     (StructuredOutput("grammar", "start: missing_rule"), "missing_rule"),
     (StructuredOutput("choice", choices=("a\ud800",)), "lone surrogate"),
+    # limits llguidance only meets once the grammar runs: the check walks its first bytes
+    (StructuredOutput("grammar", 'start: "a"{1000000}'), "Too many items"),
+    (StructuredOutput("regex", r"[^\s\S]"), "matches no text at all"),
 ])
 def test_a_grammar_that_cannot_compile_is_refused_naming_the_construct(engine, structured, construct):
     with pytest.raises(ValueError, match=re.escape(construct)):
         engine.add_request("x", SamplingParams(structured=structured))
     assert not engine.has_unfinished_requests()
+
+
+def test_a_choice_among_thousands_of_strings_and_special_characters(engine):
+    choices = tuple(f"option {i}" for i in range(5000)) + ('say "hi" \\ café',)
+    out = run(engine, {"c": ("q", SamplingParams(temperature=1.0, seed=2, max_tokens=30,
+                                                 structured=StructuredOutput("choice", choices=choices)))})["c"]
+    assert out.text in choices and out.finish_reason == "stop"
+    special = run(engine, {"s": ("q", SamplingParams(temperature=0.0, max_tokens=30, structured=StructuredOutput(
+        "choice", choices=('say "hi" \\ café',))))})["s"]
+    assert special.text == 'say "hi" \\ café'  # quotes, a backslash and a non-ASCII letter, as given
 
 
 def test_a_lenient_schema_ignores_what_strict_refuses():
@@ -196,3 +209,11 @@ def test_the_sampler_applies_a_mask_to_its_row_only(temperature, with_logprobs):
     if temperature == 0.0:
         assert out.token_ids[1] == (5 if original[1, 5] > original[1, 7] else 7)
     assert torch.equal(logits, original)  # the caller's logits are never changed
+
+
+def test_ignore_eos_keeps_a_constrained_row_going_until_its_grammar_ends(engine):
+    endless = StructuredOutput("regex", "[a-z]*")  # accepting all along: EOS is always allowed
+    out = run(engine, {"r": ("q", SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True,
+                                                 structured=endless))})["r"]
+    assert (len(out.token_ids), out.finish_reason) == (30, "length")
+    assert engine.tokenizer.eos_token_id not in out.token_ids and re.fullmatch("[a-z]*", out.text)

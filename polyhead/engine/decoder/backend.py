@@ -131,7 +131,7 @@ class DecoderBackend:
     def _advance_grammars(self, sched: SchedulerOutput, sampled: dict[str, int],
                           finished: list[Request]) -> dict[str, str]:
         """Feed each constrained row's new token to its grammar. A grammar that takes nothing more
-        ends its request with "stop" (the reply is whole); one a token broke fails the request."""
+        ends its request with "stop" (the reply is whole); one that failed fails the request."""
         broken = {}
         for request in finished:
             self.grammars.release(request.req_id)
@@ -143,7 +143,7 @@ class DecoderBackend:
                 self.scheduler.finish(request.req_id, RequestStatus.FINISHED_STOPPED)
                 self.grammars.release(request.req_id)
             elif verdict is not None:
-                broken[request.req_id] = f"the output broke its structured_outputs grammar: {verdict}"
+                broken[request.req_id] = verdict
         return broken
 
     def _unloadable_adapter_requests(self) -> dict[str, str]:

@@ -23,10 +23,12 @@ import torch
 
 from polyhead.engine.core.params import StructuredOutput
 from polyhead.engine.core.request import Request
-from polyhead.engine.decoder.grammar_source import grammar_source
+from polyhead.engine.decoder.grammar_source import grammar_source, short_error
 
 logger = logging.getLogger(__name__)
 
+# every error of a request's grammar starts so: the server answers it as the client's (a 400)
+GRAMMAR_ERROR_PREFIX = "structured_outputs"
 MAX_CACHED_GRAMMARS = 256  # compiled grammars kept, least recently used dropped first
 _BIT_POSITIONS = torch.arange(32, dtype=torch.int32)
 
@@ -44,6 +46,8 @@ class GrammarManager:
         self._eos_token_ids = sorted(eos_token_ids)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="polyhead-grammar")
         self._parallel = llguidance.LLExecutor()  # fills many rows' masks on its own threads
+        # masks are computed here while the forward runs (both release the GIL), read before sampling
+        self._mask_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="polyhead-grammar-mask")
         self._lock = threading.Lock()
         self._tokenizer: Future | None = None  # the llguidance tokenizer, converted once, on first use
         self._compiled: OrderedDict[StructuredOutput, Future] = OrderedDict()  # -> Future[LLMatcher]
@@ -63,7 +67,7 @@ class GrammarManager:
             return False
         error = future.exception()
         if error is not None:
-            self.failed[request.req_id] = f"structured_outputs {structured.kind} cannot be compiled: {error}"
+            self.failed[request.req_id] = f"{GRAMMAR_ERROR_PREFIX} {structured.kind} cannot be compiled: {error}"
             return False
         matcher = future.result().deep_copy()
         state = self._matchers[request.req_id] = _RequestMatcher(matcher, 0)
@@ -99,10 +103,17 @@ class GrammarManager:
         # on the worker thread: the tokenizer's future was submitted before this one, so it is done
         matcher = llguidance.LLMatcher(self._tokenizer.result(), grammar_source(structured), log_level=0)
         if matcher.is_error():
-            raise ValueError(matcher.get_error())
+            raise ValueError(short_error(matcher.get_error()))
         return matcher
 
     # --- each step ----------------------------------------------------------------------------------
+    def start_allowed_tokens(self, requests: list[Request]) -> Future | None:
+        """allowed_tokens(requests) on the mask thread, to overlap the forward; None: no row is constrained.
+        The matchers do not change meanwhile: they advance after the step, in `advance`."""
+        if not any(r.req_id in self._matchers for r in requests):
+            return None
+        return self._mask_thread.submit(self.allowed_tokens, requests)
+
     def allowed_tokens(self, requests: list[Request]) -> list[torch.Tensor | None]:
         """Per request, the tokens its grammar allows next ([vocab_size] bool), None where free."""
         constrained = [(i, self._matchers[r.req_id].matcher) for i, r in enumerate(requests)
@@ -122,14 +133,20 @@ class GrammarManager:
         # bit b of word w is token 32 * w + b
         bits = (bitmask.unsqueeze(-1) >> _BIT_POSITIONS) & 1  # [R, W, 32]
         allowed = bits.view(len(constrained), -1)[:, :self.vocab_size].bool()  # [R, V]
+        # ignore_eos keeps going past EOS, as free text does: only the grammar's own end stops it. A
+        # matcher that is not stopped can always take more than EOS, so some token stays allowed.
+        keep_going = [j for j, (i, _) in enumerate(constrained) if requests[i].params.ignore_eos]
+        if keep_going and self._eos_token_ids:
+            allowed[torch.tensor(keep_going).unsqueeze(1), torch.tensor(self._eos_token_ids)] = False
         for j, (i, _) in enumerate(constrained):
             out[i] = allowed[j]
         return out
 
     def advance(self, request: Request) -> str | None:
         """Feed the matcher the request's output tokens it has not seen. Returns "complete" when the
-        grammar takes nothing more (the request is done), "error: ..." when a token broke it,
-        None otherwise (also for a request without a grammar)."""
+        grammar takes nothing more (the request is done), an error message (GRAMMAR_ERROR_PREFIX...)
+        when the grammar failed (a limit of llguidance's hit while generating), None otherwise
+        (also for a request without a grammar)."""
         state = self._matchers.get(request.req_id)
         if state is None:
             return None
@@ -138,7 +155,7 @@ class GrammarManager:
         if new_tokens:
             state.matcher.consume_tokens(new_tokens)
         if state.matcher.is_error():
-            return f"error: {state.matcher.get_error()}"
+            return f"{GRAMMAR_ERROR_PREFIX} grammar failed while generating: {short_error(state.matcher.get_error())}"
         return "complete" if state.matcher.is_stopped() else None
 
     def release(self, req_id: str) -> None:

@@ -2,6 +2,7 @@
 hands pooling rows' hidden states to their heads (engine/decoder/pooler.py)."""
 
 import logging
+from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -70,19 +71,21 @@ class ModelRunner:
         # The runner's own row order (the scheduler's output is left as it is): rows grouped by adapter.
         rows = self.lora.order_rows(sched.scheduled) if self.lora is not None else sched.scheduled
         batch = self.prepare(rows)
+        # the grammars' masks for this step's sampling rows, computed while the forward runs
+        masks = self.grammars.start_allowed_tokens(batch.sample_requests) if self.grammars is not None else None
         adapters = self.lora.applied([(n, r.adapter) for r, n in rows]) if self.lora else nullcontext()
         with adapters:  # per-row LoRA, grouped by adapter (rows are laid out in `rows` order)
             hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta)
         if batch.pooling_rows:
-            return self._execute_with_pooling(hidden, batch)
+            return self._execute_with_pooling(hidden, batch, masks)
         if not batch.sample_rows:
             return RunnerOutput({}, {})
         logits = self.model.compute_logits(hidden[batch.sample_rows])  # only rows that sample
-        return self._sample(logits, batch.sample_requests)
+        return self._sample(logits, batch.sample_requests, masks)
 
-    def _sample(self, logits: torch.Tensor, requests: list[Request]) -> RunnerOutput:
-        # logits: [len(requests), vocab] float32
-        allowed = self.grammars.allowed_tokens(requests) if self.grammars is not None else [None] * len(requests)
+    def _sample(self, logits: torch.Tensor, requests: list[Request], masks: Future | None) -> RunnerOutput:
+        # logits: [len(requests), vocab] float32; masks: the grammars' allowed tokens per request, or None
+        allowed = masks.result() if masks is not None else [None] * len(requests)
         rows = [SamplingRow(r.params, r.prompt_token_ids, r.output_token_ids, r.generator, mask)
                 for r, mask in zip(requests, allowed)]
         try:
@@ -107,7 +110,7 @@ class ModelRunner:
                 output.logprobs[request.req_id] = out.logprobs[0]
         return output
 
-    def _execute_with_pooling(self, hidden: torch.Tensor, batch: BatchInputs) -> RunnerOutput:
+    def _execute_with_pooling(self, hidden: torch.Tensor, batch: BatchInputs, masks: Future | None) -> RunnerOutput:
         """Sampling rows and score rows share one LM-head call; the other pooling rows use their heads."""
         score_rows, score_targets, score_counts = self.pooler.score_inputs(batch.pooling_rows)
         # A row scoring next-token candidates reads one state once per candidate: the LM head and the
@@ -116,7 +119,7 @@ class ModelRunner:
         num_sample = len(batch.sample_rows)
         lm_rows = batch.sample_rows + distinct_rows
         logits = self.model.compute_logits(hidden[lm_rows]) if lm_rows else None  # [S + U, vocab]
-        output = self._sample(logits[:num_sample], batch.sample_requests) if num_sample else RunnerOutput({}, {})
+        output = self._sample(logits[:num_sample], batch.sample_requests, masks) if num_sample else RunnerOutput({}, {})
         score_logprobs = None
         if score_rows:
             log_probs = torch.log_softmax(logits[num_sample:], dim=-1)  # [U, vocab]
