@@ -163,6 +163,9 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", 
     ({"messages": [*QUESTION, {"role": "tool", "content": "22 C"}]}, "messages.1"),
     ({"messages": [*QUESTION, {"role": "assistant"}]}, "messages.1"),
     ({"messages": [*QUESTION, {"role": "assistant", "tool_calls": [{**CALL, "function": {
+        "name": "get_weather", "arguments": "{\"city\": \"\ud800\"}"}}]}]}, "messages.1.tool_calls"),
+    ({"messages": [*QUESTION, {"role": "user", "content": "x", "tool_calls": [CALL]}]}, "messages.1"),
+    ({"messages": [*QUESTION, {"role": "assistant", "tool_calls": [{**CALL, "function": {
         "name": "get_weather", "arguments": "{city: Oslo}"}}]}]}, "messages.1.tool_calls.0.function.arguments"),
 ])
 def test_bad_tool_fields_are_400s_naming_the_field(thread_url, extra, param):
