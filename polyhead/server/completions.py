@@ -22,6 +22,8 @@ from polyhead.engine.decoder.grammar_source import GRAMMAR_ERROR_PREFIX
 from polyhead.server.errors import APIError, deadline_error, error_chunk, exception_chunk
 from polyhead.server.offload import input_size, tokenize_off_loop
 from polyhead.server.protocol import ChatCompletionRequest, CompletionRequest, new_id
+from polyhead.server.tool_parser import ToolCallStream, parse_reply
+from polyhead.server.tools import ToolPlan, chat_messages
 
 router = APIRouter()
 
@@ -62,22 +64,28 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     served = state.resolve_generate(body.model)
     if body.max_completion_tokens is not None:
         body.max_tokens = body.max_completion_tokens
+    tools = ToolPlan.from_request(body.tools, body.tool_choice, body.parallel_tool_calls)
     messages = [m.template_dict() for m in body.messages]
     if served.task is not None:
         messages = apply_task_template(served.task.spec, messages)
+    messages, template_tools = chat_messages(messages, tools, served.backbone.tokenizer)
     try:
-        prompt = await tokenize_off_loop(input_size(messages), apply_chat_template, served.backbone.tokenizer, messages)
-    except ValueError as err:
+        prompt = await tokenize_off_loop(input_size([messages, template_tools]), apply_chat_template,
+                                         served.backbone.tokenizer, messages, template_tools)
+    except ValueError as err:  # apply_chat_template turns a template's refusal (raise_exception) into one
         raise APIError(400, str(err), "messages") from err
-    params = [_params(state, served, body, body.chat_logprobs(), i) for i in range(body.n)]
-    return await _respond(state, served, request, body, [prompt], params, "chat.completion", new_id("chatcmpl"))
+    params = [tools.constrain(_params(state, served, body, body.chat_logprobs(), i)) for i in range(body.n)]
+    return await _respond(state, served, request, body, [prompt], params, "chat.completion", new_id("chatcmpl"),
+                          tools=tools if tools.is_calling else None)
 
 
-def apply_chat_template(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+def apply_chat_template(tokenizer, messages: list[dict], tools: list[dict] | None = None,
+                        add_generation_prompt: bool = True) -> list[int]:
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("this model has no chat template; use /v1/completions")
     try:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+        ids = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                                            tokenize=True)
     except TemplateError as err:  # the template refused these messages (e.g. roles out of order)
         raise ValueError(f"the model's chat template refused these messages: {err}") from err
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
@@ -108,9 +116,10 @@ def _params(state, served, body, logprobs: int | None, index: int) -> SamplingPa
 
 
 async def _respond(state, served, request, body, prompts: list, params: list[SamplingParams], kind: str,
-                   response_id: str, echoes: list[str] | None = None):
+                   response_id: str, echoes: list[str] | None = None, tools: ToolPlan | None = None):
     """n = len(params) choices per prompt, numbered as OpenAI does: choice index = prompt_i * n + j.
-    `echoes`: per prompt, text each of its choices starts with (completions' echo), or None."""
+    `echoes`: per prompt, text each of its choices starts with (completions' echo), or None.
+    `tools`: the reply is read for tool calls (chat, when the model may call one)."""
     param = "prompt" if kind == "text_completion" else "messages"
     engine, n = served.engine, len(params)
     task = served.task_name or ("chat" if kind == "chat.completion" else "completion")
@@ -135,7 +144,7 @@ async def _respond(state, served, request, body, prompts: list, params: list[Sam
     clock = _Clock(task, state.metrics)
     echoes = None if echoes is None else [echo for echo in echoes for _ in range(n)]  # per choice
     if body.stream:
-        return _EventStream(_sse(streams, body, kind, response_id, timeout, clock, n, echoes), streams, clock)
+        return _EventStream(_sse(streams, body, kind, response_id, timeout, clock, n, echoes, tools), streams, clock)
     tasks = [asyncio.ensure_future(_last(s, clock)) for s in streams]
     try:
         async with asyncio.timeout(timeout):
@@ -159,7 +168,7 @@ async def _respond(state, served, request, body, prompts: list, params: list[Sam
         if grammar_error is not None:
             raise grammar_error
         raise APIError(500, failed.error or "the engine failed on this request", None, "engine_error")
-    response = _full_response(finals, body.model, kind, response_id, served.backbone.tokenizer, n, echoes)
+    response = _full_response(finals, body.model, kind, response_id, served.backbone.tokenizer, n, echoes, tools)
     clock.done("ok", response["usage"]["completion_tokens"])
     return JSONResponse(response)
 
@@ -213,8 +222,9 @@ class _Clock:
 
 
 async def _sse(streams, body, kind: str, response_id: str, timeout: float, clock: _Clock, n: int,
-               echoes: list[str] | None) -> AsyncIterator[str]:
+               echoes: list[str] | None, tools: ToolPlan | None) -> AsyncIterator[str]:
     created = int(time.time())
+    tool_streams = {i: ToolCallStream(tools.names, tools.max_calls) for i in range(len(streams))} if tools else {}
     merged: asyncio.Queue = asyncio.Queue()
     tasks = [asyncio.create_task(_pump(i, s, merged)) for i, s in enumerate(streams)]
     finals: dict[int, RequestOutput] = {}
@@ -249,7 +259,14 @@ async def _sse(streams, body, kind: str, response_id: str, timeout: float, clock
             clock.saw(output)
             if output.finished:
                 finals[index] = output
-            if output.new_text or output.finished:
+            if index in tool_streams:  # content and calls as the parser tells them apart
+                calls = tool_streams[index]
+                for delta in calls.deltas(output.new_text, output.finished):
+                    yield _event(_chunk(response_id, created, body.model, kind, index, delta))
+                if output.finished:
+                    yield _event(_chunk(response_id, created, body.model, kind, index, {},
+                                        _openai_finish_reason(output, calls.has_calls)))
+            elif output.new_text or output.finished:
                 delta = {"content": output.new_text} if kind == "chat.completion" else output.new_text
                 yield _event(_chunk(response_id, created, body.model, kind, index, delta,
                                     _openai_finish_reason(output) if output.finished else None))
@@ -283,12 +300,13 @@ def _chunk(response_id, created, model, kind, index, delta, finish_reason=None) 
 
 
 def _full_response(finals: list[RequestOutput], model: str, kind: str, response_id: str, tokenizer, n: int,
-                   echoes: list[str] | None) -> dict:
+                   echoes: list[str] | None, tools: ToolPlan | None) -> dict:
     choices = []
     for i, out in enumerate(finals):
         choice = {"index": i, "finish_reason": _openai_finish_reason(out)}
         if kind == "chat.completion":
-            choice["message"] = {"role": "assistant", "content": out.text}
+            choice["message"] = _chat_message(out.text, tools)
+            choice["finish_reason"] = _openai_finish_reason(out, "tool_calls" in choice["message"])
             choice["logprobs"] = _chat_logprobs(out, tokenizer)
         else:
             choice["text"] = (echoes[i] if echoes else "") + out.text
@@ -298,8 +316,17 @@ def _full_response(finals: list[RequestOutput], model: str, kind: str, response_
             "choices": choices, "usage": _usage(finals, n)}
 
 
-def _openai_finish_reason(out: RequestOutput) -> str:
-    return "length" if out.finish_reason == "length" else "stop"
+def _chat_message(text: str, tools: ToolPlan | None) -> dict:
+    if tools is None:
+        return {"role": "assistant", "content": text}
+    content, calls = parse_reply(text, tools.names, tools.max_calls)
+    return {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}
+
+
+def _openai_finish_reason(out: RequestOutput, has_tool_calls: bool = False) -> str:
+    if out.finish_reason == "length":
+        return "length"
+    return "tool_calls" if has_tool_calls else "stop"
 
 
 def _usage(finals: list[RequestOutput], n: int) -> dict:

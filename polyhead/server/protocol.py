@@ -15,6 +15,7 @@ from polyhead.engine.core.params import MAX_LOGIT_BIAS, MAX_SEED, MIN_SEED, Samp
 from polyhead.server.content import join_text_parts
 from polyhead.server.errors import APIError
 from polyhead.server.structured import ResponseFormat, StructuredOutputs, requested_structure
+from polyhead.server.tool_protocol import Tool, ToolCall, ToolChoice
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit on `stop`
 
@@ -43,6 +44,13 @@ def _check_unicode(value) -> None:
     elif isinstance(value, list | tuple):
         for item in value:
             _check_unicode(item)
+    elif isinstance(value, dict):  # a tool's JSON schema, keys included
+        for key, item in value.items():
+            _check_unicode(key)
+            _check_unicode(item)
+    elif isinstance(value, BaseModel):  # nested bodies (tools, tool calls) are checked through their fields
+        for name in type(value).model_fields:
+            _check_unicode(getattr(value, name))
 
 
 class StreamOptions(BaseModel):
@@ -149,6 +157,8 @@ class ChatMessage(RequestBody):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[ContentPart] | None = None  # parts arrive joined into one string (content.py)
     name: str | None = None  # the participant's name, handed to the chat template (templates that read it)
+    tool_calls: list[ToolCall] | None = None  # assistant: the calls it made, sent back in the history
+    tool_call_id: str | None = None  # tool: the call this message answers
 
     @field_validator("content", mode="before")
     @classmethod
@@ -159,6 +169,10 @@ class ChatMessage(RequestBody):
     def _content_unless_assistant(self):
         if self.content is None and self.role != "assistant":
             raise PydanticCustomError("missing_content", "a {role} message needs content", {"role": self.role})
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("tool_call_id is required on a tool message: the id of the call it answers")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"tool_calls are only allowed on assistant messages, not {self.role}")
         return self
 
     def template_dict(self) -> dict:
@@ -176,6 +190,9 @@ class ChatCompletionRequest(SamplingFields):
     modalities: list[str] | None = None  # refused unless text only
     audio: dict | None = None  # refused: no audio output
     web_search_options: dict | None = None  # refused: no web search
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None  # None: "auto" when tools are given, else "none" (OpenAI's defaults)
+    parallel_tool_calls: bool = True
 
     def chat_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
