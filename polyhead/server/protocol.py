@@ -108,19 +108,17 @@ class CompletionRequest(SamplingFields):
 
 class ChatMessage(RequestBody):
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | None = None  # None only on an assistant message that carries tool_calls
+    content: str | None = None  # may be absent only on an assistant message (one with tool_calls, say)
     name: str | None = None
     tool_calls: list[ToolCall] | None = None  # assistant: the calls it made, sent back in the history
     tool_call_id: str | None = None  # tool: the call this message answers
 
     @model_validator(mode="after")
-    def _content_or_tool_calls(self):
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError("content is required (only an assistant message with tool_calls may omit it)")
+    def _content_unless_assistant(self):
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs content (only an assistant's may be absent)")
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("tool_call_id is required on a tool message: the id of the call it answers")
-        if self.tool_calls and self.role != "assistant":
-            raise ValueError(f"tool_calls are only allowed on assistant messages, not {self.role}")
         return self
 
 

@@ -125,8 +125,9 @@ def _call_schema(tool: Tool) -> dict:
 def chat_messages(messages: list[dict], plan: ToolPlan, tokenizer) -> tuple[list[dict], list[dict] | None]:
     """The messages (ChatMessage dumps) and the `tools` argument for the tokenizer's chat template."""
     offered = [tool.schema() for tool in plan.tools] if plan.is_calling else []
+    messages = [_clean(m, i) for i, m in enumerate(messages)]
     if template_takes_tools(getattr(tokenizer, "chat_template", None)):
-        return [_templated(m, i) for i, m in enumerate(messages)], offered or None
+        return messages, offered or None
     rendered: list[dict] = []
     for i, message in enumerate(messages):
         if message["role"] == "tool":
@@ -135,26 +136,31 @@ def chat_messages(messages: list[dict], plan: ToolPlan, tokenizer) -> tuple[list
                 rendered[-1]["content"] += f"\n{reply}"
             else:
                 rendered.append({"role": "user", "content": reply})
-        elif message.get("tool_calls"):
-            calls = "\n".join(_call_text(call["function"]["name"], _arguments(call, i, j))
-                              for j, call in enumerate(message["tool_calls"]))
-            text = message.get("content")
+        elif "tool_calls" in message:
+            calls = "\n".join(_call_text(call["function"]["name"], call["function"]["arguments"])
+                              for call in message["tool_calls"])
+            text = message["content"]
             rendered.append({"role": "assistant", "content": f"{text}\n{calls}" if text else calls})
         else:
-            rendered.append({key: value for key, value in message.items()
-                             if key not in ("tool_calls", "tool_call_id") and value is not None})
+            rendered.append({key: value for key, value in message.items() if key != "tool_call_id"})
     if offered:
         rendered = _with_tools_system_prompt(rendered, offered)
     return rendered, None
 
 
-def _templated(message: dict, index: int) -> dict:
-    """A message as tool-aware templates read it: the arguments of past calls as objects (they write
-    them with `tojson`), the fields the message does not have left out."""
-    out = {key: value for key, value in message.items() if value is not None or key == "content"}
-    if message.get("tool_calls"):
+def _clean(message: dict, index: int) -> dict:
+    """A message as templates read it: the fields it has (content at least, "" when absent, None only
+    beside tool calls); an assistant's past calls with their arguments as objects (tool-aware
+    templates write them with `tojson`). tool_calls on another role mean nothing and are ignored,
+    as unknown fields are."""
+    calls = message.get("tool_calls") if message["role"] == "assistant" else None
+    out = {key: value for key, value in message.items() if value is not None and key != "tool_calls"}
+    out["content"] = message.get("content") if calls else message.get("content") or ""
+    if message["role"] != "tool":
+        out.pop("tool_call_id", None)
+    if calls:
         out["tool_calls"] = [{**call, "function": {**call["function"], "arguments": _arguments(call, index, j)}}
-                             for j, call in enumerate(message["tool_calls"])]
+                             for j, call in enumerate(calls)]
     return out
 
 
