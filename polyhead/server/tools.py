@@ -18,14 +18,11 @@ from dataclasses import dataclass, replace
 import llguidance
 
 from polyhead.engine.core.params import SamplingParams, StructuredOutput
+from polyhead.engine.decoder.grammar_source import JSON_LAYOUT
 from polyhead.server.errors import APIError
 from polyhead.server.tool_protocol import NamedToolChoice, Tool
 
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
-
-# An enforced call is written as Qwen2.5's template writes one (json.dumps' separators, no newlines),
-# not in whatever whitespace the grammar would allow: a small model otherwise spends its tokens on it.
-CALL_JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 # Qwen2.5's own text, so a model trained on either writes the same calls the parser reads.
 TOOLS_SYSTEM_PROMPT = (
@@ -91,9 +88,13 @@ class ToolPlan:
 
     def grammar(self) -> StructuredOutput:
         """A Lark grammar (llguidance's dialect): one or more calls, each a JSON object whose name is one
-        of the allowed functions and whose arguments follow that function's parameters schema."""
+        of the allowed functions and whose arguments follow that function's parameters schema, laid out
+        as Qwen2.5's template writes a call (JSON_LAYOUT: a small model given free whitespace spends its
+        tokens on it). Schema keywords the grammar engine does not implement are ignored unless every
+        allowed tool is strict."""
         allowed = [t for t in self.tools if self.forced_name in (None, t.function.name)]
-        call = {"x-guidance": CALL_JSON_LAYOUT, "anyOf": [_call_schema(tool) for tool in allowed]}
+        layout = {**JSON_LAYOUT, "lenient": not all(t.function.strict for t in allowed)}
+        call = {"x-guidance": layout, "anyOf": [_call_schema(tool) for tool in allowed]}
         many = "" if self.max_calls == 1 else ' ("\\n" tool_call)*'
         lark = (f"start: tool_call{many}\n"
                 f'tool_call: "{TOOL_CALL_OPEN}\\n" %json {json.dumps(call)} "\\n{TOOL_CALL_CLOSE}"\n')
@@ -111,7 +112,7 @@ def _check_parameters(tool: Tool, index: int, is_enforced: bool) -> None:
                        param)
     if is_enforced:
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
-            llguidance.LLMatcher.grammar_from_json_schema(parameters))
+            llguidance.LLMatcher.grammar_from_json_schema(parameters, overrides={"lenient": not tool.function.strict}))
         if is_error:
             raise APIError(400, f"{param}: this schema cannot be enforced: {messages[0]}", param)
 
