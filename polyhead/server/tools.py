@@ -111,10 +111,17 @@ def _check_parameters(tool: Tool, index: int, is_enforced: bool) -> None:
         raise APIError(400, f"{param}: must describe an object (the arguments), not type {parameters['type']!r}",
                        param)
     if is_enforced:
-        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
-            llguidance.LLMatcher.grammar_from_json_schema(parameters, overrides={"lenient": not tool.function.strict}))
-        if is_error:
-            raise APIError(400, f"{param}: this schema cannot be enforced: {messages[0]}", param)
+        error = _schema_error(json.dumps(parameters, sort_keys=True), bool(tool.function.strict))
+        if error:
+            raise APIError(400, f"{param}: this schema cannot be enforced: {error}", param)
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_error(schema: str, is_strict: bool) -> str:
+    """llguidance's complaint about a JSON schema, "" when it compiles (clients resend the same tools)."""
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
+        llguidance.LLMatcher.grammar_from_json_schema(schema, overrides={"lenient": not is_strict}))
+    return messages[0] if is_error else ""
 
 
 def _call_schema(tool: Tool) -> dict:
