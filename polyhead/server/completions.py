@@ -130,16 +130,24 @@ async def _respond(state, served, request, body, prompt, params: list[SamplingPa
         clock.done("timeout", 0)
         raise deadline_error(timeout)
     failed = next((out for out in finals if out.finish_reason == "error"), None)
-    if failed is not None and (failed.error or "").startswith(GRAMMAR_ERROR_PREFIX):  # the client's grammar
-        clock.done("error", 0)
-        field = "response_format" if body.structured_outputs is None else "structured_outputs"
-        raise APIError(400, field + failed.error.removeprefix(GRAMMAR_ERROR_PREFIX), field, "invalid_grammar")
     if failed is not None:
         clock.done("error", 0)
+        grammar_error = _grammar_error(failed, body)
+        if grammar_error is not None:
+            raise grammar_error
         raise APIError(500, failed.error or "the engine failed on this request", None, "engine_error")
     response = _full_response(finals, body.model, kind, response_id, state.tokenizer, tools)
     clock.done("ok", response["usage"]["completion_tokens"])
     return JSONResponse(response)
+
+
+def _grammar_error(failed: RequestOutput, body) -> APIError | None:
+    """A 400 naming the field when the engine failed a choice because of its grammar (one of
+    llguidance's limits, met while generating): the client's input, not the engine, is at fault."""
+    if not (failed.error or "").startswith(GRAMMAR_ERROR_PREFIX):
+        return None
+    field = "response_format" if body.structured_outputs is None else "structured_outputs"
+    return APIError(400, field + failed.error.removeprefix(GRAMMAR_ERROR_PREFIX), field, "invalid_grammar")
 
 
 class _EventStream(StreamingResponse):
@@ -210,7 +218,9 @@ async def _sse(streams, body, kind: str, response_id: str, timeout: float, clock
                 return
             if output.finish_reason == "error":  # the engine failed this choice: an error, not a finish
                 status = "error"
-                yield _event(error_chunk(output.error or "the engine failed on this request"))
+                grammar_error = _grammar_error(output, body)
+                yield _event(error_chunk(output.error or "the engine failed on this request") if grammar_error is None
+                             else error_chunk(grammar_error.message, 400, grammar_error.code))
                 return
             clock.saw(output)
             if output.finished:

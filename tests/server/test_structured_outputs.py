@@ -120,3 +120,17 @@ def test_bad_structure_is_a_400_naming_the_field(client, body, param, message):
         client.completions.create(model=MODEL, prompt="x", extra_body=body)
     error = caught.value.body
     assert caught.value.status_code == 400 and error["param"] == param and message in error["message"], error
+
+
+def test_a_grammar_that_fails_while_generating_is_a_400_whole_and_streamed(client):
+    """Some of llguidance's limits show only bytes into a reply, past what the check walks."""
+    grammar = 'start: /[a-z]{8}/ x\nx: "a"{1000000}'
+    kwargs = {"model": MODEL, "prompt": "x", "temperature": 0,
+              "extra_body": {"structured_outputs": {"grammar": grammar}}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(**kwargs)
+    error = caught.value.body
+    assert error["param"] == "structured_outputs" and "failed while generating" in error["message"]
+    with pytest.raises(openai.APIError) as streamed:
+        list(client.completions.create(**kwargs, stream=True))
+    assert "failed while generating" in str(streamed.value)

@@ -116,8 +116,8 @@ class GrammarManager:
 
     def allowed_tokens(self, requests: list[Request]) -> list[torch.Tensor | None]:
         """Per request, the tokens its grammar allows next ([vocab_size] bool), None where free."""
-        constrained = [(i, self._matchers[r.req_id].matcher) for i, r in enumerate(requests)
-                       if r.req_id in self._matchers]
+        states = [self._matchers.get(r.req_id) for r in requests]  # one read each: this runs on the mask thread
+        constrained = [(i, state.matcher) for i, state in enumerate(states) if state is not None]
         out: list[torch.Tensor | None] = [None] * len(requests)
         if not constrained:
             return out
@@ -161,6 +161,11 @@ class GrammarManager:
     def release(self, req_id: str) -> None:
         self._matchers.pop(req_id, None)
         self.failed.pop(req_id, None)
+
+    def clear_cache(self) -> None:
+        """Forget every compiled grammar (benchmarks time a compile from scratch)."""
+        with self._lock:
+            self._compiled.clear()
 
     def wait_compiled(self, structured: StructuredOutput) -> None:
         """Compile `structured` (or find it cached) and wait for it: benchmarks and warm-ups."""
