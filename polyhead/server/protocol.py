@@ -171,8 +171,6 @@ class ChatMessage(RequestBody):
             raise PydanticCustomError("missing_content", "a {role} message needs content", {"role": self.role})
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("tool_call_id is required on a tool message: the id of the call it answers")
-        if self.tool_calls and self.role != "assistant":
-            raise ValueError(f"tool_calls are only allowed on assistant messages, not {self.role}")
         return self
 
     def template_dict(self) -> dict:

@@ -17,7 +17,9 @@ class FunctionDefinition(ToolBody):
     name: str = Field(pattern=FUNCTION_NAME_PATTERN)
     description: str | None = None
     parameters: dict | None = None  # a JSON schema of the arguments object; None: no arguments
-    strict: bool | None = None  # accepted; under tool_choice required or named the schema is always enforced
+    # enforced (tool_choice required or named): True refuses schema keywords the grammar engine does not
+    # implement (a 400) instead of ignoring them
+    strict: bool | None = None
 
 
 class Tool(ToolBody):

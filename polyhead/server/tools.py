@@ -18,14 +18,11 @@ from dataclasses import dataclass, replace
 import llguidance
 
 from polyhead.engine.core.params import SamplingParams, StructuredOutput
+from polyhead.engine.decoder.grammar_source import JSON_LAYOUT
 from polyhead.server.errors import APIError
 from polyhead.server.tool_protocol import NamedToolChoice, Tool
 
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
-
-# An enforced call is written as Qwen2.5's template writes one (json.dumps' separators, no newlines),
-# not in whatever whitespace the grammar would allow: a small model otherwise spends its tokens on it.
-CALL_JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 # Qwen2.5's own text, so a model trained on either writes the same calls the parser reads.
 TOOLS_SYSTEM_PROMPT = (
@@ -91,9 +88,13 @@ class ToolPlan:
 
     def grammar(self) -> StructuredOutput:
         """A Lark grammar (llguidance's dialect): one or more calls, each a JSON object whose name is one
-        of the allowed functions and whose arguments follow that function's parameters schema."""
+        of the allowed functions and whose arguments follow that function's parameters schema, laid out
+        as Qwen2.5's template writes a call (JSON_LAYOUT: a small model given free whitespace spends its
+        tokens on it). Schema keywords the grammar engine does not implement are ignored unless every
+        allowed tool is strict."""
         allowed = [t for t in self.tools if self.forced_name in (None, t.function.name)]
-        call = {"x-guidance": CALL_JSON_LAYOUT, "anyOf": [_call_schema(tool) for tool in allowed]}
+        layout = {**JSON_LAYOUT, "lenient": not all(t.function.strict for t in allowed)}
+        call = {"x-guidance": layout, "anyOf": [_call_schema(tool) for tool in allowed]}
         many = "" if self.max_calls == 1 else ' ("\\n" tool_call)*'
         lark = (f"start: tool_call{many}\n"
                 f'tool_call: "{TOOL_CALL_OPEN}\\n" %json {json.dumps(call)} "\\n{TOOL_CALL_CLOSE}"\n')
@@ -110,10 +111,17 @@ def _check_parameters(tool: Tool, index: int, is_enforced: bool) -> None:
         raise APIError(400, f"{param}: must describe an object (the arguments), not type {parameters['type']!r}",
                        param)
     if is_enforced:
-        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
-            llguidance.LLMatcher.grammar_from_json_schema(parameters))
-        if is_error:
-            raise APIError(400, f"{param}: this schema cannot be enforced: {messages[0]}", param)
+        error = _schema_error(json.dumps(parameters, sort_keys=True), bool(tool.function.strict))
+        if error:
+            raise APIError(400, f"{param}: this schema cannot be enforced: {error}", param)
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_error(schema: str, is_strict: bool) -> str:
+    """llguidance's complaint about a JSON schema, "" when it compiles (clients resend the same tools)."""
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
+        llguidance.LLMatcher.grammar_from_json_schema(schema, overrides={"lenient": not is_strict}))
+    return messages[0] if is_error else ""
 
 
 def _call_schema(tool: Tool) -> dict:
@@ -125,8 +133,9 @@ def _call_schema(tool: Tool) -> dict:
 def chat_messages(messages: list[dict], plan: ToolPlan, tokenizer) -> tuple[list[dict], list[dict] | None]:
     """The messages (ChatMessage dumps) and the `tools` argument for the tokenizer's chat template."""
     offered = [tool.schema() for tool in plan.tools] if plan.is_calling else []
+    messages = [_clean(m, i) for i, m in enumerate(messages)]
     if template_takes_tools(getattr(tokenizer, "chat_template", None)):
-        return [_templated(m, i) for i, m in enumerate(messages)], offered or None
+        return messages, offered or None
     rendered: list[dict] = []
     for i, message in enumerate(messages):
         if message["role"] == "tool":
@@ -135,26 +144,31 @@ def chat_messages(messages: list[dict], plan: ToolPlan, tokenizer) -> tuple[list
                 rendered[-1]["content"] += f"\n{reply}"
             else:
                 rendered.append({"role": "user", "content": reply})
-        elif message.get("tool_calls"):
-            calls = "\n".join(_call_text(call["function"]["name"], _arguments(call, i, j))
-                              for j, call in enumerate(message["tool_calls"]))
-            text = message.get("content")
+        elif "tool_calls" in message:
+            calls = "\n".join(_call_text(call["function"]["name"], call["function"]["arguments"])
+                              for call in message["tool_calls"])
+            text = message["content"]
             rendered.append({"role": "assistant", "content": f"{text}\n{calls}" if text else calls})
         else:
-            rendered.append({key: value for key, value in message.items()
-                             if key not in ("tool_calls", "tool_call_id") and value is not None})
+            rendered.append({key: value for key, value in message.items() if key != "tool_call_id"})
     if offered:
         rendered = _with_tools_system_prompt(rendered, offered)
     return rendered, None
 
 
-def _templated(message: dict, index: int) -> dict:
-    """A message as tool-aware templates read it: the arguments of past calls as objects (they write
-    them with `tojson`), the fields the message does not have left out."""
-    out = {key: value for key, value in message.items() if value is not None or key == "content"}
-    if message.get("tool_calls"):
+def _clean(message: dict, index: int) -> dict:
+    """A message as templates read it: the fields it has (content at least, "" when absent, None only
+    beside tool calls); an assistant's past calls with their arguments as objects (tool-aware
+    templates write them with `tojson`). tool_calls on another role mean nothing and are ignored,
+    as unknown fields are."""
+    calls = message.get("tool_calls") if message["role"] == "assistant" else None
+    out = {key: value for key, value in message.items() if value is not None and key != "tool_calls"}
+    out["content"] = message.get("content") if calls else message.get("content") or ""
+    if message["role"] != "tool":
+        out.pop("tool_call_id", None)
+    if calls:
         out["tool_calls"] = [{**call, "function": {**call["function"], "arguments": _arguments(call, index, j)}}
-                             for j, call in enumerate(message["tool_calls"])]
+                             for j, call in enumerate(calls)]
     return out
 
 

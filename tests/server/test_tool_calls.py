@@ -161,10 +161,9 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", 
         "type": "object", "properties": {"x": {"type": "strin"}}}}}], "tool_choice": "required"},
      "tools.1.function.parameters"),
     ({"messages": [*QUESTION, {"role": "tool", "content": "22 C"}]}, "messages.1"),
-    ({"messages": [*QUESTION, {"role": "assistant"}]}, "messages.1"),
+    ({"messages": [{"role": "user"}]}, "messages.0"),
     ({"messages": [*QUESTION, {"role": "assistant", "tool_calls": [{**CALL, "function": {
         "name": "get_weather", "arguments": "{\"city\": \"\ud800\"}"}}]}]}, "messages.1.tool_calls"),
-    ({"messages": [*QUESTION, {"role": "user", "content": "x", "tool_calls": [CALL]}]}, "messages.1"),
     ({"messages": [*QUESTION, {"role": "assistant", "tool_calls": [{**CALL, "function": {
         "name": "get_weather", "arguments": "{city: Oslo}"}}]}]}, "messages.1.tool_calls.0.function.arguments"),
 ])
@@ -175,3 +174,12 @@ def test_bad_tool_fields_are_400s_naming_the_field(thread_url, extra, param):
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"]
+
+
+def test_tool_calls_off_an_assistant_message_are_ignored_and_its_content_may_be_absent(thread_client):
+    """As unknown fields are: a user message's tool_calls mean nothing; an assistant's missing content is empty."""
+    kwargs = {"model": MODEL, "temperature": 0, "max_tokens": 2}
+    odd = thread_client.chat.completions.create(**kwargs, messages=[
+        {"role": "user", "content": "hi", "tool_calls": [CALL]}, {"role": "assistant"}, *QUESTION])
+    plain = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}, *QUESTION]
+    assert odd.usage.prompt_tokens == prompt_tokens(plain)

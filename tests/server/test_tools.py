@@ -64,6 +64,18 @@ def test_a_tool_without_parameters_takes_an_empty_object(ll_tokenizer):
     assert accepts(ll_tokenizer, grammar, '<tool_call>\n{"name": "ping", "arguments": {}}\n</tool_call>')
 
 
+def test_keywords_the_grammar_engine_lacks_are_ignored_unless_the_tool_is_strict(ll_tokenizer):
+    tags = {"type": "function", "function": {"name": "tag", "parameters": {
+        "type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True}}}}}
+    grammar = plan("required", tools=[tags]).grammar().value
+    assert accepts(ll_tokenizer, grammar, '<tool_call>\n{"name": "tag", "arguments": {"tags": ["a"]}}\n</tool_call>')
+    strict = {**tags, "function": {**tags["function"], "strict": True}}
+    with pytest.raises(APIError) as caught:
+        plan("required", tools=[strict])
+    assert caught.value.param == "tools.0.function.parameters" and "uniqueItems" in caught.value.message
+    assert plan("auto", tools=[strict]).is_calling  # not enforced: not checked
+
+
 def test_only_required_and_named_constrain_the_output():
     params = SamplingParams(max_tokens=8)
     assert plan("auto").constrain(params) is params and plan("none").constrain(params) is params
