@@ -117,7 +117,8 @@ def serve(args) -> int:
         api_key=args.api_key or os.environ.get("POLYHEAD_API_KEY"), default_max_tokens=args.default_max_tokens,
         max_queued_requests=args.max_queued_requests, max_queued_tokens=args.max_queued_tokens,
         request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes,
-        body_read_timeout_s=args.body_read_timeout, max_inputs_per_request=args.max_inputs_per_request)
+        body_read_timeout_s=args.body_read_timeout, max_inputs_per_request=args.max_inputs_per_request,
+        max_documents_per_request=args.max_documents_per_request)
     connections = ConnectionSettings(grace_s=args.shutdown_grace, header_timeout_s=args.header_read_timeout,
                                      keep_alive_s=args.timeout_keep_alive, limit_concurrency=args.limit_concurrency)
     registry = build_task_registry(args, settings.model_names[0])
@@ -261,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(uvicorn's; default: no limit)")
     limits.add_argument("--max-inputs-per-request", type=int, default=64,
                         help="inputs in one classify/tag/embeddings request before 413 (default: 64)")
+    limits.add_argument("--max-documents-per-request", type=int, default=128,
+                        help="documents (text_2 items) in one rerank/score request before 413 (default: 128)")
     limits.add_argument("--shutdown-grace", type=float, default=30.0,
                         help="seconds in-flight requests may finish after SIGTERM (default: 30)")
     add_engine_args(p)

@@ -17,6 +17,7 @@ from polyhead.server.errors import APIError, error_response, install_error_handl
 from polyhead.server.metrics import Metrics
 from polyhead.server.protocol import ModelCard, ModelList
 from polyhead.server.registry import TaskRegistry
+from polyhead.server.score import router as score_router
 from polyhead.server.tag import router as tag_router
 from polyhead.server.tasks import TaskRouting
 from polyhead.server.tasks import router as tasks_router
@@ -36,6 +37,7 @@ class ServerSettings:
     max_request_bytes: int = 1 << 20  # request bodies beyond this, counted as they arrive: 413
     body_read_timeout_s: float = 30.0  # a body not all in by then: 408 (polyhead/server/door.py)
     max_inputs_per_request: int = 64  # inputs in one classify/tag/embeddings request; beyond: 413
+    max_documents_per_request: int = 128  # documents in one score/rerank request; beyond: 413
     public_paths: set[str] = field(default_factory=lambda: {"/health", "/metrics"})
 
 
@@ -141,6 +143,6 @@ def build_app(engine: EngineClient, settings: ServerSettings, registry: TaskRegi
         return ModelList(data=[ModelCard(id=name, parent=base if name in state.settings.lora_names else None)
                                for name in state.model_ids()]).model_dump()
 
-    for router in (completions_router, classify_router, tag_router, embeddings_router, tasks_router):
+    for router in (completions_router, classify_router, tag_router, embeddings_router, tasks_router, score_router):
         app.include_router(router)
     return app
