@@ -44,6 +44,26 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                        help="tokens per step kept for waiting classify/tag/embed requests; 0 disables (default: 64)")
 
 
+def add_backbone_args(p: argparse.ArgumentParser) -> None:
+    """Where each backbone's engine steps and which tasks are served (`serve` and `batch`)."""
+    p.add_argument("--engine-mode", default="auto", choices=["auto", "process", "thread"],
+                   help="step each backbone's engine in its own child process or on a thread of the server "
+                   "process; auto: decoders in a child process, encoders (e.g. the embedding model) on a "
+                   "thread, what measured best; see BENCHMARKS.md (default: auto)")
+    p.add_argument("--tasks", default=None, metavar="MANIFEST",
+                   help="serve the tasks of a tasks.yaml manifest, or `default` for the shipped set (chat, "
+                   "summarize, translate, sentiment, topic, embed); each backbone gets its own engine")
+    p.add_argument("--backbone-kv-cache-memory", action="append", metavar="NAME=SIZE",
+                   help="KV cache for one backbone of the manifest, a size or auto (repeatable; others get "
+                   "--kv-cache-memory)")
+    p.add_argument("--backbone-engine-mode", action="append", metavar="NAME=MODE",
+                   help="thread, process or auto for one backbone of the manifest (repeatable; others get "
+                   "--engine-mode)")
+    p.add_argument("--backbone-threads", action="append", metavar="NAME=N",
+                   help="torch threads for a backbone of the manifest other than --model (repeatable; "
+                   "default 1, so a small second backbone does not contend for the cores of the first)")
+
+
 def engine_config(args):
     from polyhead.config import EngineConfig
 
@@ -224,22 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="require this bearer key on /v1 (or set POLYHEAD_API_KEY)")
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the model's)")
     p.add_argument("--default-max-tokens", type=int, default=256, help="when a request sets none (default: 256)")
-    p.add_argument("--engine-mode", default="auto", choices=["auto", "process", "thread"],
-                   help="step each backbone's engine in its own child process or on a thread of the server "
-                   "process; auto: decoders in a child process, encoders (e.g. the embedding model) on a "
-                   "thread, what measured best; see BENCHMARKS.md (default: auto)")
-    p.add_argument("--tasks", default=None, metavar="MANIFEST",
-                   help="serve the tasks of a tasks.yaml manifest, or `default` for the shipped set (chat, "
-                   "summarize, translate, sentiment, topic, embed); each backbone gets its own engine")
-    p.add_argument("--backbone-kv-cache-memory", action="append", metavar="NAME=SIZE",
-                   help="KV cache for one backbone of the manifest, a size or auto (repeatable; others get "
-                   "--kv-cache-memory)")
-    p.add_argument("--backbone-engine-mode", action="append", metavar="NAME=MODE",
-                   help="thread, process or auto for one backbone of the manifest (repeatable; others get "
-                   "--engine-mode)")
-    p.add_argument("--backbone-threads", action="append", metavar="NAME=N",
-                   help="torch threads for a backbone of the manifest other than --model (repeatable; "
-                   "default 1, so a small second backbone does not contend for the cores of the first)")
+    add_backbone_args(p)
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-queued-requests", type=int, default=256,
                         help="requests waiting for their first token before new ones get 429 (default: 256)")
@@ -277,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_prune_parser(commands)
     add_quantize_parser(commands)
+
+    from polyhead.batch.command import add_batch_parser
+
+    add_batch_parser(commands)
 
     from polyhead.bench.agreement import add_agreement_parser
     from polyhead.bench.mixed import add_mixed_parser
