@@ -10,10 +10,9 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from polyhead.batch.lines import BatchLine, keys_written, parse_line
+from polyhead.batch.lines import keys_written, read_lines
 from polyhead.batch.runner import BatchCounts, BatchRunner
 
 
@@ -94,13 +93,3 @@ async def run_file(app, input_path: Path, output_path: Path, max_concurrency: in
         finally:
             await runner.aclose()
     return counts, num_skipped, time.monotonic() - start
-
-
-def read_lines(path: Path, endpoint: str | None = None) -> Iterator[BatchLine]:
-    """Every non-blank line of a Batch API input file, parsed (a bad one carries its error)."""
-    seen_ids: set[str] = set()
-    with path.open("r", encoding="utf-8", errors="surrogateescape") as file:
-        for number, text in enumerate(file, 1):
-            if text.strip():
-                yield parse_line(text, number, seen_ids, endpoint)
-

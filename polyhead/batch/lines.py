@@ -10,6 +10,7 @@ such a line by its number, since its custom_id may be missing or another line's)
 
 import json
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,15 @@ def parse_line(text: str, line_number: int, seen_ids: set[str], endpoint: str | 
 
 def _bad(line_number: int, custom_id: str | None, code: str, message: str) -> BatchLine:
     return BatchLine(line_number, custom_id, None, None, code, message)
+
+
+def read_lines(path: Path, endpoint: str | None = None) -> Iterator[BatchLine]:
+    """Every non-blank line of a Batch API input file, parsed (a bad one carries its error)."""
+    seen_ids: set[str] = set()
+    with path.open("r", encoding="utf-8", errors="surrogateescape") as file:
+        for number, text in enumerate(file, 1):
+            if text.strip():
+                yield parse_line(text, number, seen_ids, endpoint)
 
 
 def response_line(line: BatchLine, status_code: int, body) -> dict:

@@ -5,7 +5,8 @@ exactly what it means over HTTP (validation, task routing, errors, the prefix sh
 with no socket in between. Up to `max_concurrency` lines are in flight at once, enough to keep the
 engine's batch full; their outputs are written in input order, each as soon as every line before
 it is written. A 429 (the server's queue full, e.g. under online traffic beside a server batch) is
-retried with backoff; every other answer is the line's result.
+retried with backoff; every other answer is the line's result, except the 503 of a server that is
+shutting down, which stops the run with the line unwritten (a server batch resumes after a restart).
 """
 
 import asyncio
@@ -18,6 +19,10 @@ import httpx
 from polyhead.batch.lines import BatchLine, error_line, is_success, response_line
 
 RETRY_429_TIMES = 600  # backoff capped at 1 s: a line waits about ten minutes for room before its 429 stands
+
+
+class ServerShuttingDown(Exception):
+    """The app refused a line because it is draining: the run stops, and the line stays unwritten."""
 
 
 @dataclass(slots=True)
@@ -46,6 +51,7 @@ class BatchRunner:
         next_to_write = 0
         counts = BatchCounts()
         in_flight: set[asyncio.Task] = set()
+        failures: list[BaseException] = []  # a line that raised (the server shutting down): start no more
 
         def write_ready() -> None:
             nonlocal next_to_write
@@ -56,6 +62,9 @@ class BatchRunner:
         async def run_one(position: int, line: BatchLine) -> None:
             try:
                 output = error_line(line) if line.error_code else await self._answer(line)
+            except Exception as err:
+                failures.append(err)
+                raise
             finally:
                 window.release()
             counts.completed += is_success(output)
@@ -70,6 +79,9 @@ class BatchRunner:
                 if line.key in skip:
                     continue
                 await window.acquire()
+                if failures:
+                    window.release()
+                    break
                 task = asyncio.create_task(run_one(counts.total, line))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
@@ -94,6 +106,9 @@ class BatchRunner:
             body = response.json()
         except ValueError:
             body = {"error": {"message": response.text, "type": "server_error", "param": None, "code": None}}
+        error = body.get("error") if isinstance(body, dict) else None
+        if response.status_code == 503 and isinstance(error, dict) and error.get("code") == "shutting_down":
+            raise ServerShuttingDown(error.get("message"))
         return response_line(line, response.status_code, body)
 
     async def aclose(self) -> None:
