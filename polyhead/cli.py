@@ -64,6 +64,12 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
                    "default 1, so a small second backbone does not contend for the cores of the first)")
 
 
+def default_state_dir() -> str:
+    import os
+
+    return os.path.join(os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "polyhead")
+
+
 def engine_config(args):
     from polyhead.config import EngineConfig
 
@@ -138,7 +144,8 @@ def serve(args) -> int:
         max_queued_requests=args.max_queued_requests, max_queued_tokens=args.max_queued_tokens,
         request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes,
         body_read_timeout_s=args.body_read_timeout, max_inputs_per_request=args.max_inputs_per_request,
-        max_documents_per_request=args.max_documents_per_request)
+        max_documents_per_request=args.max_documents_per_request, state_dir=args.state_dir,
+        max_file_bytes=args.max_file_bytes, max_batch_concurrency=args.max_batch_concurrency)
     connections = ConnectionSettings(grace_s=args.shutdown_grace, header_timeout_s=args.header_read_timeout,
                                      keep_alive_s=args.timeout_keep_alive, limit_concurrency=args.limit_concurrency)
     registry = build_task_registry(args, settings.model_names[0])
@@ -244,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="require this bearer key on /v1 (or set POLYHEAD_API_KEY)")
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the model's)")
     p.add_argument("--default-max-tokens", type=int, default=256, help="when a request sets none (default: 256)")
+    p.add_argument("--state-dir", default=default_state_dir(),
+                   help="where /v1/files uploads and /v1/batches jobs are kept; a job running when the server stops "
+                   "resumes at the next start (default: $XDG_STATE_HOME/polyhead, else ~/.local/state/polyhead)")
+    p.add_argument("--max-batch-concurrency", type=int, default=64,
+                   help="lines of one /v1/batches job in flight at once, queued beside online requests (default: 64)")
     add_backbone_args(p)
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-queued-requests", type=int, default=256,
@@ -267,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(uvicorn's; default: no limit)")
     limits.add_argument("--max-inputs-per-request", type=int, default=64,
                         help="inputs in one classify/tag/embeddings request before 413 (default: 64)")
+    limits.add_argument("--max-file-bytes", type=int, default=200 << 20,
+                        help="uploads to /v1/files larger than this get 413 (default: 209715200, OpenAI's 200 MB)")
     limits.add_argument("--max-documents-per-request", type=int, default=128,
                         help="documents (text_2 items) in one rerank/score request before 413 (default: 128)")
     limits.add_argument("--shutdown-grace", type=float, default=30.0,
@@ -288,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_parser(commands)
 
     from polyhead.bench.agreement import add_agreement_parser
+    from polyhead.bench.batch import add_batch_bench_parser
     from polyhead.bench.mixed import add_mixed_parser
     from polyhead.bench.offline import add_offline_parser
     from polyhead.bench.perplexity import add_perplexity_parser
@@ -300,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_mixed_parser(bench_commands)
     add_perplexity_parser(bench_commands)
     add_agreement_parser(bench_commands)
+    add_batch_bench_parser(bench_commands)
     return parser
 
 

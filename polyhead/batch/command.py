@@ -39,17 +39,34 @@ def add_batch_parser(commands) -> None:
 
 
 def batch_command(args) -> int:
-    from polyhead.cli import build_task_registry, parse_lora_modules
-    from polyhead.models.registry import DEFAULT_MODEL
-    from polyhead.server.app import ServerSettings, build_app
+    counts, skipped, seconds = run_batch(args)
+    rate = counts.total / seconds if seconds > 0 else 0.0
+    print(f"polyhead batch: {counts.total} lines run ({counts.completed} completed, {counts.failed} failed), "
+          f"{skipped} already written; {seconds:.1f} s, {rate:.2f} lines/s -> {args.output}", file=sys.stderr)
+    return 0
 
+
+def run_batch(args) -> tuple[BatchCounts, int, float]:
+    """Load the engines `args` name, run the file, stop them: (counts, lines skipped, seconds running)."""
     if not args.input.is_file():
         raise ValueError(f"INPUT {args.input} is not a file")
     if args.output.resolve() == args.input.resolve():
         raise ValueError("OUTPUT must not be INPUT: the output is appended to")
-    max_concurrency = args.max_concurrency or 2 * args.max_num_seqs
-    if max_concurrency < 1:
-        raise ValueError(f"--max-concurrency must be >= 1, got {max_concurrency}")
+    app, registry = build_batch_app(args)
+    try:
+        return asyncio.run(run_file(app, args.input, args.output, max_concurrency(args),
+                                    show_progress=not args.no_progress))
+    finally:
+        registry.stop()
+
+
+def build_batch_app(args):
+    """The server's app and its engines as `polyhead serve` would build them from `args`, without a socket."""
+    from polyhead.cli import build_task_registry, parse_lora_modules
+    from polyhead.models.registry import DEFAULT_MODEL
+    from polyhead.server.app import ServerSettings, build_app
+
+    max_concurrency(args)  # checked before the model loads
     # The queue limits guard a server against many clients; here the window bounds what is queued.
     settings = ServerSettings(
         model_names=[args.served_model_name or args.model or DEFAULT_MODEL],
@@ -57,16 +74,14 @@ def batch_command(args) -> int:
         max_queued_requests=1 << 30, max_queued_tokens=1 << 40, request_timeout_s=args.request_timeout,
         max_request_bytes=1 << 30)
     registry = build_task_registry(args, settings.model_names[0])
-    try:
-        app = build_app(registry.backbones[registry.default_backbone].engine, settings, registry)
-        counts, skipped, seconds = asyncio.run(run_file(app, args.input, args.output, max_concurrency,
-                                                        show_progress=not args.no_progress))
-    finally:
-        registry.stop()
-    rate = counts.total / seconds if seconds > 0 else 0.0
-    print(f"polyhead batch: {counts.total} lines run ({counts.completed} completed, {counts.failed} failed), "
-          f"{skipped} already written; {seconds:.1f} s, {rate:.2f} lines/s -> {args.output}", file=sys.stderr)
-    return 0
+    return build_app(registry.backbones[registry.default_backbone].engine, settings, registry), registry
+
+
+def max_concurrency(args) -> int:
+    value = args.max_concurrency or 2 * args.max_num_seqs
+    if value < 1:
+        raise ValueError(f"--max-concurrency must be >= 1, got {value}")
+    return value
 
 
 async def run_file(app, input_path: Path, output_path: Path, max_concurrency: int,
