@@ -113,3 +113,34 @@ def test_classify_and_tag_lines_run_with_a_manifest(tiny_llama, manifest_dir, tm
 def test_a_missing_input_is_an_error_naming_it(tmp_path, capsys):
     assert main(["batch", str(tmp_path / "none.jsonl"), str(tmp_path / "out.jsonl")]) == 2
     assert "none.jsonl" in capsys.readouterr().err
+
+
+def test_a_killed_run_loses_nothing_it_wrote(tiny_llama, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    body = {"model": "tiny", "prompt": "count", "max_tokens": 24, "ignore_eos": True, "temperature": 0}
+    write_input(tmp_path / "in.jsonl", [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/completions",
+                                         "body": body} for i in range(100)])
+    output = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "polyhead.cli", "batch", str(tmp_path / "in.jsonl"), str(output), "--model",
+               str(tiny_llama[0]), "--dtype", "float32", "--kv-cache-memory", "16MiB", "--max-model-len", "128",
+               "--engine-mode", "thread", "--no-progress", "--served-model-name", "tiny", "--max-concurrency", "8"]
+    run = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": os.getcwd()}, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (output.exists() and output.read_bytes().count(b"\n") >= 5):
+        assert run.poll() is None and time.monotonic() < deadline, "the run ended (or hung) before it was killed"
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait(30)
+    written = output.read_bytes()
+    complete = [json.loads(line) for line in written[:written.rfind(b"\n") + 1].splitlines()]
+    assert 5 <= len(complete) < 100, "killed mid-run"
+    assert [o["custom_id"] for o in complete] == [f"r{i}" for i in range(len(complete))]
+    assert run_batch(tiny_llama[0], tmp_path / "in.jsonl", output) == 0
+    final = read_output(output)
+    assert final[:len(complete)] == complete and [o["custom_id"] for o in final] == [f"r{i}" for i in range(100)]
+    assert all(o["response"]["status_code"] == 200 for o in final)

@@ -12,9 +12,10 @@ QUERY = "which product arrived broken?"
 DOCUMENTS = ["the blender came in pieces", "a lovely scarf, soft and warm", "it broke on day two"]
 
 
-@pytest.fixture(scope="module")
-def task_server(manifest_dir, tiny_llama):  # noqa: F811
-    with running_task_server(manifest_dir[1], tiny_llama[0], max_documents_per_request=4) as (url, app):
+@pytest.fixture(scope="module", params=["thread", "process"])
+def task_server(request, manifest_dir, tiny_llama):  # noqa: F811
+    """The tiny Llama's engine on a thread here and in a child process."""
+    with running_task_server(manifest_dir[1], tiny_llama[0], request.param, max_documents_per_request=4) as (url, app):
         yield url, app
 
 
