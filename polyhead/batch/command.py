@@ -52,6 +52,7 @@ def run_batch(args) -> tuple[BatchCounts, int, float]:
         raise ValueError(f"INPUT {args.input} is not a file")
     if args.output.resolve() == args.input.resolve():
         raise ValueError("OUTPUT must not be INPUT: the output is appended to")
+    keys_written(args.output)  # an OUTPUT that is not batch output is refused before the model loads
     app, registry = build_batch_app(args)
     try:
         return asyncio.run(run_file(app, args.input, args.output, max_concurrency(args),

@@ -108,10 +108,13 @@ def keys_written(path: Path) -> set[str]:
         with path.open("r+b") as file:
             file.truncate(len(complete))
     keys = set()
-    for raw in complete.splitlines():
+    for number, raw in enumerate(complete.splitlines(), 1):
         if raw.strip():
-            output = json.loads(raw)
-            keys.add(line_key(output.get("custom_id"), output.get("line")))
+            try:
+                output = json.loads(raw)
+                keys.add(line_key(output.get("custom_id"), output.get("line")))
+            except (ValueError, AttributeError):
+                raise ValueError(f"{path} line {number} is not a batch output line: is it the right OUTPUT?") from None
     return keys
 
 

@@ -144,3 +144,11 @@ def test_a_killed_run_loses_nothing_it_wrote(tiny_llama, tmp_path):
     final = read_output(output)
     assert final[:len(complete)] == complete and [o["custom_id"] for o in final] == [f"r{i}" for i in range(100)]
     assert all(o["response"]["status_code"] == 200 for o in final)
+
+
+def test_an_output_that_is_not_batch_output_is_refused(tiny_llama, tmp_path, capsys):
+    write_input(tmp_path / "in.jsonl", LINES[:1])
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    assert run_batch(tiny_llama[0], tmp_path / "in.jsonl", tmp_path / "notes.txt") == 2
+    assert "notes.txt line 1 is not a batch output line" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n"
