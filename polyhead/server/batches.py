@@ -17,13 +17,13 @@ import uuid
 from pathlib import Path
 
 from fastapi import APIRouter, Request
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from polyhead.batch.lines import BATCH_URLS, is_success, keys_written, read_lines
 from polyhead.batch.runner import BatchRunner, ServerShuttingDown
 from polyhead.server.errors import APIError
 from polyhead.server.files import FileStore, page
-from polyhead.server.protocol import RequestBody
+from polyhead.server.protocol import RequestBody, _check_unicode
 from polyhead.server.state_dir import StateDir
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,13 @@ class CreateBatchRequest(RequestBody):
     input_file_id: str
     endpoint: str
     completion_window: str = "24h"
-    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)  # OpenAI's limit: 16 pairs
+
+    @field_validator("metadata")
+    @classmethod
+    def _valid_unicode_metadata(cls, value):
+        _check_unicode(list(value or {}) + list((value or {}).values()))  # the "*" check reads no dicts
+        return value
 
 
 class BatchManager:

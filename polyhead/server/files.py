@@ -118,7 +118,8 @@ async def upload_file(request: Request, file: Annotated[UploadFile, File()], pur
     if purpose not in UPLOAD_PURPOSES:
         raise APIError(400, f"purpose {purpose!r} is not served: this server takes files for batch jobs "
                        f"(purpose {', '.join(UPLOAD_PURPOSES)})", "purpose", "invalid_value")
-    stored = _store(request).add_upload(file.file, file.filename or "upload.jsonl", purpose)
+    filename = (file.filename or "upload.jsonl").encode("utf-8", "replace").decode()  # echoed in every card
+    stored = _store(request).add_upload(file.file, filename, purpose)
     return stored.card()
 
 

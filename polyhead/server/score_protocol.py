@@ -1,8 +1,9 @@
 """Request bodies of /v1/score (vLLM's shape) and /v1/rerank (Jina's and Cohere's, as vLLM and TEI
 serve it)."""
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from polyhead.server.protocol import RequestBody
 from polyhead.server.task_protocol import TaskRequestFields
 
 
@@ -12,7 +13,7 @@ class ScoreRequest(TaskRequestFields):
     text_2: str | list[str]  # the documents
 
 
-class RerankDocument(BaseModel):
+class RerankDocument(RequestBody):
     text: str  # Cohere's v1 clients send documents as objects with a text
 
 

@@ -12,6 +12,7 @@ from openai import OpenAI
 
 from tests.server.conftest import running_server
 
+JSON = {"content-type": "application/json"}  # bodies sent as json.dumps text: ASCII escapes carry a lone surrogate
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
 
 
@@ -89,10 +90,11 @@ def test_a_cancelled_batch_keeps_what_finished(live):
     ({"input_file_id": "x", "endpoint": "/v1/models", "completion_window": "24h"}, 400, "endpoint"),
     ({"input_file_id": "x", "endpoint": "/v1/embeddings", "completion_window": "1h"}, 400, "completion_window"),
     ({"endpoint": "/v1/embeddings"}, 400, "input_file_id"),
+    ({"input_file_id": "x", "endpoint": "/v1/embeddings", "metadata": {"k": "\ud800"}}, 400, "metadata"),
 ])
 def test_bad_batch_requests_name_their_field(live, request_body, status, param):
     _, url, _ = live
-    out = httpx.post(f"{url}/v1/batches", json=request_body, timeout=30)
+    out = httpx.post(f"{url}/v1/batches", content=json.dumps(request_body), headers=JSON, timeout=30)
     assert out.status_code == status and out.json()["error"]["param"] == param, out.text
 
 
