@@ -43,9 +43,12 @@ class BatchRunner:
             self.headers["authorization"] = f"Bearer {api_key}"
 
     async def run(self, lines: Iterable[BatchLine], write: Callable[[dict], None], skip: frozenset[str] = frozenset(),
-                  on_line_done: Callable[[dict], None] | None = None) -> BatchCounts:
-        """Run every line whose key is not in `skip`; `write(output)` each in input order. Cancelled (a
-        batch cancelled on the server), it aborts the lines in flight and writes those already done."""
+                  on_line_done: Callable[[dict], None] | None = None,
+                  write_all_if_interrupted: bool = False) -> BatchCounts:
+        """Run every line whose key is not in `skip`; `write(output)` each in input order. Interrupted
+        (cancelled, or the server draining), it aborts the lines in flight; the lines done after the
+        first unfinished one are dropped, so a rerun's appended lines keep the output in input order,
+        unless `write_all_if_interrupted` (a server batch, which orders its files when it ends)."""
         window = asyncio.Semaphore(self.max_concurrency)
         finished: dict[int, dict] = {}  # position -> output, until every earlier one is written
         next_to_write = 0
@@ -91,8 +94,9 @@ class BatchRunner:
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
-            for position in sorted(finished):  # after a cancel: what did finish, still in input order
-                write(finished.pop(position))
+            if write_all_if_interrupted:
+                for position in sorted(finished):
+                    write(finished.pop(position))
         return counts
 
     async def _answer(self, line: BatchLine) -> dict:

@@ -19,7 +19,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from pydantic import Field, field_validator
 
-from polyhead.batch.lines import BATCH_URLS, is_success, keys_written, read_lines
+from polyhead.batch.lines import BATCH_URLS, is_success, keys_written, line_key, read_lines
 from polyhead.batch.runner import BatchRunner, ServerShuttingDown
 from polyhead.server.errors import APIError
 from polyhead.server.files import FileStore, page
@@ -55,6 +55,7 @@ class BatchManager:
         self.files = FileStore(state_dir)
         self.jobs: dict[str, dict] = {}  # id -> the Batch object
         self.tasks: dict[str, asyncio.Task] = {}
+        self.line_order: dict[str, dict[str, int]] = {}  # job id -> line key -> its input position
         self.is_stopping = False
 
     @property
@@ -139,6 +140,7 @@ class BatchManager:
             if not path.exists():
                 raise FileNotFoundError(f"input file {job['input_file_id']} was deleted before the batch ran")
             lines = list(read_lines(path, job["endpoint"]))
+            self.line_order[job["id"]] = {line.key: i for i, line in enumerate(lines)}
             done = keys_written(outputs) | keys_written(errors)
             counts = job["request_counts"]
             counts.update(total=len(lines), completed=_num_lines(outputs), failed=_num_lines(errors))
@@ -155,7 +157,7 @@ class BatchManager:
                     counts["completed" if is_success(item) else "failed"] += 1
 
                 try:
-                    await runner.run(lines, write, frozenset(done), on_line_done=count)
+                    await runner.run(lines, write, frozenset(done), on_line_done=count, write_all_if_interrupted=True)
                 finally:
                     await runner.aclose()
         except (asyncio.CancelledError, ServerShuttingDown):
@@ -175,7 +177,9 @@ class BatchManager:
         """Turn the working files into the job's output and error files."""
         job.update(status="finalizing", finalizing_at=int(time.time()))
         outputs, errors = self._working_paths(job)
-        outputs.touch()
+        order = self.line_order.pop(job["id"], {})
+        for path in (outputs, errors):  # a stop or a cancel can leave later lines written before earlier ones
+            _sort_lines(path, order)
         job["output_file_id"] = self.files.add_path(outputs, f"{job['id']}_output.jsonl", "batch_output").id
         if errors.exists() and errors.stat().st_size:
             job["error_file_id"] = self.files.add_path(errors, f"{job['id']}_error.jsonl", "batch_output").id
@@ -192,6 +196,14 @@ class BatchManager:
         partial = path.with_suffix(".part")
         partial.write_text(json.dumps(job))
         partial.replace(path)  # a reader never sees half a job
+
+
+def _sort_lines(path: Path, order: dict[str, int]) -> None:
+    """Rewrite a job's working file in input order (lines it cannot place keep their place at the end)."""
+    raw = path.read_bytes().splitlines(keepends=True) if path.exists() else []
+    keyed = [(order.get(line_key(item.get("custom_id"), item.get("line")), len(order)), i, line)
+             for i, (line, item) in enumerate((line, json.loads(line)) for line in raw)]
+    path.write_bytes(b"".join(line for *_, line in sorted(keyed)))
 
 
 def _num_lines(path: Path) -> int:
