@@ -23,7 +23,7 @@ from polyhead.batch.lines import BATCH_URLS, is_success, keys_written, line_key,
 from polyhead.batch.runner import BatchRunner, ServerShuttingDown
 from polyhead.server.errors import APIError
 from polyhead.server.files import FileStore, page
-from polyhead.server.protocol import RequestBody, _check_unicode
+from polyhead.server.protocol import RequestBody
 from polyhead.server.state_dir import StateDir
 
 logger = logging.getLogger(__name__)
@@ -41,8 +41,12 @@ class CreateBatchRequest(RequestBody):
 
     @field_validator("metadata")
     @classmethod
-    def _valid_unicode_metadata(cls, value):
-        _check_unicode(list(value or {}) + list((value or {}).values()))  # the "*" check reads no dicts
+    def _valid_unicode_metadata(cls, value):  # RequestBody's check reads strings and lists, not dicts
+        for text in [*(value or {}), *(value or {}).values()]:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("has a lone surrogate; text must be valid Unicode") from None
         return value
 
 
@@ -221,8 +225,7 @@ async def create_batch(body: CreateBatchRequest, request: Request):
 
 @router.get("/v1/batches")
 async def list_batches(request: Request, limit: int = 20, after: str | None = None):
-    jobs = _batches(request).list()
-    return page([_Ided(job) for job in jobs], limit, after, lambda item: item.job)
+    return page(_batches(request).list(), limit, after)
 
 
 @router.get("/v1/batches/{batch_id}")
@@ -234,11 +237,3 @@ async def retrieve_batch(batch_id: str, request: Request):
 async def cancel_batch(batch_id: str, request: Request):
     return _batches(request).cancel(batch_id)
 
-
-class _Ided:
-    """A job as `page` reads items: by `.id`."""
-
-    __slots__ = ("id", "job")
-
-    def __init__(self, job: dict):
-        self.id, self.job = job["id"], job

@@ -97,16 +97,15 @@ def _is_id(value: str, prefix: str) -> bool:
     return value.startswith(prefix) and len(rest) == 32 and all(c in "0123456789abcdef" for c in rest)
 
 
-def page(items: list, limit: int, after: str | None, card) -> dict:
-    """OpenAI's cursor page: the `limit` items after the one whose id is `after`."""
+def page(cards: list[dict], limit: int, after: str | None) -> dict:
+    """OpenAI's cursor page: the `limit` cards after the one whose id is `after`."""
     if not 1 <= limit <= MAX_LIST_LIMIT:
         raise APIError(400, f"limit must be in [1, {MAX_LIST_LIMIT}], got {limit}", "limit", "invalid_value")
-    ids = [item.id for item in items]
+    ids = [card["id"] for card in cards]
     start = ids.index(after) + 1 if after in ids else 0
-    chosen = items[start:start + limit]
-    data = [card(item) for item in chosen]
+    data = cards[start:start + limit]
     return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": start + limit < len(items)}
+            "last_id": data[-1]["id"] if data else None, "has_more": start + limit < len(cards)}
 
 
 def _store(request: Request) -> FileStore:
@@ -126,7 +125,7 @@ async def upload_file(request: Request, file: Annotated[UploadFile, File()], pur
 @router.get("/v1/files")
 async def list_files(request: Request, purpose: str | None = None, limit: int = MAX_LIST_LIMIT,
                      after: str | None = None):
-    return page(_store(request).list(purpose), limit, after, StoredFile.card)
+    return page([stored.card() for stored in _store(request).list(purpose)], limit, after)
 
 
 @router.get("/v1/files/{file_id}")

@@ -60,6 +60,10 @@ def test_a_batch_runs_to_its_output_file(live):
     assert errors[0]["response"]["body"]["error"]["param"] == "messages"
     assert errors[1]["error"]["code"] == "invalid_json"
     assert batch.id in [b.id for b in client.batches.list()]
+    first_page = client.files.list(limit=1)
+    assert len(first_page.data) == 1 and first_page.has_more  # the upload and the output file, newest first
+    assert [f.id for f in client.files.list()] == [first_page.data[0].id] + [
+        f.id for f in client.files.list(after=first_page.data[0].id)]
     assert {upload.id, batch.output_file_id} <= {f.id for f in client.files.list()}
 
 
