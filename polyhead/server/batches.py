@@ -135,7 +135,13 @@ class BatchManager:
     def _launch(self, job: dict) -> None:
         task = asyncio.get_running_loop().create_task(self._run(job))
         self.tasks[job["id"]] = task
-        task.add_done_callback(lambda _: self.tasks.pop(job["id"], None))
+        task.add_done_callback(lambda _: self._ended(job))
+
+    def _ended(self, job: dict) -> None:
+        """A job's task is done: a cancel (which may come before the task first runs) is finished here."""
+        self.tasks.pop(job["id"], None)
+        if job["status"] == "cancelling" and not self.is_stopping:
+            self._finish(job, "cancelled")
 
     async def _run(self, job: dict) -> None:
         outputs, errors = self._working_paths(job)
@@ -165,9 +171,7 @@ class BatchManager:
                 finally:
                     await runner.aclose()
         except (asyncio.CancelledError, ServerShuttingDown):
-            if not self.is_stopping and job["status"] == "cancelling":
-                self._finish(job, "cancelled")
-            return  # stopping: the job stays as it is, and resumes at the next start
+            return  # cancelled: _ended finishes it; stopping: it stays as it is, and resumes at the next start
         except Exception as err:  # the job fails with the reason; the server goes on
             logger.exception("batch %s failed", job["id"])
             job.update(status="failed", failed_at=int(time.time()),

@@ -148,3 +148,13 @@ def test_a_job_running_when_the_server_stops_resumes_at_the_next_start(tiny_llam
     assert resumed.status == "completed" and resumed.request_counts.completed == 30
     assert [o["custom_id"] for o in outputs] == [f"r{i}" for i in range(30)]  # each once, in input order
     assert {o["id"] for o in written} <= {o["id"] for o in outputs}  # kept, not run again
+
+
+def test_a_batch_cancelled_at_once_ends_cancelled(live):
+    client, url, _ = live
+    upload = client.files.create(file=("r.jsonl", io.BytesIO(batch_file(3))), purpose="batch")
+    created = httpx.post(f"{url}/v1/batches", json={"input_file_id": upload.id, "endpoint": "/v1/chat/completions",
+                                                    "completion_window": "24h"}, timeout=30).json()
+    client.batches.cancel(created["id"])  # most likely before its task first ran
+    batch = wait_for(client, created["id"])
+    assert batch.status in ("cancelled", "completed") and batch.output_file_id is not None
