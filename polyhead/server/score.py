@@ -31,6 +31,7 @@ PAIR_SEPARATOR = "\n"  # between query and document in a pair classify task's in
 
 
 @router.post("/v1/score")
+@router.post("/score")  # vLLM serves both paths
 async def score(body: ScoreRequest, request: Request):
     state = request.app.state.server
     queries = _texts(body.text_1, "text_1")
@@ -52,6 +53,7 @@ async def score(body: ScoreRequest, request: Request):
 
 @router.post("/v1/rerank")
 @router.post("/v2/rerank")  # Cohere's v2 path; the body is the same
+@router.post("/rerank")  # vLLM's (and Jina's) unversioned path
 async def rerank(body: RerankRequest, request: Request):
     state = request.app.state.server
     query = _texts(body.query, "query")[0]

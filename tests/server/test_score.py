@@ -89,6 +89,10 @@ def test_rerank_orders_by_score_and_cuts_to_top_n(task_server):
     bare = post(url, "/v2/rerank", model="embed", query=QUERY, documents=[{"text": d} for d in DOCUMENTS],
                 return_documents=False).json()
     assert len(bare["results"]) == 3 and all("document" not in r for r in bare["results"])
+    unversioned = post(url, "/rerank", model="embed", query=QUERY, documents=DOCUMENTS).json()
+    assert [r["index"] for r in unversioned["results"]] == [r["index"] for r in bare["results"]]
+    assert post(url, "/score", model="embed", text_1=QUERY, text_2=DOCUMENTS).json()["data"][0]["score"] == \
+        pytest.approx(scores[0], abs=1e-5)
 
 
 @pytest.mark.parametrize(("path", "body", "status", "param"), [
