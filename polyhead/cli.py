@@ -117,7 +117,8 @@ def serve(args) -> int:
         api_key=args.api_key or os.environ.get("POLYHEAD_API_KEY"), default_max_tokens=args.default_max_tokens,
         max_queued_requests=args.max_queued_requests, max_queued_tokens=args.max_queued_tokens,
         request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes,
-        body_read_timeout_s=args.body_read_timeout, max_inputs_per_request=args.max_inputs_per_request)
+        body_read_timeout_s=args.body_read_timeout, max_inputs_per_request=args.max_inputs_per_request,
+        web=not args.no_web)
     connections = ConnectionSettings(grace_s=args.shutdown_grace, header_timeout_s=args.header_read_timeout,
                                      keep_alive_s=args.timeout_keep_alive, limit_concurrency=args.limit_concurrency)
     registry = build_task_registry(args, settings.model_names[0])
@@ -126,7 +127,7 @@ def serve(args) -> int:
         if summary is not None:
             print(f"polyhead: {name}: {summary}", file=sys.stderr, flush=True)
     run_server(registry.backbones[registry.default_backbone].engine, settings, args.host, args.port,
-               connections, registry)
+               connections, registry, root_path=args.root_path.rstrip("/"))
     return 0
 
 
@@ -222,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--api-key", default=None, help="require this bearer key on /v1 (or set POLYHEAD_API_KEY)")
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the model's)")
+    p.add_argument("--no-web", action="store_true",
+                   help="do not serve the web playground and dashboard at GET / (docs/web.md)")
+    p.add_argument("--root-path", default="",
+                   help="the path prefix a reverse proxy serves polyhead under and strips, e.g. /polyhead "
+                   "(uvicorn's root_path; the page and the API work behind it)")
     p.add_argument("--default-max-tokens", type=int, default=256, help="when a request sets none (default: 256)")
     p.add_argument("--engine-mode", default="auto", choices=["auto", "process", "thread"],
                    help="step each backbone's engine in its own child process or on a thread of the server "

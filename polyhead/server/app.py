@@ -14,7 +14,9 @@ from polyhead.server.completions import router as completions_router
 from polyhead.server.door import BodyLimit
 from polyhead.server.embeddings import router as embeddings_router
 from polyhead.server.errors import APIError, error_response, install_error_handlers
+from polyhead.server.live_stats import router as stats_router
 from polyhead.server.metrics import Metrics
+from polyhead.server.playground import PUBLIC_PREFIX, install_playground
 from polyhead.server.protocol import ModelCard, ModelList
 from polyhead.server.registry import TaskRegistry
 from polyhead.server.tag import router as tag_router
@@ -36,7 +38,8 @@ class ServerSettings:
     max_request_bytes: int = 1 << 20  # request bodies beyond this, counted as they arrive: 413
     body_read_timeout_s: float = 30.0  # a body not all in by then: 408 (polyhead/server/door.py)
     max_inputs_per_request: int = 64  # inputs in one classify/tag/embeddings request; beyond: 413
-    public_paths: set[str] = field(default_factory=lambda: {"/health", "/metrics"})
+    public_paths: set[str] = field(default_factory=lambda: {"/health", "/metrics", "/stats", "/"})
+    web: bool = True  # serve the playground at GET / (off: --no-web)
 
 
 class ServerState(TaskRouting):
@@ -101,7 +104,8 @@ def build_app(engine: EngineClient, settings: ServerSettings, registry: TaskRegi
     @app.middleware("http")
     async def draining(request: Request, call_next):
         server = app.state.server
-        if server.draining and (request.url.path.startswith("/v1") or request.url.path == "/health"):
+        path = route_path(request)
+        if server.draining and (path.startswith("/v1") or path == "/health"):
             server.metrics.rejected.labels(reason="shutting_down").inc()
             return error_response(503, "the server is shutting down; retry on another replica", None,
                                   "shutting_down", {"Retry-After": "1", "Connection": "close"})
@@ -109,7 +113,9 @@ def build_app(engine: EngineClient, settings: ServerSettings, registry: TaskRegi
 
     @app.middleware("http")
     async def require_api_key(request: Request, call_next):
-        if settings.api_key and request.url.path not in settings.public_paths:
+        path = route_path(request)
+        is_public = path in settings.public_paths or (settings.web and path.startswith(PUBLIC_PREFIX))
+        if settings.api_key and not is_public:
             scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
             given = given.strip() if scheme.lower() == "bearer" else ""  # the scheme is case-insensitive (RFC 7235)
             if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
@@ -141,6 +147,15 @@ def build_app(engine: EngineClient, settings: ServerSettings, registry: TaskRegi
         return ModelList(data=[ModelCard(id=name, parent=base if name in state.settings.lora_names else None)
                                for name in state.model_ids()]).model_dump()
 
-    for router in (completions_router, classify_router, tag_router, embeddings_router, tasks_router):
+    for router in (completions_router, classify_router, tag_router, embeddings_router, tasks_router, stats_router):
         app.include_router(router)
+    if settings.web:
+        install_playground(app)
     return app
+
+
+def route_path(request: Request) -> str:
+    """The path the routes match, without the --root-path prefix (uvicorn puts it in front of the
+    path, and a mounted app sees its mount point there too)."""
+    path, root = request.url.path, request.scope.get("root_path", "")
+    return (path[len(root):] or "/") if root and path.startswith(root) else path
