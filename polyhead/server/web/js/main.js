@@ -79,6 +79,7 @@ async function start() {
   };
   setUpKey(reload);
   await reload();
+  if (!document.getElementById("view-chat").hidden) document.getElementById("chat-input").focus();
   document.body.dataset.ready = "true";
 }
 
