@@ -32,11 +32,16 @@ def test_chat_streams_tokens_incrementally_keyboard_only(page, task_server, tmp_
     page.keyboard.press("Enter")
     page.wait_for_selector(".message.assistant .actions button")
     lengths = page.evaluate("window.lengths")
-    growing = sorted(set(n for n in lengths if n > 0))
+    growing = sorted({n for n in lengths if n > 0})
     assert len(growing) >= 3, f"the reply arrived in fewer than 3 pieces: {lengths}"
     assert lengths == sorted(lengths)  # it only ever grew
     meta = page.text_content(".message.assistant .meta")
     assert "48 tokens" in meta and "TTFT" in meta and "tokens/s" in meta
+    assert page.evaluate("document.activeElement.id") == "chat-input"  # ready for the next message
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.click("text=Copy")
+    page.wait_for_selector("text=Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == page.text_content(".message.assistant .content")
     screenshot(page, tmp_path, "chat")
 
 
@@ -191,6 +196,9 @@ def test_tabs_labels_and_a_narrow_window(page, task_server, tmp_path):
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scrolling
     settings, conversation = page.locator(".settings").bounding_box(), page.locator(".conversation").bounding_box()
     assert conversation["y"] >= settings["y"] + settings["height"]  # one column
+    assert not page.is_visible("#chat-model") and conversation["y"] < 844 / 2  # settings folded: chat comes first
+    page.click("#chat-settings summary")
+    assert page.is_visible("#chat-model")
     page.focus("#tab-chat")
     page.keyboard.press("ArrowRight")
     assert page.get_attribute("#tab-tasks", "aria-selected") == "true" and page.is_visible("#view-tasks")

@@ -51,6 +51,7 @@ export function setUpChat(tell) {
       body = requestBody(messages);
     } catch (err) {
       $("schema-error").textContent = err.message;
+      $("chat-settings").open = true;
       $("chat-schema").focus();
       messages.pop();
       $("transcript").lastElementChild?.remove();

@@ -61,6 +61,9 @@ function setUpKey(reload) {
 
 async function start() {
   setUpTabs();
+  if (matchMedia("(max-width: 720px)").matches) { // a narrow window: the conversation first, settings on demand
+    document.getElementById("chat-settings").open = false;
+  }
   const views = {
     chat: setUpChat(tell),
     tasks: setUpTasks(tell),
