@@ -1,8 +1,9 @@
 """The web playground in a real browser: Playwright driving Debian's chromium (`make browser`
 installs it: apt-get install chromium) against a live server on tiny random models.
 
-POLYHEAD_WEB_SCREENSHOTS=1 also writes each view's screenshot to docs/img/ (the README shows them);
-without it they go to the test's tmp dir only."""
+Screenshots go to each test's tmp dir. POLYHEAD_WEB_SCREENSHOTS=1 also runs test_screenshots.py,
+which serves the real default model (`--tasks default`) and writes each view to docs/img/web-*.png
+for the README."""
 
 import os
 import shutil
@@ -60,12 +61,13 @@ def task_server(manifest_dir, tiny_llama):  # noqa: F811 (the fixture imported a
         yield url, app
 
 
-def screenshot(page, tmp_path: Path, name: str) -> Path:
-    """Save the page as tmp_path/name.png, and as docs/img/web-name.png under POLYHEAD_WEB_SCREENSHOTS=1."""
+def screenshot(page, tmp_path: Path, name: str, for_docs: bool = False) -> Path:
+    """Save the page as tmp_path/name.png; with for_docs, under POLYHEAD_WEB_SCREENSHOTS=1, also as
+    docs/img/web-name.png."""
     path = tmp_path / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 0
-    if WRITES_DOC_SCREENSHOTS:
+    if for_docs and WRITES_DOC_SCREENSHOTS:
         shutil.copyfile(path, ROOT / "docs" / "img" / f"web-{name}.png")
     return path
 

@@ -30,6 +30,11 @@ def test_page_and_every_asset_it_names_are_served(task_server):
         response = httpx.get(f"{url}/{asset}", timeout=30)
         assert response.status_code == 200, asset
     assert not re.search(r'(?:src|href)="(?:https?:)?//', page.text), "the page loads nothing from elsewhere"
+    for path in ("/web/js/nope.js", "/web/..%2f..%2fapp.py", "/web/%2e%2e/playground.py"):
+        missing = httpx.get(f"{url}{path}", timeout=30)
+        assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error", path
+    wrong_method = httpx.post(f"{url}/", json={}, timeout=30)
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_no_web_serves_no_page_but_keeps_the_api_and_stats(tiny_llama):
