@@ -68,7 +68,7 @@ def test_api_key_flow_behind_a_path_prefix(page, keyed_prefixed_server, tmp_path
     assert page.evaluate("sessionStorage.length") == 0
 
 
-def test_a_restarting_engine_is_said_plainly(page, tiny_llama, monkeypatch):
+def test_a_restarting_engine_is_said_plainly_and_escape_stops_a_reply(page, tiny_llama, monkeypatch):
     monkeypatch.setattr(supervision, "RESTART_BACKOFF_S", (2.5,))  # long enough for the page to see it
     engine = AsyncEngine.from_config(EngineConfig(model=str(tiny_llama[0]), dtype="float32",
                                                   kv_cache_memory="16MiB", max_model_len=128))
@@ -84,6 +84,15 @@ def test_a_restarting_engine_is_said_plainly(page, tiny_llama, monkeypatch):
             request.start()
             page.wait_for_selector(f'{status}:text("restarting")')
             assert f"The engine of {MODEL} is restarting" in page.text_content("#notice")
+            # a chat sent now waits for the new engine: Escape stops it (keyboard only)
+            page.click("#tab-chat")
+            page.fill("#chat-input", "hi")
+            page.press("#chat-input", "Enter")
+            page.wait_for_selector("#chat-stop-button:enabled")
+            page.keyboard.press("Escape")
+            page.wait_for_selector('.message.assistant.failed .meta:text("Stopped.")')
+            assert page.is_enabled("#chat-send") and page.is_disabled("#chat-stop-button")
+            page.click("#tab-dashboard")
             page.wait_for_selector(f'{status}:text("running")')
             page.wait_for_selector("#notice", state="hidden")
             assert page.get_attribute(f'[data-backbone="{MODEL}"] [data-figure="restarts"]', "data-value") == "1"
