@@ -2,9 +2,12 @@
 --no-web, /web/config.json, /stats, and the public paths behind a path prefix with an API key."""
 
 import re
+import threading
+import time
 
 import httpx
 import pytest
+import uvicorn
 
 from polyhead.cli import build_parser
 from polyhead.engine.client.async_engine import AsyncEngine
@@ -12,7 +15,7 @@ from polyhead.server.app import ServerSettings, build_app
 from polyhead.server.live_stats import LATENCY_WINDOW_S, RATE_WINDOW_S, LiveStats, percentile
 from polyhead.server.playground import WEB_FOLDER
 from polyhead.server.registry import TaskRegistry
-from tests.conftest import make_engine
+from tests.conftest import free_port, make_engine
 from tests.server.conftest import MODEL, running_server
 from tests.web.conftest import served_under_prefix
 
@@ -76,6 +79,17 @@ def test_stats_after_a_chat_and_a_classify(task_server):
     assert stats["tasks"]["sentiment"]["ttft_p50"] is None  # a pooling request has no first token
 
 
+def test_stats_in_process_mode(tiny_llama):
+    with running_server(tiny_llama[0], "process") as (url, _):
+        response = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 4,
+                                                             "ignore_eos": True}, timeout=60)
+        assert response.status_code == 200
+        stats = httpx.get(f"{url}/stats", timeout=30).json()
+    tiny = stats["backbones"][MODEL]
+    assert tiny["status"] == "running" and tiny["tokens_per_s"] > 0 and tiny["rows_per_step"]["generate"] > 0
+    assert stats["tasks"]["completion"]["requests"] == 1 and stats["tasks"]["completion"]["ttft_p50"] > 0
+
+
 def test_live_stats_windows_and_percentiles():
     now = [100.0]
     live = LiveStats(clock=lambda: now[0])
@@ -106,6 +120,29 @@ def test_behind_a_prefix_with_an_api_key_the_page_is_public_and_the_api_is_not(t
             models = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer sekret"}, timeout=30)
             assert models.status_code == 200 and models.json()["data"][0]["id"] == MODEL
     finally:
+        engine.stop()
+
+
+def test_uvicorn_root_path_as_serve_sets_it(tiny_llama):
+    """`polyhead serve --root-path /polyhead` behind a proxy that strips the prefix: uvicorn puts it
+    back in front of the path, and the routes and the public paths still match."""
+    engine = AsyncEngine(make_engine(tiny_llama[0], max_model_len=128))
+    app = build_app(engine, ServerSettings(model_names=[MODEL], api_key="sekret"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning",
+                                           root_path="/polyhead"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        url = f"http://127.0.0.1:{server.config.port}"  # what the proxy forwards to: the prefix stripped
+        for path in ("/", "/web/js/main.js", "/health", "/stats"):
+            assert httpx.get(f"{url}{path}", timeout=30).status_code == 200, path
+        assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 401
+        assert httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer sekret"}, timeout=30).status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(10)
         engine.stop()
 
 
