@@ -85,7 +85,7 @@ export function setUpChat(tell) {
       view.meta.textContent = explain(err);
       view.article.classList.add("failed");
       if (err.name !== "AbortError") tell(explain(err));
-      messages.push({ role: "assistant", content: text });
+      if (text) messages.push({ role: "assistant", content: text }); // what arrived stays in the conversation
       addReplyButtons(view, text);
     } finally {
       view.article.setAttribute("aria-busy", "false");
@@ -106,7 +106,7 @@ export function setUpChat(tell) {
     });
     const regenerate = button("Regenerate", () => {
       if (running) return;
-      messages.pop(); // this reply; the user's message before it is asked again
+      if (messages.at(-1)?.role === "assistant") messages.pop(); // the user's message before it is asked again
       view.article.remove();
       reply();
     });

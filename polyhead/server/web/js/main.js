@@ -74,8 +74,7 @@ async function start() {
       const server = await loadServer();
       views.chat.show(server);
       views.tasks.show(server);
-      tell(server.config.api_key_required && !apiKey() ? "This server wants an API key: type it above." : "",
-           "info");
+      tell("", "info"); // /v1/models answered: the key, if one is needed, is right
     } catch (err) {
       tell(explain(err));
     }
