@@ -172,7 +172,8 @@ def serve(args) -> int:
         body_read_timeout_s=args.body_read_timeout, max_inputs_per_request=args.max_inputs_per_request,
         generation_config=args.generation_config,
         max_documents_per_request=args.max_documents_per_request, state_dir=args.state_dir,
-        max_file_bytes=args.max_file_bytes, max_batch_concurrency=args.max_batch_concurrency)
+        max_file_bytes=args.max_file_bytes, max_batch_concurrency=args.max_batch_concurrency,
+        web=not args.no_web)
     connections = ConnectionSettings(grace_s=args.shutdown_grace, header_timeout_s=args.header_read_timeout,
                                      keep_alive_s=args.timeout_keep_alive, limit_concurrency=args.limit_concurrency)
     registry = build_task_registry(args, settings.model_names[0])
@@ -181,7 +182,7 @@ def serve(args) -> int:
         if summary is not None:
             print(f"polyhead: {name}: {summary}", file=sys.stderr, flush=True)
     run_server(registry.backbones[registry.default_backbone].engine, settings, args.host, args.port,
-               connections, registry)
+               connections, registry, root_path=args.root_path.rstrip("/"))
     return 0
 
 
@@ -287,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--api-key", default=None, help="require this bearer key on /v1 (or set POLYHEAD_API_KEY)")
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the model's)")
+    p.add_argument("--no-web", action="store_true",
+                   help="do not serve the web playground and dashboard at GET / (docs/web.md)")
+    p.add_argument("--root-path", default="",
+                   help="the path prefix a reverse proxy serves polyhead under and strips, e.g. /polyhead "
+                   "(uvicorn's root_path; the page and the API work behind it)")
     p.add_argument("--default-max-tokens", type=int, default=256, help="when a request sets none (default: 256)")
     p.add_argument("--state-dir", default=default_state_dir(),
                    help="where /v1/files uploads and /v1/batches jobs are kept; a job running when the server stops "

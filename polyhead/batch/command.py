@@ -74,7 +74,7 @@ def build_batch_app(args):
         model_names=[args.served_model_name or args.model or DEFAULT_MODEL],
         lora_names=list(parse_lora_modules(args.lora_modules)), default_max_tokens=args.default_max_tokens,
         max_queued_requests=1 << 30, max_queued_tokens=1 << 40, request_timeout_s=args.request_timeout,
-        max_request_bytes=1 << 30, generation_config=args.generation_config)
+        max_request_bytes=1 << 30, generation_config=args.generation_config, web=False)
     registry = build_task_registry(args, settings.model_names[0])
     return build_app(registry.backbones[registry.default_backbone].engine, settings, registry), registry
 

@@ -18,7 +18,9 @@ from polyhead.server.door import BodyLimit
 from polyhead.server.embeddings import router as embeddings_router
 from polyhead.server.errors import APIError, error_response, install_error_handlers
 from polyhead.server.files import router as files_router
+from polyhead.server.live_stats import router as stats_router
 from polyhead.server.metrics import Metrics
+from polyhead.server.playground import PUBLIC_PREFIX, install_playground
 from polyhead.server.protocol import ModelCard, ModelList
 from polyhead.server.registry import TaskRegistry
 from polyhead.server.score import router as score_router
@@ -48,7 +50,8 @@ class ServerSettings:
     state_dir: str | None = None  # uploaded files and batch jobs (kept across restarts); None: a temporary one
     max_file_bytes: int = 200 << 20  # an upload to /v1/files beyond this: 413
     max_batch_concurrency: int = 64  # lines of one batch job in flight at once (they queue like any request)
-    public_paths: set[str] = field(default_factory=lambda: {"/health", "/metrics"})
+    public_paths: set[str] = field(default_factory=lambda: {"/health", "/metrics", "/stats", "/"})
+    web: bool = True  # serve the playground at GET / (off: --no-web)
 
 
 class ServerState(TaskRouting):
@@ -121,7 +124,8 @@ def build_app(engine: EngineClient, settings: ServerSettings, registry: TaskRegi
     @app.middleware("http")
     async def draining(request: Request, call_next):
         server = app.state.server
-        if server.draining and (request.url.path.startswith("/v1") or request.url.path == "/health"):
+        path = route_path(request)
+        if server.draining and (path.startswith("/v1") or path == "/health"):
             server.metrics.rejected.labels(reason="shutting_down").inc()
             return error_response(503, "the server is shutting down; retry on another replica", None,
                                   "shutting_down", {"Retry-After": "1", "Connection": "close"})
@@ -129,7 +133,9 @@ def build_app(engine: EngineClient, settings: ServerSettings, registry: TaskRegi
 
     @app.middleware("http")
     async def require_api_key(request: Request, call_next):
-        if settings.api_key and request.url.path not in settings.public_paths:
+        path = route_path(request)
+        is_public = path in settings.public_paths or (settings.web and path.startswith(PUBLIC_PREFIX))
+        if settings.api_key and not is_public:
             scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
             given = given.strip() if scheme.lower() == "bearer" else ""  # the scheme is case-insensitive (RFC 7235)
             if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
@@ -163,6 +169,15 @@ def build_app(engine: EngineClient, settings: ServerSettings, registry: TaskRegi
                                for name in state.model_ids()]).model_dump()
 
     for router in (completions_router, classify_router, tag_router, embeddings_router, tasks_router,
-                   tokenize_router, score_router, files_router, batches_router):
+                   tokenize_router, score_router, files_router, batches_router, stats_router):
         app.include_router(router)
+    if settings.web:
+        install_playground(app)
     return app
+
+
+def route_path(request: Request) -> str:
+    """The path the routes match, without the --root-path prefix (uvicorn puts it in front of the
+    path, and a mounted app sees its mount point there too)."""
+    path, root = request.url.path, request.scope.get("root_path", "")
+    return (path[len(root):] or "/") if root and path.startswith(root) else path
