@@ -51,6 +51,32 @@ def add_generation_config_argument(parser) -> None:
                         "none: OpenAI's defaults (default: auto)")
 
 
+def add_backbone_args(p: argparse.ArgumentParser) -> None:
+    """Where each backbone's engine steps and which tasks are served (`serve` and `batch`)."""
+    p.add_argument("--engine-mode", default="auto", choices=["auto", "process", "thread"],
+                   help="step each backbone's engine in its own child process or on a thread of the server "
+                   "process; auto: decoders in a child process, encoders (e.g. the embedding model) on a "
+                   "thread, what measured best; see BENCHMARKS.md (default: auto)")
+    p.add_argument("--tasks", default=None, metavar="MANIFEST",
+                   help="serve the tasks of a tasks.yaml manifest, or `default` for the shipped set (chat, "
+                   "summarize, translate, sentiment, topic, embed); each backbone gets its own engine")
+    p.add_argument("--backbone-kv-cache-memory", action="append", metavar="NAME=SIZE",
+                   help="KV cache for one backbone of the manifest, a size or auto (repeatable; others get "
+                   "--kv-cache-memory)")
+    p.add_argument("--backbone-engine-mode", action="append", metavar="NAME=MODE",
+                   help="thread, process or auto for one backbone of the manifest (repeatable; others get "
+                   "--engine-mode)")
+    p.add_argument("--backbone-threads", action="append", metavar="NAME=N",
+                   help="torch threads for a backbone of the manifest other than --model (repeatable; "
+                   "default 1, so a small second backbone does not contend for the cores of the first)")
+
+
+def default_state_dir() -> str:
+    import os
+
+    return os.path.join(os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "polyhead")
+
+
 def engine_config(args):
     from polyhead.config import EngineConfig
 
@@ -144,7 +170,10 @@ def serve(args) -> int:
         max_queued_requests=args.max_queued_requests, max_queued_tokens=args.max_queued_tokens,
         request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes,
         body_read_timeout_s=args.body_read_timeout, max_inputs_per_request=args.max_inputs_per_request,
-        generation_config=args.generation_config)
+        generation_config=args.generation_config,
+        max_documents_per_request=args.max_documents_per_request, state_dir=args.state_dir,
+        max_file_bytes=args.max_file_bytes, max_batch_concurrency=args.max_batch_concurrency,
+        web=not args.no_web)
     connections = ConnectionSettings(grace_s=args.shutdown_grace, header_timeout_s=args.header_read_timeout,
                                      keep_alive_s=args.timeout_keep_alive, limit_concurrency=args.limit_concurrency)
     registry = build_task_registry(args, settings.model_names[0])
@@ -153,7 +182,7 @@ def serve(args) -> int:
         if summary is not None:
             print(f"polyhead: {name}: {summary}", file=sys.stderr, flush=True)
     run_server(registry.backbones[registry.default_backbone].engine, settings, args.host, args.port,
-               connections, registry)
+               connections, registry, root_path=args.root_path.rstrip("/"))
     return 0
 
 
@@ -259,23 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--api-key", default=None, help="require this bearer key on /v1 (or set POLYHEAD_API_KEY)")
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the model's)")
+    p.add_argument("--no-web", action="store_true",
+                   help="do not serve the web playground and dashboard at GET / (docs/web.md)")
+    p.add_argument("--root-path", default="",
+                   help="the path prefix a reverse proxy serves polyhead under and strips, e.g. /polyhead "
+                   "(uvicorn's root_path; the page and the API work behind it)")
     p.add_argument("--default-max-tokens", type=int, default=256, help="when a request sets none (default: 256)")
-    p.add_argument("--engine-mode", default="auto", choices=["auto", "process", "thread"],
-                   help="step each backbone's engine in its own child process or on a thread of the server "
-                   "process; auto: decoders in a child process, encoders (e.g. the embedding model) on a "
-                   "thread, what measured best; see BENCHMARKS.md (default: auto)")
-    p.add_argument("--tasks", default=None, metavar="MANIFEST",
-                   help="serve the tasks of a tasks.yaml manifest, or `default` for the shipped set (chat, "
-                   "summarize, translate, sentiment, topic, embed); each backbone gets its own engine")
-    p.add_argument("--backbone-kv-cache-memory", action="append", metavar="NAME=SIZE",
-                   help="KV cache for one backbone of the manifest, a size or auto (repeatable; others get "
-                   "--kv-cache-memory)")
-    p.add_argument("--backbone-engine-mode", action="append", metavar="NAME=MODE",
-                   help="thread, process or auto for one backbone of the manifest (repeatable; others get "
-                   "--engine-mode)")
-    p.add_argument("--backbone-threads", action="append", metavar="NAME=N",
-                   help="torch threads for a backbone of the manifest other than --model (repeatable; "
-                   "default 1, so a small second backbone does not contend for the cores of the first)")
+    p.add_argument("--state-dir", default=default_state_dir(),
+                   help="where /v1/files uploads and /v1/batches jobs are kept; a job running when the server stops "
+                   "resumes at the next start (default: $XDG_STATE_HOME/polyhead, else ~/.local/state/polyhead)")
+    p.add_argument("--max-batch-concurrency", type=int, default=64,
+                   help="lines of one /v1/batches job in flight at once, queued beside online requests (default: 64)")
+    add_backbone_args(p)
     add_generation_config_argument(p)
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-queued-requests", type=int, default=256,
@@ -299,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(uvicorn's; default: no limit)")
     limits.add_argument("--max-inputs-per-request", type=int, default=64,
                         help="inputs in one classify/tag/embeddings request before 413 (default: 64)")
+    limits.add_argument("--max-file-bytes", type=int, default=200 << 20,
+                        help="uploads to /v1/files larger than this get 413 (default: 209715200, OpenAI's 200 MB)")
+    limits.add_argument("--max-documents-per-request", type=int, default=128,
+                        help="documents (text_2 items) in one rerank/score request before 413 (default: 128)")
     limits.add_argument("--shutdown-grace", type=float, default=30.0,
                         help="seconds in-flight requests may finish after SIGTERM (default: 30)")
     add_engine_args(p)
@@ -313,7 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_prune_parser(commands)
     add_quantize_parser(commands)
 
+    from polyhead.batch.command import add_batch_parser
+
+    add_batch_parser(commands)
+
     from polyhead.bench.agreement import add_agreement_parser
+    from polyhead.bench.batch import add_batch_bench_parser
     from polyhead.bench.mixed import add_mixed_parser
     from polyhead.bench.offline import add_offline_parser
     from polyhead.bench.perplexity import add_perplexity_parser
@@ -328,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_perplexity_parser(bench_commands)
     add_agreement_parser(bench_commands)
     add_structured_parser(bench_commands)
+    add_batch_bench_parser(bench_commands)
     return parser
 
 

@@ -10,14 +10,21 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from polyhead.engine.client.engine_client import EngineClient
 from polyhead.models.generation_config import read_generation_defaults
+from polyhead.server.batches import BatchManager
+from polyhead.server.batches import router as batches_router
 from polyhead.server.classify import router as classify_router
 from polyhead.server.completions import router as completions_router
 from polyhead.server.door import BodyLimit
 from polyhead.server.embeddings import router as embeddings_router
 from polyhead.server.errors import APIError, error_response, install_error_handlers
+from polyhead.server.files import router as files_router
+from polyhead.server.live_stats import router as stats_router
 from polyhead.server.metrics import Metrics
+from polyhead.server.playground import PUBLIC_PREFIX, install_playground
 from polyhead.server.protocol import ModelCard, ModelList
 from polyhead.server.registry import TaskRegistry
+from polyhead.server.score import router as score_router
+from polyhead.server.state_dir import StateDir
 from polyhead.server.tag import router as tag_router
 from polyhead.server.tasks import TaskRouting
 from polyhead.server.tasks import router as tasks_router
@@ -39,7 +46,12 @@ class ServerSettings:
     body_read_timeout_s: float = 30.0  # a body not all in by then: 408 (polyhead/server/door.py)
     max_inputs_per_request: int = 64  # inputs in one classify/tag/embeddings request; beyond: 413
     generation_config: str = "auto"  # auto: a model folder's generation_config.json fills unset sampling fields
-    public_paths: set[str] = field(default_factory=lambda: {"/health", "/metrics"})
+    max_documents_per_request: int = 128  # documents in one score/rerank request; beyond: 413
+    state_dir: str | None = None  # uploaded files and batch jobs (kept across restarts); None: a temporary one
+    max_file_bytes: int = 200 << 20  # an upload to /v1/files beyond this: 413
+    max_batch_concurrency: int = 64  # lines of one batch job in flight at once (they queue like any request)
+    public_paths: set[str] = field(default_factory=lambda: {"/health", "/metrics", "/stats", "/"})
+    web: bool = True  # serve the playground at GET / (off: --no-web)
 
 
 class ServerState(TaskRouting):
@@ -94,20 +106,26 @@ def build_app(engine: EngineClient, settings: ServerSettings, registry: TaskRegi
         for backbone_engine in registry.engines:
             if not backbone_engine.is_running:
                 backbone_engine.start()
+        app.state.batches.start()
         yield
+        await app.state.batches.stop()
         registry.stop()
 
     app = FastAPI(title="polyhead", lifespan=lifespan)
     app.state.server = ServerState(registry, settings)
+    app.state.batches = BatchManager(app, StateDir(settings.state_dir), settings.max_batch_concurrency,
+                                     settings.api_key)
     install_error_handlers(app)
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, timeout_s=settings.body_read_timeout_s,
-                       on_reject=lambda reason: app.state.server.metrics.rejected.labels(reason=reason).inc())
+                       on_reject=lambda reason: app.state.server.metrics.rejected.labels(reason=reason).inc(),
+                       limits_by_path={"/v1/files": (settings.max_file_bytes, "max_file_bytes, --max-file-bytes")})
 
     @app.middleware("http")
     async def draining(request: Request, call_next):
         server = app.state.server
-        if server.draining and (request.url.path.startswith("/v1") or request.url.path == "/health"):
+        path = route_path(request)
+        if server.draining and (path.startswith("/v1") or path == "/health"):
             server.metrics.rejected.labels(reason="shutting_down").inc()
             return error_response(503, "the server is shutting down; retry on another replica", None,
                                   "shutting_down", {"Retry-After": "1", "Connection": "close"})
@@ -115,7 +133,9 @@ def build_app(engine: EngineClient, settings: ServerSettings, registry: TaskRegi
 
     @app.middleware("http")
     async def require_api_key(request: Request, call_next):
-        if settings.api_key and request.url.path not in settings.public_paths:
+        path = route_path(request)
+        is_public = path in settings.public_paths or (settings.web and path.startswith(PUBLIC_PREFIX))
+        if settings.api_key and not is_public:
             scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
             given = given.strip() if scheme.lower() == "bearer" else ""  # the scheme is case-insensitive (RFC 7235)
             if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
@@ -149,6 +169,15 @@ def build_app(engine: EngineClient, settings: ServerSettings, registry: TaskRegi
                                for name in state.model_ids()]).model_dump()
 
     for router in (completions_router, classify_router, tag_router, embeddings_router, tasks_router,
-                   tokenize_router):
+                   tokenize_router, score_router, files_router, batches_router, stats_router):
         app.include_router(router)
+    if settings.web:
+        install_playground(app)
     return app
+
+
+def route_path(request: Request) -> str:
+    """The path the routes match, without the --root-path prefix (uvicorn puts it in front of the
+    path, and a mounted app sees its mount point there too)."""
+    path, root = request.url.path, request.scope.get("root_path", "")
+    return (path[len(root):] or "/") if root and path.startswith(root) else path

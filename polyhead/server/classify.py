@@ -38,8 +38,8 @@ async def classify(body: ClassifyRequest, request: Request):
             first = len(jobs)
             plan = None
             if task.spec.is_zero_shot:
-                plan = await tokenize_off_loop(size, _zero_shot_plan, task, text)
-            jobs += _jobs(task, text, plan, group=(index, task.backbone.name))
+                plan = await tokenize_off_loop(size, zero_shot_plan, task, text)
+            jobs += classify_jobs(task, text, plan, group=(index, task.backbone.name))
             spans.append((index, task, plan, first, len(jobs)))
     response_id = new_id("classify")
     routing = state.routing(request, body)
@@ -50,14 +50,15 @@ async def classify(body: ClassifyRequest, request: Request):
             "usage": UsageInfo(prompt_tokens=num_tokens, total_tokens=num_tokens).model_dump()}
 
 
-def _zero_shot_plan(task: ServedTask, text: str) -> ZeroShotPlan:
+def zero_shot_plan(task: ServedTask, text: str, param: str = "input") -> ZeroShotPlan:
     try:
         return zero_shot.build_plan(task.spec, task.backbone.tokenizer, text)
     except ValueError as err:
-        raise APIError(400, f"input: {err}", "input") from err
+        raise APIError(400, f"{param}: {err}", param) from err
 
 
-def _jobs(task: ServedTask, text: str, plan: ZeroShotPlan | None, group) -> list[PoolingJob]:
+def classify_jobs(task: ServedTask, text: str, plan: ZeroShotPlan | None, group) -> list[PoolingJob]:
+    """The rows that classify `text` (already without the task's template) with `task`."""
     spec, backbone = task.spec, task.backbone
     if plan is None:
         params = PoolingParams(kind="classify", task=spec.name, pooling=spec.pooling)
@@ -65,12 +66,16 @@ def _jobs(task: ServedTask, text: str, plan: ZeroShotPlan | None, group) -> list
     return [PoolingJob(backbone, ids, params, spec.name, task.adapter, group) for ids, params in plan.requests()]
 
 
-def _answer(index: int, task: ServedTask, plan: ZeroShotPlan | None, outputs: list) -> LabelScore:
-    labels = list(task.spec.labels)
+def label_probabilities(task: ServedTask, plan: ZeroShotPlan | None, outputs: list) -> list[float]:
+    """Every label's probability, in the task's label order, from the outputs of classify_jobs' rows."""
     if plan is not None:  # the rows' scores -> probabilities over the labels
         by_label = plan.probabilities(plan.scores([out.pooled for out in outputs]))
-        probs = [by_label[label] for label in labels]
-    else:
-        probs = [float(p) for p in outputs[0].pooled]
+        return [by_label[label] for label in task.spec.labels]
+    return [float(p) for p in outputs[0].pooled]
+
+
+def _answer(index: int, task: ServedTask, plan: ZeroShotPlan | None, outputs: list) -> LabelScore:
+    labels = list(task.spec.labels)
+    probs = label_probabilities(task, plan, outputs)
     best = max(range(len(labels)), key=probs.__getitem__)
     return LabelScore(index=index, task=task.name, label=labels[best], score=probs[best], probs=probs, labels=labels)

@@ -20,17 +20,23 @@ CLOSE = {"Connection": "close"}  # the rest of the body is not read, so the conn
 
 class BodyLimit:
     """ASGI middleware: 413 once a body passes `max_bytes` (by Content-Length, or counted while it is
-    read), 408 when it has not arrived within `timeout_s`; `on_reject(reason)` counts each."""
+    read), 408 when it has not arrived within `timeout_s`; `on_reject(reason)` counts each. A path in
+    `limits_by_path` (e.g. file uploads) has its own limit: path -> (bytes, the setting that names it)."""
 
-    def __init__(self, app, max_bytes: int, timeout_s: float, on_reject: Callable[[str], None]):
+    def __init__(self, app, max_bytes: int, timeout_s: float, on_reject: Callable[[str], None],
+                 limits_by_path: dict[str, tuple[int, str]] | None = None):
         self.app, self.max_bytes, self.timeout_s, self.on_reject = app, max_bytes, timeout_s, on_reject
+        self.limits_by_path = limits_by_path or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        default = (self.max_bytes, "max_request_bytes, --max-request-bytes")
+        max_bytes, setting = self.limits_by_path.get(scope["path"], default)
         length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes:
-            return await self._reject(scope, receive, send, 413, f"request body is {int(length)} bytes")
+        if length.isdigit() and int(length) > max_bytes:
+            return await self._reject(scope, receive, send, 413, f"request body is {int(length)} bytes; the limit "
+                                      f"is {max_bytes} ({setting})")
         chunks, size = [], 0
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -39,8 +45,9 @@ class BodyLimit:
                     if message["type"] == "http.disconnect":
                         return
                     size += len(message.get("body", b""))
-                    if size > self.max_bytes:
-                        return await self._reject(scope, receive, send, 413, f"request body passed {size} bytes")
+                    if size > max_bytes:
+                        return await self._reject(scope, receive, send, 413, f"request body passed {size} bytes; "
+                                                  f"the limit is {max_bytes} ({setting})")
                     chunks.append(message.get("body", b""))
                     if not message.get("more_body", False):
                         break
@@ -60,8 +67,7 @@ class BodyLimit:
     async def _reject(self, scope, receive, send, status: int, what: str) -> None:
         if status == 413:
             self.on_reject("too_large")
-            response = error_response(413, f"{what}; the limit is {self.max_bytes} (max_request_bytes, "
-                                      "--max-request-bytes)", None, "request_too_large", CLOSE)
+            response = error_response(413, what, None, "request_too_large", CLOSE)
         else:
             self.on_reject("body_timeout")
             response = error_response(408, f"the request body did not arrive within {self.timeout_s:g} s "

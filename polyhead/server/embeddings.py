@@ -25,7 +25,7 @@ router = APIRouter()
 @router.post("/v1/embeddings")
 async def create_embeddings(body: EmbeddingRequest, request: Request):
     state = request.app.state.server
-    backbone, task_name, adapter, params, dimensions = _resolve(state, body.model)
+    backbone, task_name, adapter, params, dimensions = resolve_embedder(state, body.model)
     if body.dimensions is not None and body.dimensions != dimensions:
         raise APIError(400, f"dimensions {body.dimensions} is not supported by {body.model!r}: its embeddings "
                        f"have {dimensions} dimensions and it was not trained for shorter ones", "dimensions",
@@ -44,7 +44,8 @@ async def create_embeddings(body: EmbeddingRequest, request: Request):
             "usage": UsageInfo(prompt_tokens=num_tokens, total_tokens=num_tokens).model_dump(exclude_none=True)}
 
 
-def _resolve(state, model: str) -> tuple[Backbone, str, str | None, PoolingParams, int]:
+def resolve_embedder(state, model: str) -> tuple[Backbone, str, str | None, PoolingParams, int]:
+    """What embeds for `model`: its backbone, task name ("" for a backbone), adapter, params and dimensions."""
     backbone = state.backbone_named(model)
     if backbone is not None:
         pooling = "last" if backbone.is_generative else "mean"

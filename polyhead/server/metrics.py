@@ -9,6 +9,8 @@ generate and pooling rows in one forward pass.
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from polyhead.server.live_stats import LiveStats
+
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
 _TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 _ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -33,6 +35,7 @@ class Metrics:
                                     ["kind"], buckets=_ROW_BUCKETS, registry=registry)
         self.mixed_steps = Counter("polyhead_mixed_steps", "Engine steps that carried generate and pooling rows "
                                    "together", ["backbone"], registry=registry)
+        self.live = LiveStats()  # the same observations in short rolling windows, for GET /stats
         registry.register(_EngineCollector(tasks))
         for name, backbone in tasks.backbones.items():
             backbone.engine.on_step = self._step_observer(name, backbone.engine)
@@ -42,10 +45,12 @@ class Metrics:
         self.e2e.labels(task=task).observe(e2e)
         if num_tokens:
             self.generated_tokens.labels(task=task).inc(num_tokens)
+        tpot = (e2e - ttft) / (num_tokens - 1) if ttft is not None and num_tokens > 1 else None
         if ttft is not None:
             self.ttft.labels(task=task).observe(ttft)
-            if num_tokens > 1:
-                self.tpot.labels(task=task).observe((e2e - ttft) / (num_tokens - 1))
+        if tpot is not None:
+            self.tpot.labels(task=task).observe(tpot)
+        self.live.record_request(task, ttft, tpot, num_tokens)
 
     def _step_observer(self, backbone: str, engine):
         tokens = self.batch_tokens.labels(backbone=backbone)
@@ -53,7 +58,9 @@ class Metrics:
 
         def observe(num_tokens: int) -> None:  # on the engine's thread, after each step
             tokens.observe(num_tokens)
-            rows = step_rows(engine)
+            stats = engine.stats()
+            rows = stats.last_step_rows
+            self.live.record_step(backbone, num_tokens, rows, stats.num_prefix_hit_tokens)
             for kind, count in rows.items():
                 if count:
                     self.batch_rows.labels(kind=kind).observe(count)
@@ -64,11 +71,6 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def step_rows(engine) -> dict[str, int]:
-    """The last step's rows by kind, from the engine's own per-step figures."""
-    return engine.stats().last_step_rows
 
 
 class _EngineCollector:

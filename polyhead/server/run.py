@@ -45,11 +45,12 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(engine: EngineClient, settings: ServerSettings, host: str, port: int,
-          connections: ConnectionSettings | None = None, registry=None) -> None:
+          connections: ConnectionSettings | None = None, registry=None, root_path: str = "") -> None:
+    """root_path: the prefix a reverse proxy serves the app under and strips (--root-path)."""
     connections = connections or ConnectionSettings()
     app = build_app(engine, settings, registry)
     config = uvicorn.Config(app, host=host, port=port, log_level="info",
                             http=HeaderTimeoutProtocol.with_timeout(connections.header_timeout_s),
                             timeout_graceful_shutdown=connections.grace_s, timeout_keep_alive=connections.keep_alive_s,
-                            limit_concurrency=connections.limit_concurrency)
+                            limit_concurrency=connections.limit_concurrency, root_path=root_path)
     DrainingServer(config, app.state.server).run()
