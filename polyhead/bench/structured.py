@@ -13,8 +13,6 @@ import statistics
 import time
 from datetime import date
 
-import torch
-
 # a JSON array of strings that never closes: the per-token work of JSON string content and separators
 ENDLESS_JSON_ARRAY = 'start: "[" item (", " item)*\nitem: /"[a-zA-Z0-9 .,]{0,40}"/'
 FIELD_TYPES = ({"type": "string", "maxLength": 32}, {"type": "integer", "minimum": 0, "maximum": 10000},
@@ -75,6 +73,8 @@ def _params(structured):
 
 
 def run_structured(args) -> int:
+    import torch
+
     from polyhead.bench.offline import make_prompts
     from polyhead.config import EngineConfig
     from polyhead.engine.core.params import StructuredOutput

@@ -8,7 +8,7 @@ from polyhead.llm import LLM
 def run_args(lora_base, adapters, *extra):
     return ["run", "--raw", "hello there", "--max-tokens", "6", "--model", str(lora_base), "--dtype", "float32",
             "--kv-cache-memory", "16MiB", "--lora-modules", f"qv={adapters['qv']}", f"mlp={adapters['mlp']}",
-            "--max-loras", "1", *extra]
+            "--max-loras", "1", "--greedy", *extra]
 
 
 def test_run_with_an_adapter_answers_as_the_engine_does(lora_base, adapters, capsys):

@@ -33,9 +33,14 @@ def with_real_names(path: str, body):
     for field in ("model", "task"):
         if field in body and pick % 5:
             body[field] = NAMES[path][pick % len(NAMES[path])]
-    for message in body.get("messages") or []:  # content is optional in the schema (an assistant's may be absent)
-        if isinstance(message, dict) and "content" not in message and pick % 5:
-            message["content"] = "hi"
+    # A generated message rarely fits the rules the schema cannot say (a tool message answers a call
+    # id, content parts hold text): most get a plain text content, and a tool message its call id.
+    for message in body.get("messages") or []:
+        if isinstance(message, dict) and pick % 5:
+            if not isinstance(message.get("content"), str):
+                message["content"] = "hi"
+            if message.get("role") == "tool":
+                message.setdefault("tool_call_id", "call_0")
     return body
 
 
