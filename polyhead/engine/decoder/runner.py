@@ -86,6 +86,7 @@ class ModelRunner:
     def _sample(self, logits: torch.Tensor, requests: list[Request], masks: Future | None) -> RunnerOutput:
         # logits: [len(requests), vocab] float32; masks: the grammars' allowed tokens per request, or None
         allowed = masks.result() if masks is not None else [None] * len(requests)
+        allowed = [None if mask is None else torch.from_numpy(mask) for mask in allowed]  # no copy
         rows = [SamplingRow(r.params, r.prompt_token_ids, r.output_token_ids, r.generator, r.eos_token_ids, mask)
                 for r, mask in zip(requests, allowed)]
         try:
