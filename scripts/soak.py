@@ -140,8 +140,15 @@ def verdict(rows: list[dict]) -> str:
     slope = (sum((x - mean_x) * (r["rss_total_mb"] - mean_y) for x, r in zip(xs, rows))
              / sum((x - mean_x) ** 2 for x in xs))
     change = 100 * (last / first - 1)
+    # the second half alone: a warm-up (KV blocks touched for the first time, allocator arenas) is
+    # over by then, and what still grows is what would grow for good
+    half = rows[n // 2:]
+    half_first = sum(r["rss_total_mb"] for r in half[:len(half) // 2]) / max(1, len(half) // 2)
+    half_last = sum(r["rss_total_mb"] for r in half[len(half) // 2:]) / max(1, len(half) - len(half) // 2)
     lines = [f"RSS: first quarter {first:.0f} MB, last quarter {last:.0f} MB ({change:+.1f}%), "
-             + f"slope {slope:+.2f} MB per sample"]
+             + f"slope {slope:+.2f} MB per sample",
+             (f"RSS over the second half: third quarter {half_first:.0f} MB, last quarter {half_last:.0f} MB "
+              f"({100 * (half_last / half_first - 1):+.1f}%)")]
     for kind in ("chat", "classify", "embed"):
         values = [r[f"{kind}_p99_s"] for r in rows if r[f"{kind}_p99_s"] != ""]
         if len(values) >= 4:
