@@ -16,17 +16,7 @@ import time
 import httpx
 import openai
 
-
-def wait_healthy(url: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} did not become healthy in {seconds:.0f} s")
+from polyhead.bench.server_process import wait_healthy
 
 
 async def stream(client: openai.AsyncOpenAI, i: int) -> tuple[int, str | None]:

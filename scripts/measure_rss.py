@@ -20,7 +20,6 @@ Linux only (reads /proc). Prints a table and the command that made it.
 import argparse
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from polyhead.bench.server_process import free_port, wait_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 MB = 1e6
@@ -118,26 +119,6 @@ class PeakSampler:
             self._stop.wait(self.interval)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen | None, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise SystemExit(f"the server exited with code {process.returncode} before it was healthy")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{url} was not healthy after {timeout:g} s")
-
-
 def one_request(url: str) -> None:
     model = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
     body = {"model": model, "prompt": "The capital of France is", "max_tokens": 16, "temperature": 0.0}
@@ -206,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         root = args.pid
     try:
-        wait_healthy(args.url, server, 600)
+        wait_healthy(args.url, 600, server)
         one_request(args.url)
         time.sleep(args.settle)
         readings = {"idle": snapshot(root)}

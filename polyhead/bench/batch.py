@@ -22,6 +22,7 @@ import httpx
 
 from polyhead.bench.report import summarize_level
 from polyhead.bench.serve import make_prompts, request_body, run_closed_level, send_request
+from polyhead.bench.server_process import free_port, wait_healthy
 
 MODEL_NAME = "bench"  # what both runs serve the model as
 
@@ -64,13 +65,13 @@ def run_offline_batch(lines: list[dict], folder: Path, engine_flags: list[str]) 
 
 
 def run_served(prompts: list[str], args, engine_flags: list[str]) -> dict:
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "polyhead.cli", "serve", "--port", str(port), "--served-model-name", MODEL_NAME,
                "--max-queued-requests", str(max(256, args.clients)), *engine_flags]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, server, args.timeout)
+        wait_healthy(url, args.timeout, server)
         rows = asyncio.run(_clients(url, prompts, args))
     finally:
         server.terminate()
@@ -98,28 +99,6 @@ async def _clients(url: str, prompts: list[str], args) -> tuple[dict, float]:
             results = await run_closed_level(client, path, bodies, args.clients, args.timeout, progress)
             seconds = time.perf_counter() - start
     return summarize_level(results, seconds, args.clients, None), seconds
-
-
-def _wait_healthy(url: str, server: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise ValueError(f"polyhead serve exited with {server.returncode}: {server.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise ValueError(f"polyhead serve did not become healthy within {timeout_s:g} s")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def bench_batch(args) -> int:
