@@ -29,8 +29,8 @@ def chromium_path() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def browser():
+@pytest.fixture(scope="package")  # closed after tests/web: Playwright's sync API keeps an event loop
+def browser():  # running on this thread while open, and a later test's asyncio.run would fail
     sync_api = pytest.importorskip("playwright.sync_api",
                                    reason="playwright is not installed (pip install -e '.[dev]')")
     executable = chromium_path()
