@@ -1,20 +1,21 @@
 """Paged KV cache bookkeeping: which block holds which tokens of which request.
 
 The rule it keeps: a full block is named by a hash chained over every token up to and
-including it (`hash((parent_hash, tokens))`, the first block's parent being the request's
-LoRA adapter name or None), so two requests with the same prefix and adapter find the same
-blocks. A block whose last user finished keeps its hash, free, until it is reused for something
-else. A new block is, in this order: a free block holding no cached prefix, lowest id first
-(a partial tail, a duplicate, or a block never used: the cache tensor's pages are committed on
-first touch, so low ids first keeps the touched part small under light load); only when none is
-left, the least recently freed cached block (LRU prefix cache: a finished prompt's blocks live as
-long as memory allows).
+including it (engine/core/block_hash.py: the first block's parent stands for the request's
+LoRA adapter), so two requests with the same prefix and adapter find the same blocks, in this
+process or, for a router, in another. A block whose last user finished keeps its hash, free,
+until it is reused for something else. A new block is, in this order: a free block holding no
+cached prefix, lowest id first (a partial tail, a duplicate, or a block never used: the cache
+tensor's pages are committed on first touch, so low ids first keeps the touched part small
+under light load); only when none is left, the least recently freed cached block (LRU prefix
+cache: a finished prompt's blocks live as long as memory allows).
 """
 
 import heapq
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from polyhead.engine.core.block_hash import extend_block_hashes
 from polyhead.engine.core.request import Request
 
 
@@ -146,9 +147,5 @@ class KVCacheManager:
         block.block_hash = None
 
     def _hash_full_blocks(self, request: Request, num_blocks: int) -> None:
-        hashes, tokens, size = request.block_hashes, request.all_token_ids, self.block_size
-        while len(hashes) < num_blocks:
-            i = len(hashes)
-            # a LoRA adapter changes every key and value: its chain starts from its name
-            parent = hashes[-1] if hashes else request.adapter
-            hashes.append(hash((parent, tuple(tokens[i * size:(i + 1) * size]))))
+        extend_block_hashes(request.block_hashes, request.all_token_ids, self.block_size, num_blocks,
+                            request.adapter)
