@@ -188,70 +188,9 @@ def serve(args) -> int:
 
 def build_task_registry(args, default_name: str):
     """One engine per backbone the manifest names (the default model's alone without --tasks)."""
-    from dataclasses import replace
+    from polyhead.server.backbones import BackbonePlan
 
-    from polyhead.config import parse_size
-    from polyhead.engine.client.process_engine import ProcessEngine
-    from polyhead.models.registry import is_encoder_model
-    from polyhead.server.registry import TaskRegistry
-    from polyhead.tasks.default import resolve_manifest
-    from polyhead.tasks.manifest import load_manifest
-
-    base = engine_config(args)
-    kv_budgets = {}
-    for item in args.backbone_kv_cache_memory or []:
-        name, sep, size = item.rpartition("=")
-        if not sep or not name:
-            raise ValueError(f"--backbone-kv-cache-memory takes NAME=SIZE (e.g. all-MiniLM-L6-v2=64MiB), got {item!r}")
-        kv_budgets[name] = parse_size(size, f"--backbone-kv-cache-memory {name}", allow_auto=True)
-    thread_budgets = {}
-    for item in args.backbone_threads or []:
-        name, sep, count = item.rpartition("=")
-        if not sep or not name or not count.isdigit() or int(count) < 1:
-            raise ValueError(f"--backbone-threads takes NAME=N with N >= 1 (e.g. all-MiniLM-L6-v2=2), got {item!r}")
-        thread_budgets[name] = int(count)
-
-    engine_modes = {}
-    for item in args.backbone_engine_mode or []:
-        name, sep, mode = item.rpartition("=")
-        if not sep or not name or mode not in ("auto", "thread", "process"):
-            raise ValueError(f"--backbone-engine-mode takes NAME=auto|thread|process (e.g. all-MiniLM-L6-v2=process), "
-                             f"got {item!r}")
-        engine_modes[name] = mode
-
-    def start(config, name: str):
-        # auto: a decoder's step loop runs Python between its kernels every step; in its own process
-        # it does not take turns on one GIL with the HTTP event loop (BENCHMARKS.md: 1.20x tok/s at 32
-        # clients). An encoder's steps are single forwards: in a child process the mixed workload ran
-        # the same (goodput 15.38 req/s either way) for ~300 MB more resident memory, so it stays here.
-        mode = engine_modes.get(name, args.engine_mode)
-        if mode == "auto":
-            mode = "thread" if is_encoder_model(config.model) else "process"
-        if mode == "process":
-            return ProcessEngine.from_config(config)
-        # imported only here: with every engine in a child process, this one never loads torch
-        from polyhead.engine.client.async_engine import AsyncEngine
-
-        return AsyncEngine.from_config(config)
-
-    def make_engine(model: str | None):
-        name = default_name if model is None else model
-        if model is None:
-            return start(replace(base, kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory)), name)
-        # another backbone: its own context length (an encoder's is its max_seq_length); --lora-modules
-        # adapters are for the default backbone (a task's own adapter is registered on its backbone).
-        # One thread unless told otherwise: each engine loop runs its own OpenMP team, and a second
-        # team spinning on the cores the default backbone's steps use stalled them (quiet 2-core
-        # machine, 16 chat streams + classify + embed: chat TPOT p50 125 -> 63 ms with the embedding
-        # backbone on one thread; BENCHMARKS.md, mixed workload).
-        config = replace(base, model=model, max_model_len=None, adapters={},
-                         kv_cache_memory=kv_budgets.get(name, base.kv_cache_memory),
-                         num_threads=thread_budgets.get(name, 1))
-        return start(config, name)
-
-    if not args.tasks:
-        return TaskRegistry.single(make_engine(None), default_name)
-    return TaskRegistry.from_specs(load_manifest(resolve_manifest(args.tasks)), make_engine, default_name)
+    return BackbonePlan.from_args(args, engine_config(args), default_name).build_registry()
 
 
 def build_parser() -> argparse.ArgumentParser:
