@@ -22,7 +22,7 @@ from polyhead.config import EngineConfig
 from polyhead.engine.client.engine_client import EngineClient, EngineDeadError
 from polyhead.engine.client.supervision import Progress, RestartPolicy, idle_stats, take_repeat_victims
 from polyhead.engine.core.engine import Engine, prepare_request
-from polyhead.engine.core.outputs import EngineStats, RequestOutput
+from polyhead.engine.core.outputs import CacheDigest, EngineStats, RequestOutput
 from polyhead.engine.core.params import SamplingParams
 from polyhead.engine.core.request import PreparedRequest, Routing
 from polyhead.engine.factory import build_engine
@@ -120,6 +120,10 @@ class AsyncEngine(EngineClient):
     def stats(self) -> EngineStats:
         engine = self.engine
         return engine.stats() if engine is not None else self._idle_stats
+
+    def cache_digest(self) -> CacheDigest:
+        engine = self.engine
+        return engine.cache_digest() if engine is not None else CacheDigest()
 
     # --- requests (event loop thread) ------------------------------------------------------------
     def _new_request(self, prompt: str | list[int], params: SamplingParams, req_id: str,

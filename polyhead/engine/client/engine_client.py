@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Self
 
 from polyhead.engine.core.backend import BackboneInfo, RequestRules
-from polyhead.engine.core.outputs import EngineStats, RequestOutput
+from polyhead.engine.core.outputs import CacheDigest, EngineStats, RequestOutput
 from polyhead.engine.core.params import PoolingParams, SamplingParams
 
 
@@ -63,6 +63,11 @@ class EngineClient:
 
     def stats(self) -> EngineStats:
         raise NotImplementedError
+
+    def cache_digest(self) -> CacheDigest:
+        """The KV blocks and adapters the engine holds (a Ray replica's routing stats). Only an
+        engine in this process can say without a round trip; the process mode reports none."""
+        return CacheDigest()
 
     @property
     def is_running(self) -> bool:

@@ -6,7 +6,7 @@ crosses as the bytes torch.save wrote)."""
 from dataclasses import dataclass
 
 from polyhead.engine.core.backend import BackboneInfo, RequestRules
-from polyhead.engine.core.outputs import EngineStats, TokenLogprobs
+from polyhead.engine.core.outputs import EngineStats, RequestOutput, TokenLogprobs
 from polyhead.engine.core.request import PreparedRequest
 
 
@@ -80,6 +80,13 @@ class OutputDelta:
     error: str | None
     text: str | None  # the whole text, on the last output only (a stop string may have cut it)
     pooled: list[float] | list[list[float]] | float | None  # a pooling request's result
+
+    @classmethod
+    def of(cls, out: RequestOutput) -> "OutputDelta":
+        num_new = len(out.new_token_ids)
+        new_logprobs = [] if out.logprobs is None else out.logprobs[len(out.token_ids) - num_new:]
+        return cls(out.req_id, out.new_token_ids, out.new_text, out.finished, out.finish_reason, out.stop_reason,
+                   new_logprobs, out.num_cached_tokens, out.error, out.text if out.finished else None, out.pooled)
 
 
 @dataclass(slots=True)

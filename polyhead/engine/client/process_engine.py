@@ -53,7 +53,7 @@ from polyhead.engine.client.supervision import (
 )
 from polyhead.engine.core.backend import RequestRules
 from polyhead.engine.core.engine import prepare_request
-from polyhead.engine.core.outputs import EngineStats, RequestOutput
+from polyhead.engine.core.outputs import EngineStats
 from polyhead.engine.core.params import PoolingParams, SamplingParams
 from polyhead.engine.core.request import PreparedRequest, Routing
 from polyhead.models.text_tokenizer import TextTokenizer
@@ -340,20 +340,8 @@ class ProcessEngine(EngineClient):
         outputs = []
         for delta in report.outputs:
             assembly = (self._assemblies.pop if delta.finished else self._assemblies.get)(delta.req_id, None)
-            if assembly is None:
-                continue  # aborted here already
-            assembly.token_ids.extend(delta.new_token_ids)
-            new_text, assembly.unsent_text = assembly.unsent_text + delta.new_text, ""
-            assembly.text = assembly.base_text + delta.text if delta.text is not None else assembly.text + new_text
-            if assembly.logprobs is not None:
-                assembly.logprobs.extend(delta.new_logprobs)
-            prepared = assembly.prepared
-            outputs.append(RequestOutput(
-                req_id=delta.req_id, prompt=prepared.prompt, prompt_token_ids=prepared.token_ids,
-                text=assembly.text, token_ids=list(assembly.token_ids), new_text=new_text,
-                new_token_ids=delta.new_token_ids, finished=delta.finished, finish_reason=delta.finish_reason,
-                stop_reason=delta.stop_reason, num_cached_tokens=delta.num_cached_tokens, error=delta.error,
-                logprobs=None if assembly.logprobs is None else list(assembly.logprobs), pooled=delta.pooled))
+            if assembly is not None:  # else aborted here already
+                outputs.append(assembly.apply(delta))
         if report.stepped and self.on_step is not None:
             self.on_step(report.stats.last_step_num_tokens)
         self._deliver(outputs)

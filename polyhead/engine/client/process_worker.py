@@ -22,7 +22,6 @@ from polyhead.engine.client.messages import (
     StepReport,
     Stop,
 )
-from polyhead.engine.core.outputs import RequestOutput
 
 if TYPE_CHECKING:
     from polyhead.engine.core.engine import Engine
@@ -72,7 +71,7 @@ def _serve(engine: "Engine", commands, reports, idle_wait_s: float) -> None:
                 raise TypeError(f"unknown command {type(command).__name__}")
             got_commands = commands.poll(0)
         if engine.has_unfinished_requests():
-            outputs = [_delta(out) for out in engine.step()]
+            outputs = [OutputDelta.of(out) for out in engine.step()]
             reports.send(StepReport(outputs, engine.stats(), time.monotonic(), True, rejected))
         else:  # idle: check in, and let the parent see the blocks that aborts freed
             reports.send(StepReport([], engine.stats(), time.monotonic(), False, rejected))
@@ -90,14 +89,6 @@ def _register(engine: "Engine", command: RegisterHead | RegisterAdapter) -> str 
     except Exception as err:  # noqa: BLE001 - a bad head or adapter must not end the engine
         return str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
     return None
-
-
-def _delta(out: RequestOutput) -> OutputDelta:
-    num_new = len(out.new_token_ids)
-    new_logprobs = [] if out.logprobs is None else out.logprobs[len(out.token_ids) - num_new:]
-    return OutputDelta(out.req_id, out.new_token_ids, out.new_text, out.finished, out.finish_reason,
-                       out.stop_reason, new_logprobs, out.num_cached_tokens, out.error,
-                       out.text if out.finished else None, out.pooled)
 
 
 def _picklable(err: BaseException) -> BaseException:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from polyhead.engine.client.engine_client import EngineDeadError
+from polyhead.engine.client.messages import OutputDelta
 from polyhead.engine.core.outputs import EngineStats, RequestOutput
 from polyhead.engine.core.params import PoolingParams
 from polyhead.engine.core.request import PreparedRequest
@@ -36,6 +37,21 @@ class Progress:
     num_base_tokens: int = 0  # output tokens before its continuation (the new engine counts after them)
     base_text: str = ""  # text before its continuation (the new engine's whole text comes after it)
     unsent_text: str = ""  # text of tokens already out whose characters the dead engine held back
+
+    def apply(self, delta: OutputDelta) -> RequestOutput:
+        """Take one step's delta from the engine (in another process): the request's whole output so far."""
+        self.token_ids.extend(delta.new_token_ids)
+        new_text, self.unsent_text = self.unsent_text + delta.new_text, ""
+        self.text = self.base_text + delta.text if delta.text is not None else self.text + new_text
+        if self.logprobs is not None:
+            self.logprobs.extend(delta.new_logprobs)
+        prepared = self.prepared
+        return RequestOutput(
+            req_id=delta.req_id, prompt=prepared.prompt, prompt_token_ids=prepared.token_ids,
+            text=self.text, token_ids=list(self.token_ids), new_text=new_text,
+            new_token_ids=delta.new_token_ids, finished=delta.finished, finish_reason=delta.finish_reason,
+            stop_reason=delta.stop_reason, num_cached_tokens=delta.num_cached_tokens, error=delta.error,
+            logprobs=None if self.logprobs is None else list(self.logprobs), pooled=delta.pooled)
 
     def continuation(self, tokenizer) -> PreparedRequest | None:
         """What a new engine runs: the request again when it had produced nothing (or is pooling);

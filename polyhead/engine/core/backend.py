@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from polyhead.config import EngineConfig
-from polyhead.engine.core.outputs import EngineStats, StepStats, TokenLogprobs
+from polyhead.engine.core.outputs import CacheDigest, EngineStats, StepStats, TokenLogprobs
 from polyhead.engine.core.params import PoolingParams, SamplingParams
 from polyhead.engine.core.request import Request, RequestStatus
 
@@ -103,6 +103,9 @@ class Backend(Protocol):
         """Schedule and compute one step; raises StepFailed when its forward failed."""
 
     def stats(self, num_unfinished: int, last_step: StepStats) -> EngineStats: ...
+
+    def cache_digest(self) -> CacheDigest:
+        """The KV blocks and adapters it holds, for a router in front of several engines."""
 
 
 def apply_runtime(config: EngineConfig) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from polyhead.engine.core.backend import Backend, BackendStep, Params, Pooled, StepFailed
 from polyhead.engine.core.detokenizer import IncrementalDetokenizer
-from polyhead.engine.core.outputs import EngineStats, RequestOutput, StepStats, TokenLogprobs
+from polyhead.engine.core.outputs import CacheDigest, EngineStats, RequestOutput, StepStats, TokenLogprobs
 from polyhead.engine.core.params import PoolingParams
 from polyhead.engine.core.request import PreparedRequest, Request, RequestStatus, Routing
 
@@ -126,6 +126,9 @@ class Engine:
 
     def stats(self) -> EngineStats:
         return self.backend.stats(len(self._states), self.last_step_stats)
+
+    def cache_digest(self) -> CacheDigest:
+        return self.backend.cache_digest()
 
     # --- steps -------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:

@@ -46,6 +46,17 @@ class StepStats:
 
 
 @dataclass(slots=True)
+class CacheDigest:
+    """What a router in front of several engines needs to know of this one's caches (polyhead/deploy):
+    the hashes naming the full KV blocks it holds (engine/core/block_hash.py), and the LoRA adapters
+    whose weights are resident. Empty for an encoder, which keeps no KV cache."""
+
+    block_size: int = 0
+    cached_block_hashes: list[int] = field(default_factory=list)
+    resident_adapters: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class EngineStats:
     """The engine's own figures, for /metrics and tests; the process mode sends one with each step."""
 

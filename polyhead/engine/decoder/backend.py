@@ -8,7 +8,7 @@ import logging
 from polyhead.config import EngineConfig
 from polyhead.engine.core.backend import BackboneInfo, BackendStep, StepFailed, apply_runtime, model_name
 from polyhead.engine.core.heap import trim_heap
-from polyhead.engine.core.outputs import EngineStats, StepStats
+from polyhead.engine.core.outputs import CacheDigest, EngineStats, StepStats
 from polyhead.engine.core.params import SamplingParams
 from polyhead.engine.core.policy import make_policy
 from polyhead.engine.core.request import Request, RequestStatus
@@ -155,6 +155,11 @@ class DecoderBackend:
         return EngineStats(num_unfinished, len(scheduler.running), kv.num_free_blocks, kv.num_blocks,
                            kv.num_prefix_hit_tokens, scheduler.num_preemptions, last_step.num_tokens,
                            dict(last_step.rows))
+
+    def cache_digest(self) -> CacheDigest:
+        # list() of a dict's keys runs without releasing the GIL, so another thread may call this
+        # while the step loop adds and evicts blocks
+        return CacheDigest(self.kv_cache.block_size, list(self.kv_cache.cached), list(self.lora.resident))
 
 
 def _step_stats(sched: SchedulerOutput, result: RunnerOutput) -> StepStats:

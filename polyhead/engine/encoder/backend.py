@@ -14,7 +14,7 @@ from collections import deque
 
 from polyhead.config import EngineConfig
 from polyhead.engine.core.backend import BackboneInfo, BackendStep, StepFailed, apply_runtime, model_name
-from polyhead.engine.core.outputs import EngineStats, StepStats
+from polyhead.engine.core.outputs import CacheDigest, EngineStats, StepStats
 from polyhead.engine.core.params import PoolingParams
 from polyhead.engine.core.policy import make_policy
 from polyhead.engine.core.request import Request, RequestStatus
@@ -151,3 +151,6 @@ class EncoderBackend:
     def stats(self, num_unfinished: int, last_step: StepStats) -> EngineStats:
         """No KV cache and no preemption here: only the request and token counts mean anything."""
         return EngineStats(num_unfinished, 0, 0, 0, 0, 0, last_step.num_tokens, dict(last_step.rows))
+
+    def cache_digest(self) -> CacheDigest:
+        return CacheDigest()  # nothing cached between requests, no adapters
