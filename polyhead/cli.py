@@ -156,24 +156,15 @@ def run_sampling(args, model_folder: str) -> tuple[dict, str]:
 
 def serve(args) -> int:
     """Serve the OpenAI-compatible HTTP API until interrupted (SIGTERM drains, then stops)."""
-    import os
-
-    from polyhead.models.registry import DEFAULT_MODEL
-    from polyhead.server.app import ServerSettings
+    from polyhead.deploy.flags import wants_ray
     from polyhead.server.run import ConnectionSettings
     from polyhead.server.run import serve as run_server
 
-    settings = ServerSettings(
-        model_names=[args.served_model_name or args.model or DEFAULT_MODEL],
-        lora_names=list(parse_lora_modules(args.lora_modules)),
-        api_key=args.api_key or os.environ.get("POLYHEAD_API_KEY"), default_max_tokens=args.default_max_tokens,
-        max_queued_requests=args.max_queued_requests, max_queued_tokens=args.max_queued_tokens,
-        request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes,
-        body_read_timeout_s=args.body_read_timeout, max_inputs_per_request=args.max_inputs_per_request,
-        generation_config=args.generation_config,
-        max_documents_per_request=args.max_documents_per_request, state_dir=args.state_dir,
-        max_file_bytes=args.max_file_bytes, max_batch_concurrency=args.max_batch_concurrency,
-        web=not args.no_web)
+    settings = server_settings(args)
+    if wants_ray(args):
+        from polyhead.deploy.launch import serve_on_ray
+
+        return serve_on_ray(args, settings)
     connections = ConnectionSettings(grace_s=args.shutdown_grace, header_timeout_s=args.header_read_timeout,
                                      keep_alive_s=args.timeout_keep_alive, limit_concurrency=args.limit_concurrency)
     registry = build_task_registry(args, settings.model_names[0])
@@ -184,6 +175,26 @@ def serve(args) -> int:
     run_server(registry.backbones[registry.default_backbone].engine, settings, args.host, args.port,
                connections, registry, root_path=args.root_path.rstrip("/"))
     return 0
+
+
+def server_settings(args):
+    """The app's settings from the `serve` flags (one machine or Ray Serve alike)."""
+    import os
+
+    from polyhead.models.registry import DEFAULT_MODEL
+    from polyhead.server.app import ServerSettings
+
+    return ServerSettings(
+        model_names=[args.served_model_name or args.model or DEFAULT_MODEL],
+        lora_names=list(parse_lora_modules(args.lora_modules)),
+        api_key=args.api_key or os.environ.get("POLYHEAD_API_KEY"), default_max_tokens=args.default_max_tokens,
+        max_queued_requests=args.max_queued_requests, max_queued_tokens=args.max_queued_tokens,
+        request_timeout_s=args.request_timeout, max_request_bytes=args.max_request_bytes,
+        body_read_timeout_s=args.body_read_timeout, max_inputs_per_request=args.max_inputs_per_request,
+        generation_config=args.generation_config,
+        max_documents_per_request=args.max_documents_per_request, state_dir=args.state_dir,
+        max_file_bytes=args.max_file_bytes, max_batch_concurrency=args.max_batch_concurrency,
+        web=not args.no_web)
 
 
 def build_task_registry(args, default_name: str):
@@ -269,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--shutdown-grace", type=float, default=30.0,
                         help="seconds in-flight requests may finish after SIGTERM (default: 30)")
     add_engine_args(p)
+    from polyhead.deploy.flags import add_scale_out_args
+
+    add_scale_out_args(p)
     p.set_defaults(func=serve)
 
     from polyhead.train.entry import add_parsers as add_train_parsers

@@ -92,6 +92,17 @@ class _EngineCollector:
                                              labels=["backbone"]),
             "restarts": CounterMetricFamily("polyhead_engine_restarts", "Dead engines replaced by a new one",
                                             labels=["backbone"]),
+            # on Ray Serve (polyhead/deploy): every replica's own, as of its last routing-stats report
+            "replica_info": GaugeMetricFamily("polyhead_replica_info", "A live replica (1), its process and "
+                                              "engine restarts", labels=["backbone", "replica", "pid"]),
+            "replica_unfinished": GaugeMetricFamily("polyhead_replica_unfinished_requests", "Requests a replica "
+                                                    "holds, waiting or running", labels=["backbone", "replica"]),
+            "replica_kv": GaugeMetricFamily("polyhead_replica_kv_cache_usage_ratio", "Share of a replica's KV "
+                                            "blocks in use", labels=["backbone", "replica"]),
+            "replica_adapters": GaugeMetricFamily("polyhead_replica_resident_adapters", "LoRA adapters whose "
+                                                  "weights a replica holds", labels=["backbone", "replica"]),
+            "replica_hits": CounterMetricFamily("polyhead_replica_prefix_cache_hit_tokens", "Prompt tokens a "
+                                                "replica served from its prefix cache", labels=["backbone", "replica"]),
         }
         for name, backbone in self.tasks.backbones.items():
             stats = backbone.engine.stats()  # an encoder has neither scheduler nor KV cache: zeros
@@ -101,4 +112,10 @@ class _EngineCollector:
             families["hits"].add_metric([name], stats.num_prefix_hit_tokens)
             families["preempted"].add_metric([name], stats.num_preemptions)
             families["restarts"].add_metric([name], backbone.engine.num_restarts)
+            for replica, report in backbone.engine.replica_reports().items():
+                families["replica_info"].add_metric([name, replica, str(report.pid)], 1)
+                families["replica_unfinished"].add_metric([name, replica], report.stats.num_unfinished)
+                families["replica_kv"].add_metric([name, replica], report.stats.kv_usage)
+                families["replica_hits"].add_metric([name, replica], report.stats.num_prefix_hit_tokens)
+                families["replica_adapters"].add_metric([name, replica], len(report.resident_adapters))
         yield from families.values()

@@ -103,15 +103,15 @@ class TaskRegistry:
         if default_backbone not in backbones:  # keep the plain model served, e.g. for chat by backbone name
             backbones = {default_backbone: _describe(default_backbone, engines.get(default_backbone)
                                                      or make_engine(None)), **backbones}
-        tasks = {}
-        for spec in specs:
-            backbone = backbones[spec.backbone or default_backbone]
-            try:
-                tasks[spec.name] = _bind(spec, backbone)
-            except ValueError as err:
-                raise ValueError(f"task {spec.name!r} on backbone {backbone.name!r}: {err}") from None
-            backbone.tasks.append(spec.name)
+        tasks = {spec.name: _bind_named(spec, backbones[spec.backbone or default_backbone]) for spec in specs}
         return cls(backbones, tasks, default_backbone)
+
+    @classmethod
+    def one_backbone(cls, name: str, engine, specs: list[TaskSpec]) -> "TaskRegistry":
+        """The tasks of one backbone bound to its engine, their heads and adapters registered on it
+        (what a Ray replica serves: polyhead/deploy/replica.py)."""
+        backbone = _describe(name, engine)
+        return cls({name: backbone}, {spec.name: _bind_named(spec, backbone) for spec in specs}, name)
 
     def stop(self) -> None:
         for backbone in self.backbones.values():
@@ -122,6 +122,15 @@ def _describe(name: str, engine) -> Backbone:
     info = engine.info
     return Backbone(name, engine, info.is_generative, info.hidden_size, add_special_tokens=not info.is_generative,
                     has_prefix_cache=info.has_prefix_cache)
+
+
+def _bind_named(spec: TaskSpec, backbone: Backbone) -> ServedTask:
+    try:
+        served = _bind(spec, backbone)
+    except ValueError as err:
+        raise ValueError(f"task {spec.name!r} on backbone {backbone.name!r}: {err}") from None
+    backbone.tasks.append(spec.name)
+    return served
 
 
 def _bind(spec: TaskSpec, backbone: Backbone) -> ServedTask:

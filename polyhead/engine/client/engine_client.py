@@ -64,6 +64,11 @@ class EngineClient:
     def stats(self) -> EngineStats:
         raise NotImplementedError
 
+    def replica_reports(self) -> dict:
+        """Each replica's last report (polyhead/deploy/reports.py: stats, pid, resident adapters), by
+        replica id, for an engine client in front of several (Ray Serve's ReplicaPool); {} for one engine."""
+        return {}
+
     def cache_digest(self) -> CacheDigest:
         """The KV blocks and adapters the engine holds (a Ray replica's routing stats). Only an
         engine in this process can say without a round trip; the process mode reports none."""
