@@ -96,6 +96,8 @@ def plot(rows: list[dict], path: str) -> None:
         for ax, title, y_label in ((ttft, "TTFT p99", "seconds (log)"), (hit, "prefix-hit rate", "% of prompt tokens")):
             ax.set(title=f"{workload}: {title}", xlabel="replicas", ylabel=y_label)
             ax.set_xscale("log", base=2)
+            counts = sorted({r["num_replicas"] for r in rows})
+            ax.set_xticks(counts, labels=[str(n) for n in counts])
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         ttft.set_yscale("log")

@@ -23,7 +23,9 @@ ADAPTER_MISS_TOKENS = 256  # an adapter load (~0.05 s) is ~200 tokens of prefill
 #                            evict an adapter that the next request there needs: rounded up to 256
 ONGOING_TOKENS = 24  # each request already there delays a new prefill by more than its share of a step:
 #                      a queued one by its own prefill, a running one by c per step for every step the new
-#                      prompt's chunks take; 24 balanced hit rate against queueing best in the simulation
+#                      prompt's chunks take. Swept 8/24/64 x threshold 8/16/32 at 8 and 32 replicas on both
+#                      workloads: 24 with 16 was within 25% of each cell's best p99 TTFT; threshold 8 spills
+#                      too early (p99 100x worse on mixed at 32), 64 spreads prefixes (10x worse there)
 QUEUED_TOKEN_WEIGHT = 1.0  # prompt tokens waiting ahead of it (FCFS) are prefilled first, token for token
 
 
