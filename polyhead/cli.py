@@ -303,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     from polyhead.bench.mixed import add_mixed_parser
     from polyhead.bench.offline import add_offline_parser
     from polyhead.bench.perplexity import add_perplexity_parser
+    from polyhead.bench.routing import add_routing_parser
     from polyhead.bench.serve import add_serve_parser
     from polyhead.bench.structured import add_structured_parser
 
@@ -315,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_agreement_parser(bench_commands)
     add_structured_parser(bench_commands)
     add_batch_bench_parser(bench_commands)
+    add_routing_parser(bench_commands)
     return parser
 
 
