@@ -5,7 +5,7 @@
 # Usage: scripts/bench_serving.sh [concurrency list] [num requests per level]   (PYTHON=... picks the venv)
 # SERVERS picks the servers (default: "polyhead llama-server-bf16-p32 llama-server-q4_1-p32 transformers-serve-cb";
 # also polyhead-float: polyhead with --quantization none, llama-server-q4_0-p32 and -q8_0-p32, which need the
-# conversions scripts/build_llama_cpp.sh writes).
+# conversions scripts/build_llama_cpp.sh writes; polyhead-ray2: polyhead on Ray Serve, 2 replicas x 1 thread).
 # llama-server's flags are its best of a sweep at 32 clients (BENCHMARKS.md): 32 slots of 512 tokens,
 # flash attention auto, per-slot KV (-kvu halved its throughput), default batch 2048 / ubatch 512.
 set -uo pipefail
@@ -46,6 +46,9 @@ for server in $SERVERS; do
   case $server in
     polyhead) run polyhead "$PY" -m polyhead.cli serve --port $PORT ;;  # the engine in a child process
     polyhead-float) run polyhead-float "$PY" -m polyhead.cli serve --port $PORT --quantization none ;;
+    # Ray Serve: two replicas of one thread each behind polyhead's router (docs/scale-out.md)
+    polyhead-ray2) RAY_USAGE_STATS_ENABLED=0 run polyhead-ray2 "$PY" -m polyhead.cli serve --port $PORT --replicas 2 \
+      --threads 1 ;;
     llama-server-bf16-p32) llama_server "$server" "$BF16" ;;
     llama-server-q4_1-p32) llama_server "$server" "$Q4" ;;
     llama-server-q4_0-p32) llama_server "$server" third_party/models/SmolLM2-135M-Instruct-Q4_0.gguf ;;

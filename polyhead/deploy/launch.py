@@ -23,6 +23,7 @@ def serve_on_ray(args, settings: ServerSettings) -> int:
     from polyhead.deploy.application import build_application
 
     plan, scale = plan_and_scale(args, settings)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray's usage report would phone home
     if args.ray_address:
         ray.init(address=args.ray_address, logging_level="warning")
     else:

@@ -1,14 +1,16 @@
 """One Ray Serve replica of a backbone: it owns that backbone's engine and the tasks that run on it.
 
-The engine steps on a thread of the replica's process (AsyncEngine: the replica is already a
-process of its own, apart from the HTTP proxy and the ingress), built from the same BackbonePlan a
-single-machine server uses, with the same task heads and adapters registered. Requests arrive
+The engine is built from the same BackbonePlan a single-machine server uses, in the same mode
+(--engine-mode auto: a decoder steps in a child process of the replica, so Ray's streaming on the
+replica's event loop never takes turns on one GIL with the step loop; an encoder on a thread), with
+the same task heads and adapters registered. Requests arrive
 tokenized and checked (PreparedRequest, from the ingress's ReplicaPool) and their outputs leave as
 deltas (OutputDelta), as they cross from a child engine process. Every routing-stats period Ray
 asks the replica what polyhead's router scores it by: its cached KV block hashes, resident
 adapters and load (`record_routing_stats`).
 """
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -19,6 +21,7 @@ from polyhead.server.backbones import BackbonePlan
 from polyhead.server.registry import TaskRegistry
 
 logger = logging.getLogger(__name__)
+STREAM_INTERVAL_S = 0.05  # a stream's deltas within this go as one message (Ray Serve LLM: 50 ms)
 
 
 @dataclasses.dataclass
@@ -35,24 +38,34 @@ class EngineReplica:
 
     def __init__(self, plan: BackbonePlan, backbone: str):
         self.backbone = backbone
-        self.engine = plan.start_engine(backbone, mode="thread")
+        self.engine = plan.start_engine(backbone)
         specs = [spec for spec in plan.specs() if (spec.backbone or plan.default_name) == backbone]
         self.registry = TaskRegistry.one_backbone(backbone, self.engine, specs)  # heads and adapters registered
         logger.info("replica of %s in process %d: %s", backbone, os.getpid(), self.engine.info.kv_cache_summary)
 
     def describe(self) -> ReplicaDescription:
         engine = self.engine
-        return ReplicaDescription(engine.info, engine.rules, list(engine.engine.adapter_names))
+        return ReplicaDescription(engine.info, engine.rules, sorted(engine.adapters))
 
     def pid(self) -> int:
         return os.getpid()
 
     async def generate(self, prepared: PreparedRequest):
         """A request's outputs as deltas. Ray cancels this generator when the caller goes away,
-        and leaving the `async with` aborts the request in the engine (its blocks freed next step)."""
+        and leaving the `async with` aborts the request in the engine (its blocks freed next step).
+
+        After the first (time to first token is untouched), what arrives within STREAM_INTERVAL_S
+        goes as one delta: each message costs CPU in this process, the ingress and Serve's proxy
+        (Ray Serve LLM batches its streams the same way, every 50 ms)."""
         async with self.engine.stream(prepared) as outputs:
             async for output in outputs:
-                yield OutputDelta.of(output)
+                delta = OutputDelta.of(output)
+                for later in outputs.take_ready():
+                    delta = delta.then(OutputDelta.of(later))
+                yield delta
+                if delta.finished:
+                    return
+                await asyncio.sleep(STREAM_INTERVAL_S)
 
     def record_routing_stats(self) -> dict:
         """What polyhead's router scores this replica by (Ray calls it every routing-stats period)."""

@@ -70,8 +70,7 @@ class EngineClient:
         return {}
 
     def cache_digest(self) -> CacheDigest:
-        """The KV blocks and adapters the engine holds (a Ray replica's routing stats). Only an
-        engine in this process can say without a round trip; the process mode reports none."""
+        """The KV blocks and adapters the engine holds (a Ray replica's routing stats)."""
         return CacheDigest()
 
     @property
@@ -212,6 +211,21 @@ class RequestStream:
             self._is_finished = True
             self.close()
         return item
+
+    def take_ready(self) -> list[RequestOutput]:
+        """The outputs already here, without waiting (after one `__anext__`): a caller that forwards
+        them elsewhere sends several steps' worth in one message."""
+        items = []
+        while not self._is_closed and not self._stream.outputs.empty():
+            item = self._stream.outputs.get_nowait()
+            if isinstance(item, BaseException):
+                self.close()
+                raise item
+            items.append(item)
+            if item.finished:
+                self._is_finished = True
+                self.close()
+        return items
 
     def close(self) -> None:
         if self._is_closed:

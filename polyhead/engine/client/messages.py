@@ -6,8 +6,10 @@ crosses as the bytes torch.save wrote)."""
 from dataclasses import dataclass
 
 from polyhead.engine.core.backend import BackboneInfo, RequestRules
-from polyhead.engine.core.outputs import EngineStats, RequestOutput, TokenLogprobs
+from polyhead.engine.core.outputs import CacheDigest, EngineStats, RequestOutput, TokenLogprobs
 from polyhead.engine.core.request import PreparedRequest
+
+DIGEST_PERIOD_S = 1.0  # how often a step report carries the engine's cache digest (a Ray replica reports it)
 
 
 # --- HTTP process -> engine process ---------------------------------------------------------------
@@ -81,6 +83,13 @@ class OutputDelta:
     text: str | None  # the whole text, on the last output only (a stop string may have cut it)
     pooled: list[float] | list[list[float]] | float | None  # a pooling request's result
 
+    def then(self, later: "OutputDelta") -> "OutputDelta":
+        """This delta and the next one of the same request as one."""
+        return OutputDelta(self.req_id, self.new_token_ids + later.new_token_ids, self.new_text + later.new_text,
+                           later.finished, later.finish_reason, later.stop_reason,
+                           self.new_logprobs + later.new_logprobs, later.num_cached_tokens, later.error, later.text,
+                           later.pooled)
+
     @classmethod
     def of(cls, out: RequestOutput) -> "OutputDelta":
         num_new = len(out.new_token_ids)
@@ -98,6 +107,7 @@ class StepReport:
     at: float  # time.monotonic() when it stepped or checked in (one clock for all processes here)
     stepped: bool  # False for an idle check-in or a report of commands applied
     rejected: list[tuple[str, str]]  # (req_id, why) for requests the engine refused to admit
+    digest: CacheDigest | None = None  # what it caches, at most every DIGEST_PERIOD_S (a router reads it)
 
 
 @dataclass(slots=True)

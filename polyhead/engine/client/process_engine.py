@@ -53,7 +53,7 @@ from polyhead.engine.client.supervision import (
 )
 from polyhead.engine.core.backend import RequestRules
 from polyhead.engine.core.engine import prepare_request
-from polyhead.engine.core.outputs import EngineStats
+from polyhead.engine.core.outputs import CacheDigest, EngineStats
 from polyhead.engine.core.params import PoolingParams, SamplingParams
 from polyhead.engine.core.request import PreparedRequest, Routing
 from polyhead.models.text_tokenizer import TextTokenizer
@@ -77,6 +77,7 @@ class ProcessEngine(EngineClient):
         self.rules: RequestRules | None = None  # the backbone's, sent by the child once built
         self._assemblies: dict[str, Progress] = {}  # what this process rebuilds full outputs from deltas with
         self._stats: EngineStats | None = None
+        self._digest = CacheDigest()
         self._process = None
         self._commands = None  # our sending end
         self._send_lock = threading.Lock()
@@ -190,6 +191,9 @@ class ProcessEngine(EngineClient):
 
     def stats(self) -> EngineStats:
         return self._stats  # as of the child's last report
+
+    def cache_digest(self) -> CacheDigest:
+        return self._digest  # as of the child's last digest (every DIGEST_PERIOD_S)
 
     # --- requests (event loop thread) ------------------------------------------------------------
     def _new_request(self, prompt: str | list[int], params: SamplingParams | PoolingParams, req_id: str,
@@ -334,6 +338,8 @@ class ProcessEngine(EngineClient):
     def _on_report(self, report: StepReport) -> None:
         self.last_step_at = report.at
         self._stats = report.stats
+        if report.digest is not None:
+            self._digest = report.digest
         for req_id, why in report.rejected:
             self._assemblies.pop(req_id, None)
             self._fail(req_id, ValueError(why))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from polyhead.config import EngineConfig
 from polyhead.engine.client.messages import (
+    DIGEST_PERIOD_S,
     AbortRequest,
     AddRequest,
     CommandDone,
@@ -50,6 +51,7 @@ def run_engine_process(config: EngineConfig, commands, reports, idle_wait_s: flo
 
 
 def _serve(engine: "Engine", commands, reports, idle_wait_s: float) -> None:
+    digest_due = 0.0
     while True:
         busy = engine.has_unfinished_requests()
         rejected: list[tuple[str, str]] = []
@@ -70,11 +72,13 @@ def _serve(engine: "Engine", commands, reports, idle_wait_s: float) -> None:
             else:
                 raise TypeError(f"unknown command {type(command).__name__}")
             got_commands = commands.poll(0)
-        if engine.has_unfinished_requests():
-            outputs = [OutputDelta.of(out) for out in engine.step()]
-            reports.send(StepReport(outputs, engine.stats(), time.monotonic(), True, rejected))
-        else:  # idle: check in, and let the parent see the blocks that aborts freed
-            reports.send(StepReport([], engine.stats(), time.monotonic(), False, rejected))
+        stepped = engine.has_unfinished_requests()
+        outputs = [OutputDelta.of(out) for out in engine.step()] if stepped else []  # idle: just check in
+        now = time.monotonic()
+        digest = None
+        if now >= digest_due:
+            digest, digest_due = engine.cache_digest(), now + DIGEST_PERIOD_S
+        reports.send(StepReport(outputs, engine.stats(), now, stepped, rejected, digest))
 
 
 def _register(engine: "Engine", command: RegisterHead | RegisterAdapter) -> str | None:
