@@ -40,7 +40,7 @@ class RoundRobin:
     def on_routed(self, request: SimRequest, replica_id: str, now: float) -> None:
         pass
 
-    def on_report(self, replica_id: str, hashes: set[int], adapters: set[str]) -> None:
+    def on_report(self, replica_id: str, hashes: set[int], adapters: set[str], now: float) -> None:
         pass
 
 
@@ -105,7 +105,7 @@ class RayPrefixAffinity(RoundRobin):
     def on_routed(self, request, replica_id, now):
         self.tree.insert(prompt_text(request.token_ids), replica_id, now)  # on_request_routed
 
-    def on_report(self, replica_id, hashes, adapters):
+    def on_report(self, replica_id, hashes, adapters, now):
         self._adapters[replica_id] = adapters
 
 
@@ -129,12 +129,12 @@ class PolyheadPolicy(RoundRobin):
         return self.policy.rank(route, views, rng)
 
     def on_routed(self, request, replica_id, now):
-        self.index.record_routed(replica_id, request.routed_hashes)
+        self.index.record_routed(replica_id, request.routed_hashes, now)
         if request.adapter is not None:
             self._adapters.setdefault(replica_id, set()).add(request.adapter)
 
-    def on_report(self, replica_id, hashes, adapters):
-        self.index.update_reported(replica_id, hashes)
+    def on_report(self, replica_id, hashes, adapters, now):
+        self.index.update_reported(replica_id, hashes, now)
         self._adapters[replica_id] = set(adapters)
 
 

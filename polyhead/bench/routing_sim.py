@@ -84,7 +84,7 @@ class Simulation:
                 self._kick(self.replicas[index], now)
             else:
                 for replica in self.replicas:
-                    self.policy.on_report(replica.replica_id, *replica.report())
+                    self.policy.on_report(replica.replica_id, *replica.report(), now)
                 self._push(now + self.report_period_s, _REPORT, 0)
         return now
 

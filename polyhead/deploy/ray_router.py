@@ -79,7 +79,7 @@ class PolyheadRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRouter):
         if len(self._leaders) > MAX_REMEMBERED_LEADERS:
             self._leaders.popitem(last=False)
         if request.prefix_hashes:
-            self._index.record_routed(replica_id, request.prefix_hashes)
+            self._index.record_routed(replica_id, request.prefix_hashes, time.monotonic())
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         """Ray's news of the replicas (who runs, and their routing stats): taken in even while idle."""
@@ -104,7 +104,7 @@ class PolyheadRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRouter):
             if not stats or self._seen_stats.get(replica_id) == id(stats):
                 continue
             self._seen_stats[replica_id] = id(stats)
-            self._index.update_reported(replica_id, stats.get("cached_block_hashes", ()))
+            self._index.update_reported(replica_id, stats.get("cached_block_hashes", ()), time.monotonic())
             self._reports[replica_id] = reports.ReplicaReport(
                 EngineStats(**stats["stats"]), stats["num_queued"], stats["num_queued_tokens"],
                 stats["num_restarts"], stats["resident_adapters"], stats["pid"], time.monotonic())

@@ -119,10 +119,14 @@ class CacheAwarePolicy:
         return request.adapter is not None and any(request.adapter in r.resident_adapters for r in replicas)
 
 
+ROUTED_KEPT_S = 5.0  # a route outlives reports this long: a prompt sent just before a report is not
+#                     prefilled (so not reported) yet, and dropping it would send its followers elsewhere
+
+
 @dataclass(slots=True)
 class _ReplicaPrefixes:
     reported: set[int] = field(default_factory=set)  # the replica's last report
-    routed: OrderedDict = field(default_factory=OrderedDict)  # hash -> None, sent there since, oldest first
+    routed: OrderedDict = field(default_factory=OrderedDict)  # hash -> when it was sent there, oldest first
 
 
 class _Union(Collection[int]):
@@ -144,27 +148,34 @@ class _Union(Collection[int]):
 
 class PrefixIndex:
     """The router's memory of which replica holds which prefix blocks: each replica's last report,
-    plus the prompts routed there since (optimistic: they will be cached once prefilled). Replicas
-    report the blocks they hold and those of the prompts queued there, so a report replaces both.
-    Memory is bounded: at most `max_entries_per_replica` hashes per replica in each part (LRU)."""
+    plus the prompts routed there lately (optimistic: they will be cached once prefilled). A report
+    replaces the last one and the routes older than ROUTED_KEPT_S (the report has them, or the
+    replica evicted them); newer routes stay, since a report lags the prefill of what was just sent.
+    Memory is bounded: at most `max_entries_per_replica` hashes per replica in each part (LRU).
+    `now` is the caller's clock (time.monotonic(), or the simulation's)."""
 
-    def __init__(self, max_entries_per_replica: int = 65_536):
+    def __init__(self, max_entries_per_replica: int = 65_536, routed_kept_s: float = ROUTED_KEPT_S):
         self.max_entries_per_replica = max_entries_per_replica
+        self.routed_kept_s = routed_kept_s
         self._replicas: dict[str, _ReplicaPrefixes] = {}
 
-    def record_routed(self, replica_id: str, prefix_hashes: list[int]) -> None:
+    def record_routed(self, replica_id: str, prefix_hashes: list[int], now: float) -> None:
         routed = self._replicas.setdefault(replica_id, _ReplicaPrefixes()).routed
         for block_hash in prefix_hashes:
-            routed[block_hash] = None
+            routed[block_hash] = now
             routed.move_to_end(block_hash)
         while len(routed) > self.max_entries_per_replica:
             routed.popitem(last=False)
 
-    def update_reported(self, replica_id: str, hashes: Collection[int]) -> None:
+    def update_reported(self, replica_id: str, hashes: Collection[int], now: float) -> None:
         reported = set(hashes)
         if len(reported) > self.max_entries_per_replica:  # a report is a set: keep any cap's worth
             reported = set(list(reported)[:self.max_entries_per_replica])
-        self._replicas[replica_id] = _ReplicaPrefixes(reported=reported)
+        entry = self._replicas.setdefault(replica_id, _ReplicaPrefixes())
+        entry.reported = reported
+        routed = entry.routed
+        while routed and next(iter(routed.values())) < now - self.routed_kept_s:
+            routed.popitem(last=False)
 
     def forget(self, replica_id: str) -> None:
         self._replicas.pop(replica_id, None)

@@ -80,12 +80,14 @@ def test_a_full_replica_is_never_in_the_first_group():
 
 
 def test_prefix_index_merges_routes_with_reports_and_a_report_replaces():
-    index = PrefixIndex()
-    index.record_routed("a", [1, 2, 3])
+    index = PrefixIndex(routed_kept_s=5)
+    index.record_routed("a", [1, 2, 3], now=0)
     assert {1, 2, 3} <= set(index.cached_for("a")) and 1 in index.cached_for("a")
-    index.update_reported("a", {7, 8})
+    index.update_reported("a", {7, 8}, now=1)  # too soon: the routes may not be prefilled yet
+    assert set(index.cached_for("a")) == {1, 2, 3, 7, 8}
+    index.update_reported("a", {7, 8}, now=6)  # the routes are older than the report's lag
     assert set(index.cached_for("a")) == {7, 8} and 1 not in index.cached_for("a")
-    index.record_routed("a", [9])
+    index.record_routed("a", [9], now=7)
     assert set(index.cached_for("a")) == {7, 8, 9} and len(index.cached_for("a")) == 3
     index.forget("a")
     assert len(index.cached_for("a")) == 0 and 7 not in index.cached_for("a")
@@ -93,10 +95,10 @@ def test_prefix_index_merges_routes_with_reports_and_a_report_replaces():
 
 def test_prefix_index_is_bounded_least_recently_routed_first_out():
     index = PrefixIndex(max_entries_per_replica=4)
-    index.record_routed("a", [1, 2, 3])
-    index.record_routed("a", [1, 4, 5])  # 1 refreshed; 2 and 3 are the oldest
+    index.record_routed("a", [1, 2, 3], now=0)
+    index.record_routed("a", [1, 4, 5], now=1)  # 1 refreshed; 2 and 3 are the oldest
     assert set(index.cached_for("a")) == {1, 4, 5, 3}
-    index.update_reported("a", set(range(100)))
+    index.update_reported("a", set(range(100)), now=10)
     assert index.num_entries() == 4
 
 
