@@ -48,7 +48,7 @@ class PolyheadRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRouter):
         self._policy = CacheAwarePolicy(imbalance_threshold=imbalance_threshold) if policy == "polyhead" else None
         self._index = PrefixIndex()
         self._leaders: OrderedDict[str, str] = OrderedDict()  # req_id -> replica id it went to
-        self._seen_stats: dict[str, int] = {}  # replica id -> id() of the routing stats last merged
+        self._seen_stats: dict[str, int] = {}  # replica id -> the number of its report last merged
         self._rng = random.Random()
         self._reports = reports.REPORTS.setdefault(self._deployment_id.name if self._deployment_id else "", {})
 
@@ -94,28 +94,28 @@ class PolyheadRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRouter):
 
     # --- what the router knows of a replica ---------------------------------------------------------
     def _take_reports(self, replicas: list[RunningReplica]) -> None:
-        """Merge each replica's routing stats once per report (Ray replaces the dict when a new one comes)."""
+        """Merge each replica's routing stats once per report."""
         live = {r.replica_id.unique_id for r in self.curr_replicas.values()}
         for gone in set(self._reports) - live:
             del self._reports[gone]
         for replica in replicas:
             stats = replica.routing_stats
             replica_id = replica.replica_id.unique_id
-            if not stats or self._seen_stats.get(replica_id) == id(stats):
+            if not stats or self._seen_stats.get(replica_id) == stats["seq"]:
                 continue
-            self._seen_stats[replica_id] = id(stats)
+            self._seen_stats[replica_id] = stats["seq"]
             self._index.update_reported(replica_id, stats.get("cached_block_hashes", ()), time.monotonic())
             self._reports[replica_id] = reports.ReplicaReport(
-                EngineStats(**stats["stats"]), stats["num_queued"], stats["num_queued_tokens"],
+                EngineStats(**stats["stats"]), stats["num_in_flight"], stats["num_queued"], stats["num_queued_tokens"],
                 stats["num_restarts"], stats["resident_adapters"], stats["pid"], time.monotonic())
 
     def _view(self, replica: RunningReplica) -> ReplicaView:
         replica_id = replica.replica_id.unique_id
         stats = replica.routing_stats or {}
         ongoing = self._replica_queue_len_cache.get(replica.replica_id)
-        if ongoing is None:  # not probed lately: its own last report
+        if ongoing is None:  # not counted here lately: its own last report
             report = self._reports.get(replica_id)
-            ongoing = report.stats.num_unfinished + report.num_queued if report else 0
+            ongoing = report.num_in_flight if report else 0
         return ReplicaView(replica_id, ongoing, replica.max_ongoing_requests, self._index.cached_for(replica_id),
                            stats.get("resident_adapters", ()), stats.get("num_queued_tokens", 0))
 

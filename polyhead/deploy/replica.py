@@ -38,6 +38,7 @@ class EngineReplica:
 
     def __init__(self, plan: BackbonePlan, backbone: str):
         self.backbone = backbone
+        self._num_reports = 0  # routing-stats reports made (the router merges each once)
         self.engine = plan.start_engine(backbone)
         specs = [spec for spec in plan.specs() if (spec.backbone or plan.default_name) == backbone]
         self.registry = TaskRegistry.one_backbone(backbone, self.engine, specs)  # heads and adapters registered
@@ -70,10 +71,13 @@ class EngineReplica:
     def record_routing_stats(self) -> dict:
         """What polyhead's router scores this replica by (Ray calls it every routing-stats period)."""
         digest, stats = self.engine.cache_digest(), self.engine.stats()
-        return {"block_size": digest.block_size, "cached_block_hashes": digest.cached_block_hashes,
-                "resident_adapters": digest.resident_adapters, "num_queued": self.engine.num_queued,
-                "num_queued_tokens": self.engine.num_queued_tokens, "stats": dataclasses.asdict(stats),
-                "num_restarts": self.engine.num_restarts, "pid": os.getpid()}
+        self._num_reports += 1
+        engine = self.engine
+        return {"seq": self._num_reports, "block_size": digest.block_size,
+                "cached_block_hashes": digest.cached_block_hashes, "resident_adapters": digest.resident_adapters,
+                "num_in_flight": engine.num_in_flight, "num_queued": engine.num_queued,
+                "num_queued_tokens": engine.num_queued_tokens, "stats": dataclasses.asdict(stats),
+                "num_restarts": engine.num_restarts, "pid": os.getpid()}
 
     def check_health(self) -> None:
         """Ray's health check: a replica whose engine is gone for good is replaced. A restarting

@@ -13,6 +13,7 @@ from polyhead.engine.core.outputs import EngineStats
 @dataclass(slots=True)
 class ReplicaReport:
     stats: EngineStats
+    num_in_flight: int  # requests it holds, queued or running
     num_queued: int  # requests it holds that have produced nothing yet
     num_queued_tokens: int
     num_restarts: int  # times its engine was restarted in place (supervision)
