@@ -39,7 +39,7 @@ async def create_completion(body: CompletionRequest, request: Request):
     if served.task is not None:
         prompts = [served.task.spec.render(p) if isinstance(p, str) else p for p in prompts]
     params = [_params(state, served, body, body.logprobs, i) for i in range(body.n)]
-    echoes = [_prompt_text(p, served.backbone.tokenizer) for p in prompts] if body.echo else None
+    echoes = [_prompt_text(p, served.backbone) for p in prompts] if body.echo else None
     return await _respond(state, served, request, body, prompts, params, "text_completion", new_id("cmpl"), echoes)
 
 
@@ -55,8 +55,15 @@ def completion_prompts(prompt: str | list, limit: int) -> list[str | list[int]]:
     return list(prompt)
 
 
-def _prompt_text(prompt: str | list[int], tokenizer) -> str:
-    return prompt if isinstance(prompt, str) else tokenizer.decode(prompt, clean_up_tokenization_spaces=False)
+def _prompt_text(prompt: str | list[int], backbone) -> str:
+    """The prompt as text, for `echo` (a token prompt decoded, checked first as the engine would)."""
+    if isinstance(prompt, str):
+        return prompt
+    vocab_size = backbone.engine.rules.vocab_size
+    if not all(isinstance(t, int) and 0 <= t < vocab_size for t in prompt):
+        raise APIError(400, f"prompt token ids must be integers in [0, {vocab_size}) (vocab_size)", "prompt",
+                       "invalid_token_ids")
+    return backbone.tokenizer.decode(prompt, clean_up_tokenization_spaces=False)
 
 
 @router.post("/v1/chat/completions")

@@ -153,6 +153,13 @@ def test_echo_puts_the_prompt_before_each_choice_streamed_and_whole(client):
     assert chunks[0] == "echo me" and "".join(chunks) == whole.choices[0].text
 
 
+def test_echo_of_bad_token_ids_is_a_400_not_a_500(client):
+    """The fuzz suite found it: echo decoded a token prompt before the engine's checks ran."""
+    for prompt in ([-5, 3], [10**12]):
+        with pytest.raises(openai.BadRequestError, match=r"prompt token ids must be integers in \[0, "):
+            client.completions.create(model=MODEL, prompt=prompt, max_tokens=2, echo=True)
+
+
 # --- sampling fields -------------------------------------------------------------------------------
 def test_logit_bias_of_100_makes_greedy_pick_that_token(any_client, any_server):
     client, server = any_client, any_server
