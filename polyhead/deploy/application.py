@@ -31,6 +31,7 @@ class ScaleOut:
     replicas: int = 1  # per backbone (fixed when autoscale is None)
     autoscale: tuple[int, int] | None = None  # (min, max) replicas; scale on ongoing requests per replica
     target_ongoing_requests: float = 16.0  # autoscaling: what one replica is sized for
+    downscale_delay_s: float = 30.0  # autoscaling: how long the load must stay low before a replica goes
     num_cpus: float = 1.0  # Ray CPUs reserved per replica (its engine's threads)
     num_gpus: float = 0.0
     max_ongoing_requests: int = 64  # per replica; beyond it Ray holds requests at the router
@@ -86,7 +87,8 @@ def replica_deployment(plan: BackbonePlan, backbone: str, scale: ScaleOut):
         low, high = scale.autoscale
         options["autoscaling_config"] = AutoscalingConfig(
             min_replicas=low, initial_replicas=max(low, min(scale.replicas, high)), max_replicas=high,
-            target_ongoing_requests=scale.target_ongoing_requests, upscale_delay_s=5.0, downscale_delay_s=30.0)
+            target_ongoing_requests=scale.target_ongoing_requests, upscale_delay_s=5.0,
+            downscale_delay_s=scale.downscale_delay_s, look_back_period_s=min(30.0, max(5.0, scale.downscale_delay_s)))
     return serve.deployment(EngineReplica).options(**options).bind(plan, backbone)
 
 

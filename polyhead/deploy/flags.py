@@ -15,6 +15,8 @@ def add_scale_out_args(p: argparse.ArgumentParser) -> None:
                        "(a replica scaled down finishes its requests first)")
     group.add_argument("--target-ongoing-requests", type=float, default=16.0,
                        help="autoscaling: ongoing requests one replica is sized for (default: 16)")
+    group.add_argument("--downscale-delay", type=float, default=30.0,
+                       help="autoscaling: seconds the load must stay low before a replica is removed (default: 30)")
     group.add_argument("--replica-cpus", type=float, default=None,
                        help="Ray CPUs reserved per replica (default: --threads)")
     group.add_argument("--replica-gpus", type=float, default=0.0, help="Ray GPUs per replica (default: 0)")
@@ -37,7 +39,7 @@ def scale_from_args(args):
     threads = args.threads or 1
     return ScaleOut(replicas=args.replicas or 1,
                     autoscale=ScaleOut.parse_autoscale(args.autoscale) if args.autoscale else None,
-                    target_ongoing_requests=args.target_ongoing_requests,
+                    target_ongoing_requests=args.target_ongoing_requests, downscale_delay_s=args.downscale_delay,
                     num_cpus=args.replica_cpus if args.replica_cpus is not None else threads,
                     num_gpus=args.replica_gpus, max_ongoing_requests=args.max_ongoing_per_replica,
                     graceful_shutdown_timeout_s=args.shutdown_grace, routing=args.routing)

@@ -23,6 +23,7 @@ def autoscaled(tmp_path_factory):
     port, log = free_port(), root / "serve.log"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "polyhead.cli", "serve", "--autoscale", "1:2", "--target-ongoing-requests", "2",
+               "--downscale-delay", "5",
                "--threads", "1", "--port", str(port), "--kv-cache-memory", "64MiB", "--state-dir", str(root / "s")]
     with open(log, "w") as stderr:
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
