@@ -1,17 +1,12 @@
 """`polyhead serve --autoscale 1:2` on a real local Ray: load adds a replica, idleness removes one,
 and the replica removed finishes what it holds first (no request fails while it drains)."""
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 
 import httpx
 import pytest
 
-from polyhead.bench.server_process import free_port, wait_healthy
-from tests.deploy.test_ray_serve import MODEL, replicas, wait_for
+from tests.deploy.test_ray_serve import MODEL, ray_server, replicas, wait_for
 
 pytest.importorskip("ray.serve", reason="scale-out needs ray[serve] (pip install 'polyhead[scale]')")
 pytestmark = pytest.mark.model
@@ -19,23 +14,10 @@ pytestmark = pytest.mark.model
 
 @pytest.fixture(scope="module")
 def autoscaled(tmp_path_factory):
-    root = tmp_path_factory.mktemp("autoscale")
-    port, log = free_port(), root / "serve.log"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "polyhead.cli", "serve", "--autoscale", "1:2", "--target-ongoing-requests", "2",
-               "--downscale-delay", "5",
-               "--threads", "1", "--port", str(port), "--kv-cache-memory", "64MiB", "--state-dir", str(root / "s")]
-    with open(log, "w") as stderr:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, 240, process)
-        wait_for(lambda: len(replicas(url)) == 1, 30, "the first replica to report")
+    flags = ["--autoscale", "1:2", "--target-ongoing-requests", "2", "--downscale-delay", "5",
+             "--kv-cache-memory", "64MiB"]
+    with ray_server(tmp_path_factory.mktemp("autoscale"), flags, num_replicas=1) as (url, _, _):
         yield url
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(30)
 
 
 def test_load_adds_a_replica_and_idleness_removes_one_without_losing_a_request(autoscaled):

@@ -5,6 +5,7 @@ One fleet for the module (Ray and two model loads take ~15-40 s here); the destr
 replica killed, SIGTERM) come last, in file order.
 """
 
+import contextlib
 import os
 import re
 import signal
@@ -37,6 +38,27 @@ def default_model_config():
     return ModelConfig.from_hf(AutoConfig.from_pretrained(gguf_to_hf_folder(resolve_model_path(None))))
 
 
+@contextlib.contextmanager
+def ray_server(root: Path, flags: list[str], num_replicas: int):
+    """`polyhead serve FLAGS` on a free loopback port, until healthy with num_replicas reporting;
+    killed with everything Ray started (its own session) at the end. Yields (url, process, log)."""
+    port, log = free_port(), root / "serve.log"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0"}
+    command = [sys.executable, "-m", "polyhead.cli", "serve", "--port", str(port), "--threads", "1",
+               "--state-dir", str(root / "state"), *flags]
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, 240, process)
+        wait_for(lambda: len(replicas(url)) == num_replicas, 30, f"{num_replicas} replicas to report")
+        yield url, process, log
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(30)
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     from polyhead.bench.lora import write_random_adapter
@@ -44,22 +66,10 @@ def fleet(tmp_path_factory):
     root = tmp_path_factory.mktemp("fleet")
     adapter = write_random_adapter(root / "bikes", default_model_config(), rank=4, seed=0,
                                    targets=("q_proj", "v_proj"))
-    port, log = free_port(), root / "serve.log"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0"}
-    command = [sys.executable, "-m", "polyhead.cli", "serve", "--replicas", "2", "--threads", "1", "--port", str(port),
-               "--kv-cache-memory", "128MiB", "--lora-modules", f"bikes={adapter}", "--tasks", str(manifest(root)),
-               "--state-dir", str(root / "state"), "--shutdown-grace", "30"]
-    with open(log, "w") as stderr:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, 240, process)
-        wait_for(lambda: len(replicas(url)) == 2, 30, "both replicas to report")
+    flags = ["--replicas", "2", "--kv-cache-memory", "128MiB", "--lora-modules", f"bikes={adapter}",
+             "--tasks", str(manifest(root)), "--shutdown-grace", "30"]
+    with ray_server(root, flags, num_replicas=2) as (url, process, log):
         yield Fleet(url, process, log)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)  # Ray's own processes share its session
-        process.wait(30)
 
 
 def manifest(root: Path) -> Path:
