@@ -8,6 +8,7 @@ HTTP protocol itself, since the app is not called until they are complete.
 """
 
 import asyncio
+import functools
 from collections.abc import Callable
 
 import h11
@@ -78,9 +79,28 @@ class BodyLimit:
 class HeaderTimeoutProtocol(H11Protocol):
     """uvicorn's h11 protocol, closing a connection whose request line and headers have not all arrived
     `header_timeout_s` after it opened, or after the first byte of a later request on it (an idle
-    keep-alive connection is uvicorn's --timeout-keep-alive's to close)."""
+    keep-alive connection is uvicorn's --timeout-keep-alive's to close).
+
+    It also keeps uvicorn's --limit-concurrency (open connections or running requests beyond it get
+    503), but answers in OpenAI's error shape with Retry-After, where uvicorn sends plain text."""
 
     header_timeout_s = 10.0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_concurrency, self.limit_concurrency = self.limit_concurrency, None  # checked in _limited
+        self.app = functools.partial(self._limited, self.app)
+
+    async def _limited(self, app, scope, receive, send) -> None:
+        limit = self.max_concurrency
+        # uvicorn's own test, made once this request's task exists (it counts itself in self.tasks)
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) - 1 >= limit):
+            response = error_response(503, f"{len(self.connections)} connections are open and "
+                                      f"{len(self.tasks) - 1} requests are running (limit_concurrency {limit}, "
+                                      "--limit-concurrency); retry shortly", None, "too_many_connections",
+                                      {"Retry-After": "1", **CLOSE})
+            return await response(scope, receive, send)
+        return await app(scope, receive, send)
 
     @classmethod
     def with_timeout(cls, header_timeout_s: float) -> type["HeaderTimeoutProtocol"]:

@@ -15,7 +15,7 @@ class ConnectionSettings:
     grace_s: float = 30.0  # after SIGTERM, how long in-flight requests may take to finish
     header_timeout_s: float = 10.0  # request line and headers not all in by then: the connection is closed
     keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this (uvicorn's timeout_keep_alive)
-    limit_concurrency: int | None = None  # connections + requests beyond this get uvicorn's 503; None: no limit
+    limit_concurrency: int | None = None  # connections or requests beyond this get 503 (door.py); None: no limit
 
 
 class DrainingServer(uvicorn.Server):

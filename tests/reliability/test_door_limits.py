@@ -97,7 +97,10 @@ def test_connections_beyond_limit_concurrency_get_503(door):
     idle = [connect(door) for _ in range(CONCURRENCY)]
     try:
         time.sleep(0.2)  # all accepted
-        assert httpx.get(f"{door}/health", timeout=5).status_code == 503
+        refused = httpx.get(f"{door}/health", timeout=5)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        error = refused.json()["error"]  # OpenAI's shape, not uvicorn's plain text
+        assert error["code"] == "too_many_connections" and "--limit-concurrency" in error["message"], error
     finally:
         for sock in idle:
             sock.close()
