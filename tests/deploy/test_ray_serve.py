@@ -150,6 +150,20 @@ def test_the_api_is_the_single_machine_one(fleet):
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
 
 
+def test_a_fan_out_request_is_prefilled_on_one_replica(fleet):
+    """Two zero-shot tasks over four inputs: eight rows at once, all sharing one few-shot prompt,
+    all on one replica, so that prompt is computed there once. (First of the classify tests: once
+    both replicas hold that prompt, spreading its rows by load is right.)"""
+    before = settled_hits(fleet.url)
+    inputs = [f"Review {i}: the new carbon frame won the mountain race for our team." for i in range(4)]
+    answer = httpx.post(f"{fleet.url}/v1/classify", timeout=120,
+                        json={"tasks": ["sentiment", "topic"], "input": inputs}).json()
+    assert len(answer["data"]) == 8, answer
+    after = settled_hits(fleet.url)
+    gained = sorted(after.get(r, 0) - before.get(r, 0) for r in after)
+    assert gained[0] == 0 and gained[1] > 0, gained
+
+
 def test_requests_of_both_kinds_spread_across_replicas(fleet):
     """8 chat streams and 4 classify requests at once: both replicas work, all answers come back."""
     client, busy, errors = fleet.client(), set(), []
@@ -231,19 +245,6 @@ def test_an_adapter_request_goes_where_the_adapter_is_loaded(fleet):
     assert sorted(resident.values()) == [0, 1], resident
 
 
-def test_a_fan_out_request_is_prefilled_on_one_replica(fleet):
-    """Two zero-shot tasks over four inputs: eight rows at once, all sharing one few-shot prompt,
-    all on one replica, so that prompt is computed there once."""
-    before = settled_hits(fleet.url)
-    inputs = [f"Review {i}: the new carbon frame won the mountain race for our team." for i in range(4)]
-    answer = httpx.post(f"{fleet.url}/v1/classify", timeout=120,
-                        json={"tasks": ["sentiment", "topic"], "input": inputs}).json()
-    assert len(answer["data"]) == 8, answer
-    after = settled_hits(fleet.url)
-    gained = sorted(after.get(r, 0) - before.get(r, 0) for r in after)
-    assert gained[0] == 0 and gained[1] > 0, gained
-
-
 def test_a_killed_replica_ends_its_streams_with_an_error_and_is_replaced(fleet):
     client, results = fleet.client(), {}
 
@@ -260,16 +261,16 @@ def test_a_killed_replica_ends_its_streams_with_an_error_and_is_replaced(fleet):
     threads = [threading.Thread(target=stream, args=(i,)) for i in range(6)]
     for thread in threads:
         thread.start()
-    busy = wait_for(lambda: [r for r, n in replica_values(fleet.url, "polyhead_replica_unfinished_requests").items()
-                             if n], 30, "a busy replica")
-    victim = replicas(fleet.url)[busy[0]]
+    unfinished = wait_for(lambda: (counts := replica_values(fleet.url, "polyhead_replica_unfinished_requests"))
+                          and sum(counts.values()) >= 6 and counts, 30, "all six streams to run")
+    victim = replicas(fleet.url)[max(unfinished, key=unfinished.get)]
     os.kill(victim, signal.SIGKILL)
     killed_at = time.monotonic()
     for thread in threads:
         thread.join(120)
     assert not any(thread.is_alive() for thread in threads), "a stream hung"
     failed = [error for _, error in results.values() if error is not None]
-    assert failed, "no stream saw its replica die"
+    assert failed, f"no stream saw its replica die: {unfinished}, {results}"
     assert all("replica" in str(error) and "died" in str(error) for error in failed), failed
     # later requests succeed at once on the live replica, and Ray starts a replacement
     assert client.completions.create(model=MODEL, prompt="After the crash", max_tokens=2).usage.completion_tokens == 2
