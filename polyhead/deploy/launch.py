@@ -27,14 +27,15 @@ def serve_on_ray(args, settings: ServerSettings) -> int:
     if args.ray_address:
         ray.init(address=args.ray_address, logging_level="warning")
     else:
+        # A local Ray gets this machine's cores, or as many as the replicas reserve: on a laptop
+        # two backbones x two replicas share two cores rather than waiting forever to be placed.
         most_replicas = scale.autoscale[1] if scale.autoscale else scale.replicas
         needed = scale.num_cpus * most_replicas * len(plan.backbone_names())
         cpus = os.cpu_count() or 1
         if needed > cpus:
-            raise ValueError(f"{needed:g} CPUs for the replicas (--replica-cpus {scale.num_cpus:g} each) but this "
-                             f"machine has {cpus}: lower --replicas or --replica-cpus, or join a cluster with "
-                             f"--ray-address")
-        ray.init(num_cpus=cpus, include_dashboard=False, logging_level="warning")
+            print(f"polyhead: the replicas reserve {needed:g} CPUs (--replica-cpus {scale.num_cpus:g} each) on "
+                  f"{cpus} cores: they will share them", file=sys.stderr, flush=True)
+        ray.init(num_cpus=max(cpus, needed), include_dashboard=False, logging_level="warning")
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(build_application(plan, settings, scale), name="polyhead", route_prefix="/")
     print(f"polyhead: serving on http://{args.host}:{args.port} through Ray Serve "

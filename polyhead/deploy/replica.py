@@ -46,7 +46,7 @@ class EngineReplica:
 
     def describe(self) -> ReplicaDescription:
         engine = self.engine
-        return ReplicaDescription(engine.info, engine.rules, sorted(engine.adapters))
+        return ReplicaDescription(engine.info, engine.rules, engine.adapter_names)
 
     def pid(self) -> int:
         return os.getpid()

@@ -51,7 +51,7 @@ def ray_server(root: Path, flags: list[str], num_replicas: int):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, 240, process)
-        wait_for(lambda: len(replicas(url)) == num_replicas, 30, f"{num_replicas} replicas to report")
+        wait_for(lambda: len(replicas(url)) == num_replicas, 60, f"{num_replicas} replicas to report")
         yield url, process, log
     finally:
         if process.poll() is None:
@@ -73,13 +73,14 @@ def fleet(tmp_path_factory):
 
 
 def manifest(root: Path) -> Path:
-    """The shipped zero-shot classifiers and chat, all on the default backbone (no second model)."""
+    """The shipped chat and zero-shot classifiers on the default backbone, and embed on the second
+    (all-MiniLM-L6-v2): two replica deployments."""
     import yaml
 
     from polyhead.tasks.default import DEFAULT_MANIFEST
 
-    tasks = [t for t in yaml.safe_load(DEFAULT_MANIFEST.read_text())["tasks"] if t["name"] in ("chat", "sentiment",
-                                                                                              "topic")]
+    tasks = [t for t in yaml.safe_load(DEFAULT_MANIFEST.read_text())["tasks"]
+             if t["name"] in ("chat", "sentiment", "topic", "embed")]
     path = root / "tasks.yaml"
     path.write_text(yaml.safe_dump({"tasks": tasks}))
     return path
@@ -99,24 +100,26 @@ def metrics(url: str) -> str:
     return httpx.get(f"{url}/metrics", timeout=10).text
 
 
-def replica_values(url: str, name: str) -> dict[str, float]:
-    """replica id -> value of a polyhead_replica_* series."""
+def replica_values(url: str, name: str, backbone: str = MODEL) -> dict[str, float]:
+    """replica id -> value of a polyhead_replica_* series, for one backbone's replicas."""
     found = {}
     for line in metrics(url).splitlines():
         match = re.match(rf'{name}\{{(.*)\}} (\S+)$', line)
         if match:
             labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-            found[labels["replica"]] = float(match.group(2))
+            if labels["backbone"] == backbone:
+                found[labels["replica"]] = float(match.group(2))
     return found
 
 
-def replicas(url: str) -> dict[str, int]:
-    """replica id -> its process id, as the router last heard."""
+def replicas(url: str, backbone: str = MODEL) -> dict[str, int]:
+    """replica id -> its process id, as the router last heard, for one backbone's replicas."""
     found = {}
     for line in metrics(url).splitlines():
         if line.startswith("polyhead_replica_info{"):
             labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-            found[labels["replica"]] = int(labels["pid"])
+            if labels["backbone"] == backbone:
+                found[labels["replica"]] = int(labels["pid"])
     return found
 
 
@@ -145,7 +148,9 @@ def test_the_api_is_the_single_machine_one(fleet):
                                             temperature=0, stream=True))
     assert "".join(c.choices[0].text for c in chunks if c.choices).strip().startswith("Paris")
     tasks = httpx.get(f"{fleet.url}/v1/tasks", timeout=10).json()["data"]
-    assert {t["id"] for t in tasks} == {"chat", "sentiment", "topic"}
+    assert {t["id"] for t in tasks} == {"chat", "sentiment", "topic", "embed"}
+    vectors = client.embeddings.create(model="embed", input=["a bike", "a bicycle"]).data
+    assert len(vectors) == 2 and len(vectors[0].embedding) == 384
     bad = httpx.post(f"{fleet.url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": -1})
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
 

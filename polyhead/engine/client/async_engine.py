@@ -121,6 +121,11 @@ class AsyncEngine(EngineClient):
         engine = self.engine
         return engine.stats() if engine is not None else self._idle_stats
 
+    @property
+    def adapter_names(self) -> list[str]:
+        engine = self.engine
+        return list(engine.adapter_names) if engine is not None else list(self._catalog[1])
+
     def cache_digest(self) -> CacheDigest:
         engine = self.engine
         return engine.cache_digest() if engine is not None else CacheDigest()

@@ -28,8 +28,9 @@ class _Stream:
 
 
 class EngineClient:
-    """Subclasses provide: tokenizer, info, rules, check_fits, register_head, register_adapter, stats,
-    is_running, start, stop, and _new_request / _send_add / _send_abort (of PreparedRequests)."""
+    """Subclasses provide: tokenizer, info, rules, check_fits, register_head, register_adapter,
+    adapter_names, stats, is_running, start, stop, and _new_request / _send_add / _send_abort (of
+    PreparedRequests)."""
 
     tokenizer = None  # the model's tokenizer (the server applies chat templates with it)
     info: BackboneInfo  # what the backbone is (generative, hidden size, prefix cache, KV cache size)

@@ -192,6 +192,10 @@ class ProcessEngine(EngineClient):
     def stats(self) -> EngineStats:
         return self._stats  # as of the child's last report
 
+    @property
+    def adapter_names(self) -> list[str]:
+        return sorted(self.adapters)
+
     def cache_digest(self) -> CacheDigest:
         return self._digest  # as of the child's last digest (every DIGEST_PERIOD_S)
 
