@@ -64,13 +64,11 @@ def _cpu_description() -> dict:
                       if line.startswith("Model name")), model)
     except OSError:
         pass
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = {w for w in f.read().split() if w == "avx2" or w.startswith("avx512")}
-    except OSError:
-        pass
-    return {"cpu": model, "cpu_count": os.cpu_count(), "isa": sorted(flags)}
+    from polyhead.cpu import cpu_features
+
+    flags = cpu_features().flags
+    return {"cpu": model, "cpu_count": os.cpu_count(),
+            "isa": sorted(f for f in flags if f == "avx2" or f.startswith("avx512"))}
 
 
 def _time_step(engine, decode_rows: int, prefill_tokens: int, rng: random.Random, vocab: int) -> float:

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from ray import serve
 from ray.serve.config import AutoscalingConfig, RequestRouterConfig
 
-from polyhead.deploy.replica import EngineReplica
+from polyhead.deploy.replica import ROUTING_STATS_PERIOD_S, EngineReplica
 from polyhead.deploy.replica_pool import ReplicaPool
 from polyhead.server.app import ServerSettings
 from polyhead.server.app import build_app as build_server_app
 from polyhead.server.backbones import BackbonePlan
 
-ROUTING_STATS_PERIOD_S = 1.0  # how often each replica tells the router what it caches (Ray's default: 10 s)
 INGRESS_MAX_ONGOING = 4096  # the ingress's own admission (max_queued_requests) turns requests away, not Ray's
 
 

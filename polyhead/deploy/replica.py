@@ -21,6 +21,7 @@ from polyhead.server.backbones import BackbonePlan
 from polyhead.server.registry import TaskRegistry
 
 logger = logging.getLogger(__name__)
+ROUTING_STATS_PERIOD_S = 1.0  # how often Ray asks a replica what it caches (Ray's default: 10 s)
 STREAM_INTERVAL_S = 0.05  # a stream's deltas within this go as one message (Ray Serve LLM: 50 ms)
 
 
@@ -39,7 +40,7 @@ class EngineReplica:
     def __init__(self, plan: BackbonePlan, backbone: str):
         self.backbone = backbone
         self._num_reports = 0  # routing-stats reports made (the router merges each once)
-        self.engine = plan.start_engine(backbone)
+        self.engine = plan.start_engine(backbone, digest_period_s=ROUTING_STATS_PERIOD_S)
         specs = [spec for spec in plan.specs() if (spec.backbone or plan.default_name) == backbone]
         self.registry = TaskRegistry.one_backbone(backbone, self.engine, specs)  # heads and adapters registered
         logger.info("replica of %s in process %d: %s", backbone, os.getpid(), self.engine.info.kv_cache_summary)

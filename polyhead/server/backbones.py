@@ -76,8 +76,9 @@ class BackbonePlan:
         return replace(self.base, model=name, max_model_len=None, adapters={}, kv_cache_memory=kv_cache_memory,
                        num_threads=self.thread_budgets.get(name, 1))
 
-    def start_engine(self, name: str, mode: str | None = None):
-        """Build and start the engine client of one backbone. mode overrides its engine mode."""
+    def start_engine(self, name: str, digest_period_s: float | None = None):
+        """Build and start the engine client of one backbone. digest_period_s: how often a child
+        engine process sends its cache digest (a Ray replica's router reads it; None: never)."""
         from polyhead.models.registry import is_encoder_model
 
         config = self.config_for(name)
@@ -85,13 +86,13 @@ class BackbonePlan:
         # it does not take turns on one GIL with the HTTP event loop (BENCHMARKS.md: 1.20x tok/s at 32
         # clients). An encoder's steps are single forwards: in a child process the mixed workload ran
         # the same (goodput 15.38 req/s either way) for ~300 MB more resident memory, so it stays here.
-        mode = mode or self.engine_modes.get(name, self.engine_mode)
+        mode = self.engine_modes.get(name, self.engine_mode)
         if mode == "auto":
             mode = "thread" if is_encoder_model(config.model) else "process"
         if mode == "process":
             from polyhead.engine.client.process_engine import ProcessEngine
 
-            return ProcessEngine.from_config(config)
+            return ProcessEngine.from_config(config, digest_period_s)
         # imported only here: with every engine in a child process, this one never loads torch
         from polyhead.engine.client.async_engine import AsyncEngine
 

@@ -9,8 +9,6 @@ from polyhead.engine.core.backend import BackboneInfo, RequestRules
 from polyhead.engine.core.outputs import CacheDigest, EngineStats, RequestOutput, TokenLogprobs
 from polyhead.engine.core.request import PreparedRequest
 
-DIGEST_PERIOD_S = 1.0  # how often a step report carries the engine's cache digest (a Ray replica reports it)
-
 
 # --- HTTP process -> engine process ---------------------------------------------------------------
 @dataclass(slots=True)
@@ -107,7 +105,7 @@ class StepReport:
     at: float  # time.monotonic() when it stepped or checked in (one clock for all processes here)
     stepped: bool  # False for an idle check-in or a report of commands applied
     rejected: list[tuple[str, str]]  # (req_id, why) for requests the engine refused to admit
-    digest: CacheDigest | None = None  # what it caches, at most every DIGEST_PERIOD_S (a router reads it)
+    digest: CacheDigest | None = None  # what it caches, every digest_period_s when asked for (a router reads it)
 
 
 @dataclass(slots=True)

@@ -70,10 +70,11 @@ class _Child:
 
 
 class ProcessEngine(EngineClient):
-    def __init__(self, config: EngineConfig, idle_wait_s: float = 0.5):
+    def __init__(self, config: EngineConfig, idle_wait_s: float = 0.5, digest_period_s: float | None = None):
         super().__init__()
         self.config = config
         self.idle_wait_s = idle_wait_s  # the child reports at least this often, so health stays fresh
+        self.digest_period_s = digest_period_s  # the child sends its cache digest this often (None: never)
         self.rules: RequestRules | None = None  # the backbone's, sent by the child once built
         self._assemblies: dict[str, Progress] = {}  # what this process rebuilds full outputs from deltas with
         self._stats: EngineStats | None = None
@@ -94,8 +95,8 @@ class ProcessEngine(EngineClient):
 
     # --- lifecycle -------------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: EngineConfig) -> "ProcessEngine":
-        return cls(config).start()
+    def from_config(cls, config: EngineConfig, digest_period_s: float | None = None) -> "ProcessEngine":
+        return cls(config, digest_period_s=digest_period_s).start()
 
     def start(self) -> "ProcessEngine":
         """Start the child and wait until its engine is built; a load error is raised here."""
@@ -113,7 +114,8 @@ class ProcessEngine(EngineClient):
         child_commands, commands = context.Pipe(duplex=False)
         reports, child_reports = context.Pipe(duplex=False)
         process = context.Process(target=run_engine_process, name="polyhead-engine", daemon=True,
-                                  args=(self.config, child_commands, child_reports, self.idle_wait_s))
+                                  args=(self.config, child_commands, child_reports, self.idle_wait_s,
+                                        self.digest_period_s))
         process.start()
         child_commands.close()  # only the child holds these now, so its death closes our ends
         child_reports.close()
@@ -197,7 +199,7 @@ class ProcessEngine(EngineClient):
         return sorted(self.adapters)
 
     def cache_digest(self) -> CacheDigest:
-        return self._digest  # as of the child's last digest (every DIGEST_PERIOD_S)
+        return self._digest  # as of the child's last digest (every digest_period_s; none without one)
 
     # --- requests (event loop thread) ------------------------------------------------------------
     def _new_request(self, prompt: str | list[int], params: SamplingParams | PoolingParams, req_id: str,

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 from polyhead.config import EngineConfig
 from polyhead.engine.client.messages import (
-    DIGEST_PERIOD_S,
     AbortRequest,
     AddRequest,
     CommandDone,
@@ -28,7 +27,8 @@ if TYPE_CHECKING:
     from polyhead.engine.core.engine import Engine
 
 
-def run_engine_process(config: EngineConfig, commands, reports, idle_wait_s: float) -> None:
+def run_engine_process(config: EngineConfig, commands, reports, idle_wait_s: float,
+                       digest_period_s: float | None = None) -> None:
     # Ctrl-C reaches the whole process group: the parent drains and then stops us, or we see its pipe close.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -42,7 +42,7 @@ def run_engine_process(config: EngineConfig, commands, reports, idle_wait_s: flo
         return
     reports.send(StartUp(engine.info, engine.rules, engine.stats(), engine.adapter_names))
     try:
-        _serve(engine, commands, reports, idle_wait_s)
+        _serve(engine, commands, reports, idle_wait_s, digest_period_s)
     except (EOFError, BrokenPipeError):
         pass  # the parent is gone
     except BaseException as err:
@@ -50,7 +50,9 @@ def run_engine_process(config: EngineConfig, commands, reports, idle_wait_s: flo
         raise
 
 
-def _serve(engine: "Engine", commands, reports, idle_wait_s: float) -> None:
+def _serve(engine: "Engine", commands, reports, idle_wait_s: float, digest_period_s: float | None) -> None:
+    """digest_period_s: how often a report carries the engine's cache digest (None: never; only a
+    Ray replica's router reads it)."""
     digest_due = 0.0
     while True:
         busy = engine.has_unfinished_requests()
@@ -76,8 +78,8 @@ def _serve(engine: "Engine", commands, reports, idle_wait_s: float) -> None:
         outputs = [OutputDelta.of(out) for out in engine.step()] if stepped else []  # idle: just check in
         now = time.monotonic()
         digest = None
-        if now >= digest_due:
-            digest, digest_due = engine.cache_digest(), now + DIGEST_PERIOD_S
+        if digest_period_s is not None and now >= digest_due:
+            digest, digest_due = engine.cache_digest(), now + digest_period_s
         reports.send(StepReport(outputs, engine.stats(), now, stepped, rejected, digest))
 
 
